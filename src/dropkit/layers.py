@@ -1,0 +1,106 @@
+"""Inverted dropout and stochastic depth: pure functions plus thin, always-schedulable modules.
+
+The modules exist at every rate, including 0, so a site built "switched off" can still be switched
+on later by a schedule (unlike models that substitute ``nn.Identity`` when a rate is 0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DropPath", "Dropout", "check_rate", "drop_path", "dropout"]
+
+
+def check_rate(p: float, name: str = "p") -> float:
+    """Return ``p`` as a float, or raise if it is not a probability."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(p).__name__} {p!r}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name}={p} is not a probability: pass a rate in [0, 1]")
+    return p
+
+
+def _zeros_keeping_graph(x: Tensor) -> Tensor:
+    # Exact zeros (even where x is inf/NaN) that still carry a zero gradient back to x.
+    return x.masked_fill(torch.ones((), dtype=torch.bool, device=x.device), 0.0)
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p``, scale survivors by 1/(1-p).
+
+    Identity when ``training`` is False or ``p == 0``; all zeros when ``p == 1``. The expected
+    value of the output equals the input, so nothing needs rescaling at test time.
+    """
+    p = check_rate(p)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_keeping_graph(x)
+    keep = torch.empty_like(x).bernoulli_(1.0 - p).div_(1.0 - p)
+    return x * keep
+
+
+def drop_path(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Stochastic depth, "row" mode: drop a whole sample's residual branch with probability ``p``.
+
+    One Bernoulli draw per sample (dimension 0), survivors scaled by 1/(1-p), as in timm's
+    ``DropPath`` and torchvision's ``StochasticDepth(mode="row")``.
+    """
+    p = check_rate(p)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_keeping_graph(x)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+    return x * keep
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose rate ``p`` may be changed at any time (validated on write)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    @property
+    def p(self) -> float:
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = check_rate(value, "Dropout.p")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self._p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self._p}"
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on a residual branch; ``drop_prob`` may be changed at any time.
+
+    The attribute is named ``drop_prob`` as in timm, so code written for timm's ``DropPath``
+    (including the official early-dropout scheduler) works on it unchanged.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    @property
+    def drop_prob(self) -> float:
+        return self._drop_prob
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self._drop_prob = check_rate(value, "DropPath.drop_prob")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self._drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self._drop_prob}"
