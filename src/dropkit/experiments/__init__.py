@@ -1,0 +1,1 @@
+"""Experiments built on dropkit's public API (the core never imports this package)."""
