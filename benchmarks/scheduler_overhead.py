@@ -18,31 +18,19 @@ import torch
 from torch import nn
 
 import dropkit
-
-
-def make_model(dim: int = 64, depth: int = 4, classes: int = 10) -> nn.Module:
-    layer = nn.TransformerEncoderLayer(
-        dim, nhead=4, dim_feedforward=2 * dim, dropout=0.1, batch_first=True
-    )
-    return nn.Sequential(
-        nn.TransformerEncoder(layer, depth, enable_nested_tensor=False),
-        nn.Flatten(),
-        nn.LazyLinear(classes),
-    )
+from common import TinyTransformerClassifier, time_calls
 
 
 def timed_steps(model, opt, sched, x, y, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+    def step() -> None:
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if sched is not None:
             sched.step()
-        times.append(time.perf_counter() - start)
-    return times
+
+    return time_calls(step, steps)
 
 
 def main() -> None:
@@ -54,8 +42,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     x, y = torch.randn(args.batch, 16, 64), torch.randint(0, 10, (args.batch,))
-    model = make_model()
-    model(x)  # materialise the lazy head
+    model = TinyTransformerClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     total = 2 * args.rounds * args.steps_per_round + 1000
     sched = dropkit.DropoutScheduler(

@@ -13,3 +13,13 @@ def test_plain_loop_example_runs() -> None:
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["sched"].get_last_p() == {"dropout": 0.0}
     assert namespace["model"][2].p == 0.0
+
+
+def test_rdrop_loop_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "rdrop_forward(model, x)" in b and "for step in" in b)
+    assert len(example.strip().splitlines()) <= 12
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["loss"].item() > 0
+    assert namespace["logits1"].shape == namespace["logits2"].shape == (32, 3)

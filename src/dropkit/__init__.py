@@ -1,11 +1,22 @@
 """dropkit: dropout that does more than fight overfitting.
 
 Early / late dropout schedules ("Dropout Reduces Underfitting", Liu et al., ICML 2023) on any
-PyTorch model, through the sites where dropout and stochastic depth happen.
+PyTorch model, through the sites where dropout and stochastic depth happen, and R-Drop
+consistency regularization (Liang et al., NeurIPS 2021).
 """
 
 from dropkit import schedules
 from dropkit.layers import Dropout, DropPath, drop_path, dropout
+from dropkit.rdrop import (
+    RDropLoss,
+    consistency_mse,
+    mean_pairwise_kl,
+    rdrop_forward,
+    rdrop_loss,
+    rdrop_regression_loss,
+    rdrop_terms,
+    symmetric_kl,
+)
 from dropkit.scheduler import DropoutScheduler
 from dropkit.schedules import drop_schedule
 from dropkit.sites import (
@@ -23,15 +34,23 @@ __all__ = [
     "DropPath",
     "Dropout",
     "DropoutScheduler",
+    "RDropLoss",
     "Site",
     "__version__",
+    "consistency_mse",
     "describe",
     "drop_path",
     "drop_schedule",
     "dropout",
     "find_sites",
+    "mean_pairwise_kl",
+    "rdrop_forward",
+    "rdrop_loss",
+    "rdrop_regression_loss",
+    "rdrop_terms",
     "register_site",
     "replace_placeholders",
     "schedules",
+    "symmetric_kl",
     "unregister_site",
 ]

@@ -1,0 +1,334 @@
+"""R-Drop (Liang et al., NeurIPS 2021): make two dropout passes of the same input agree.
+
+Each sample goes through the model ``m`` times (``m = 2`` in the paper) in **one** forward on the
+batch concatenated with itself; dropout draws different masks per copy. The loss (paper Eq. 4) is
+
+    sum_i CE(P_i) + alpha / (m (m - 1)) * sum_{i != j} KL(P_i || P_j),
+
+which for two passes is ``ce1 + ce2 + alpha/2 * (KL12 + KL21)``. CE and KL are averaged over the
+same rows (samples, or non-ignored tokens), KL is summed over classes. Log-probabilities are taken
+once per pass in at least float32 and reused for CE and KL. Regression replaces the KL by the mean
+squared difference of the two predictions.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dropkit.sites import Site, find_sites, unwrap
+
+__all__ = [
+    "RDropLoss",
+    "consistency_mse",
+    "mean_pairwise_kl",
+    "rdrop_forward",
+    "rdrop_loss",
+    "rdrop_regression_loss",
+    "rdrop_terms",
+    "symmetric_kl",
+]
+
+
+class RDropLoss(NamedTuple):
+    """The R-Drop loss and its parts, for logging without recomputing (parts keep their graph)."""
+
+    loss: Tensor
+    ce: tuple[Tensor, ...]  # task loss of each pass
+    kl: Tensor  # mean pairwise KL: (KL12 + KL21) / 2 for two passes
+
+
+def _log_probs(logits: Tensor) -> Tensor:
+    """``log_softmax`` over the last dim in float32 at least (float64 stays float64)."""
+    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+def _pairwise_kl_rows(log_probs: Sequence[Tensor]) -> Tensor:
+    """Per row, ``sum_{i != j} KL(P_i || P_j)`` in O(m) passes.
+
+    Two passes: ``sum_c (p1 - p2)(log p1 - log p2)``, exactly symmetric. More passes: with mean
+    log-probability ``l`` and mean probability ``p``, ``sum_{i,j} KL(P_i || P_j) =
+    m * sum_i sum_c (p_i - p)(log p_i - l)``; differences come before products, so close passes
+    do not cancel catastrophically. A class that is ``-inf`` in every pass contributes 0 (not
+    NaN, in value and gradient); one that is ``-inf`` in some passes only makes the row ``+inf``.
+    """
+    m = len(log_probs)
+    stacked = torch.stack(tuple(log_probs))
+    neg_inf = torch.isneginf(stacked)
+    ruled_out_everywhere = neg_inf.all(dim=0)
+    stacked = stacked.masked_fill(ruled_out_everywhere, 0.0)
+    probs = stacked.exp()
+    if m == 2:
+        rows = ((probs[0] - probs[1]) * (stacked[0] - stacked[1])).sum(dim=-1)
+    else:
+        centred_log = stacked - stacked.mean(dim=0)
+        centred_prob = probs - probs.mean(dim=0)
+        rows = m * (centred_prob * centred_log).sum(dim=(0, -1))
+    ruled_out_somewhere = (neg_inf.any(dim=0) & ~ruled_out_everywhere).any(dim=-1)
+    return rows.masked_fill(ruled_out_somewhere, float("inf"))
+
+
+def _masked_mean(rows: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return rows.mean()
+    if mask.shape != rows.shape:
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)} but the logits have {tuple(rows.shape)} rows; "
+            "pass a bool mask shaped like the logits without their class dimension"
+        )
+    mask = mask.to(torch.bool)
+    return rows.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def _check_same_shapes(tensors: Sequence[Tensor], what: str) -> None:
+    if len(tensors) < 2:
+        raise ValueError(f"R-Drop needs at least two passes, got {len(tensors)} {what}")
+    first = tuple(tensors[0].shape)
+    for i, t in enumerate(tensors[1:], start=2):
+        if tuple(t.shape) != first:
+            raise ValueError(
+                f"{what} of pass 1 have shape {first} but pass {i} has {tuple(t.shape)}; "
+                "both passes must come from the same inputs (see dropkit.rdrop_forward)"
+            )
+
+
+def mean_pairwise_kl(logits: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
+    """``1/(m(m-1)) sum_{i != j} KL(P_i || P_j)`` from the logits of ``m`` passes.
+
+    KL is summed over the last (class) dimension and averaged over rows; ``mask`` (bool, shaped
+    like a pass's logits without the class dimension) keeps the rows where it is True.
+    """
+    _check_same_shapes(logits, "logits")
+    m = len(logits)
+    rows = _pairwise_kl_rows([_log_probs(z) for z in logits]) / (m * (m - 1))
+    return _masked_mean(rows, mask)
+
+
+def symmetric_kl(logits1: Tensor, logits2: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``(KL(P1 || P2) + KL(P2 || P1)) / 2``: summed over classes, averaged over (unmasked) rows.
+
+    Works for ``(N, C)`` and ``(N, T, C)`` logits. Exactly 0 for identical inputs, non-negative,
+    symmetric, finite where a class is ``-inf`` in both passes.
+    """
+    return mean_pairwise_kl((logits1, logits2), mask)
+
+
+def _cross_entropy_rows(log_probs: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
+    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    if label_smoothing == 0.0:
+        return nll
+    return (1.0 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1)
+
+
+def rdrop_terms(
+    logits: Sequence[Tensor],
+    target: Tensor,
+    alpha: float = 1.0,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> RDropLoss:
+    """R-Drop loss over ``m >= 2`` passes with its parts: ``sum_i CE_i + alpha * mean pairwise KL``.
+
+    ``target`` has the logits' shape without the class dimension; positions equal to
+    ``ignore_index`` (padding) are left out of both CE and KL, which share one normaliser (the
+    number of non-ignored positions).
+    """
+    _check_same_shapes(logits, "logits")
+    if tuple(target.shape) != tuple(logits[0].shape[:-1]):
+        raise ValueError(
+            f"target has shape {tuple(target.shape)} but the logits have shape "
+            f"{tuple(logits[0].shape)}; target must be the logits' shape without the class "
+            "dimension (class indices, ignore_index for padding)"
+        )
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
+    log_probs = [_log_probs(z) for z in logits]
+    valid = target != ignore_index
+    safe_target = target.masked_fill(~valid, 0)
+    ce = tuple(
+        _masked_mean(_cross_entropy_rows(lp, safe_target, label_smoothing), valid)
+        for lp in log_probs
+    )
+    m = len(logits)
+    kl = _masked_mean(_pairwise_kl_rows(log_probs) / (m * (m - 1)), valid)
+    return RDropLoss(loss=sum(ce) + alpha * kl, ce=ce, kl=kl)
+
+
+def rdrop_loss(
+    logits1: Tensor,
+    logits2: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Paper Eq. 4: ``ce1 + ce2 + alpha/2 * (KL12 + KL21)``, averaged over non-ignored rows.
+
+    Use :func:`rdrop_terms` for the parts (CE per pass, KL) or for more than two passes.
+    """
+    return rdrop_terms((logits1, logits2), target, alpha, ignore_index, label_smoothing).loss
+
+
+def consistency_mse(pred1: Tensor, pred2: Tensor) -> Tensor:
+    """Mean squared difference between two passes' predictions (R-Drop for regression)."""
+    _check_same_shapes((pred1, pred2), "predictions")
+    dtype = torch.promote_types(pred1.dtype, torch.float32)
+    return F.mse_loss(pred1.to(dtype), pred2.to(dtype))
+
+
+def rdrop_regression_loss(
+    pred1: Tensor, pred2: Tensor, target: Tensor, alpha: float = 1.0
+) -> Tensor:
+    """``mse(pred1, y) + mse(pred2, y) + alpha * mse(pred1, pred2)``: R-Drop for regression."""
+    _check_same_shapes((pred1, pred2), "predictions")
+    if target.shape != pred1.shape:
+        raise ValueError(
+            f"target has shape {tuple(target.shape)} but predictions have "
+            f"{tuple(pred1.shape)}; reshape one to match (e.g. pred.squeeze(-1))"
+        )
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha} must be >= 0")
+    dtype = torch.promote_types(pred1.dtype, torch.float32)
+    target = target.to(dtype)
+    task = F.mse_loss(pred1.to(dtype), target) + F.mse_loss(pred2.to(dtype), target)
+    return task + alpha * consistency_mse(pred1, pred2)
+
+
+# --- one forward on the repeated batch -------------------------------------------------------
+
+
+def _map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """Apply ``fn`` to every tensor in nested tuples / lists / dicts, keeping container types."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        items = {k: _map_tensors(v, fn) for k, v in obj.items()}
+        if type(obj) is dict:
+            return items
+        try:  # ModelOutput and other keyword-constructible mappings keep their type
+            return type(obj)(**items)
+        except TypeError:
+            return items
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_map_tensors(v, fn) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def _batch_size(inputs: Any) -> int:
+    sizes: set[int] = set()
+
+    def record(t: Tensor) -> None:
+        if t.dim() > 0:
+            sizes.add(t.shape[0])
+
+    _map_tensors(inputs, record)
+    if not sizes:
+        raise ValueError("rdrop_forward found no batched tensor in the inputs to repeat")
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the input tensors disagree on the batch size (first dims {sorted(sizes)}); "
+            "rdrop_forward repeats every tensor along dim 0, so pass only batch-major tensors "
+            "and bind the others in the model (e.g. functools.partial)"
+        )
+    return sizes.pop()
+
+
+def _split(outputs: Any, passes: int, batch: int) -> tuple[Any, ...]:
+    def chunk(i: int) -> Callable[[Tensor], Tensor]:
+        def take(t: Tensor) -> Tensor:
+            if t.dim() == 0 or t.shape[0] != passes * batch:
+                raise ValueError(
+                    f"an output tensor of shape {tuple(t.shape)} is not batch-major (expected "
+                    f"first dim {passes} x {batch}); do not let the model reduce over the batch "
+                    "(e.g. do not pass labels to a Hugging Face model here: compute the loss "
+                    "with dropkit.rdrop_loss)"
+                )
+            return t[i * batch : (i + 1) * batch]
+
+        return take
+
+    return tuple(_map_tensors(outputs, chunk(i)) for i in range(passes))
+
+
+_warned_inactive: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+_site_cache: weakref.WeakKeyDictionary[nn.Module, list[Site]] = weakref.WeakKeyDictionary()
+
+
+def _warn_if_no_active_dropout(model: nn.Module) -> None:
+    if model in _warned_inactive:
+        return
+    if model not in _site_cache:
+        _site_cache[model] = [s for s in find_sites(model) if s.module is not None]
+    active = any(s.p > 0 and s.module.training for s in _site_cache[model])
+    if not active:
+        _warned_inactive.add(model)
+        warnings.warn(
+            "R-Drop: the model has no active dropout (every site is at rate 0 or in eval mode), "
+            "so the passes are identical and the KL term is exactly 0; enable dropout "
+            "(see dropkit.describe(model))",
+            stacklevel=3,
+        )
+
+
+def _check_batchnorm_on_single_sample(model: nn.Module, passes: int) -> list[Any]:
+    """Hooks that raise where BatchNorm would normalise copies of one sample (degenerate)."""
+
+    def check(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        x = args[0]
+        values_per_channel = x.numel() // max(x.shape[1], 1) if x.dim() > 1 else x.numel()
+        if values_per_channel <= passes:
+            raise ValueError(
+                f"{type(module).__name__} in training mode would normalise over {passes} copies "
+                "of a single sample (batch size 1 without spatial dims), which breaks plain "
+                "training too; use a batch size > 1, or put BatchNorm in eval mode"
+            )
+
+    return [
+        m.register_forward_pre_hook(check)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
+
+
+def rdrop_forward(model: nn.Module, *args: Any, passes: int = 2, **kwargs: Any) -> tuple[Any, ...]:
+    """Run ``model`` once on the inputs repeated ``passes`` times along dim 0; split the output.
+
+    Every tensor in ``args`` / ``kwargs`` (nested tuples, lists and dicts included, e.g. a
+    Hugging Face batch passed as ``**batch``) is repeated; the outputs (tensors, tuples, dicts,
+    ``ModelOutput``) come back as one object per pass. In eval mode the model runs once and the
+    same output is returned for every pass. BatchNorm statistics see the repeated batch.
+    """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 2:
+        raise ValueError(f"passes={passes!r} must be an int >= 2")
+    if isinstance(model, nn.DataParallel):
+        raise TypeError(
+            "nn.DataParallel splits the repeated batch [x; x] across devices, so a pair's "
+            "passes run on different devices; use DistributedDataParallel (each rank repeats "
+            "its own batch) or call rdrop_forward(model.module, ...)"
+        )
+    inputs = (args, kwargs)
+    batch = _batch_size(inputs)
+    if not model.training:
+        outputs = model(*args, **kwargs)
+        return (outputs,) * passes
+    _warn_if_no_active_dropout(unwrap(model))
+    repeated_args, repeated_kwargs = _map_tensors(
+        inputs, lambda t: t if t.dim() == 0 else t.repeat(passes, *([1] * (t.dim() - 1)))
+    )
+    hooks = _check_batchnorm_on_single_sample(model, passes) if batch == 1 else []
+    try:
+        outputs = model(*repeated_args, **repeated_kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return _split(outputs, passes, batch)
