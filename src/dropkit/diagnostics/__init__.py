@@ -1,0 +1,62 @@
+"""Training-dynamics diagnostics: the early-dropout paper's analyses and R-Drop's inconsistency.
+
+Pure functions over flattened gradients (streamed, O(|θ|) memory), helpers that produce those
+gradients from ``(model, loss_fn, batches)`` without disturbing training, and a recorder that
+runs them on tracking schedules::
+
+    from dropkit import diagnostics as dd
+    dd.gradient_direction_variance(grads)             # GDV in [0, 1]
+    dd.gradient_direction_error(grads, full_grad)     # GDE in [0, 1]
+"""
+
+from dropkit.diagnostics.bias_variance import (
+    BiasVariance,
+    BiasVarianceAccumulator,
+    gradient_bias_variance,
+)
+from dropkit.diagnostics.direction import (
+    DirectionAccumulator,
+    gradient_direction_error,
+    gradient_direction_variance,
+)
+from dropkit.diagnostics.distance import DistanceFromInit, parameter_distance
+from dropkit.diagnostics.grad_norm import gradient_norm
+from dropkit.diagnostics.gradients import (
+    LossFn,
+    VmapFallbackWarning,
+    cross_entropy_loss,
+    flatten_gradients,
+    full_gradient,
+    mini_batch_gradients,
+)
+from dropkit.diagnostics.inconsistency import Inconsistency, train_test_inconsistency
+from dropkit.diagnostics.recorder import INSTRUMENTS, DynamicsRecorder
+from dropkit.diagnostics.tracking import At, Every, Schedule, at, every, log_spaced
+
+__all__ = [
+    "INSTRUMENTS",
+    "At",
+    "BiasVariance",
+    "BiasVarianceAccumulator",
+    "DirectionAccumulator",
+    "DistanceFromInit",
+    "DynamicsRecorder",
+    "Every",
+    "Inconsistency",
+    "LossFn",
+    "Schedule",
+    "VmapFallbackWarning",
+    "at",
+    "cross_entropy_loss",
+    "every",
+    "flatten_gradients",
+    "full_gradient",
+    "gradient_bias_variance",
+    "gradient_direction_error",
+    "gradient_direction_variance",
+    "gradient_norm",
+    "log_spaced",
+    "mini_batch_gradients",
+    "parameter_distance",
+    "train_test_inconsistency",
+]

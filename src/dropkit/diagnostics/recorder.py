@@ -1,0 +1,367 @@
+"""DynamicsRecorder: run chosen instruments on tracking schedules, write JSON Lines.
+
+One recorder per run. Call ``rec.step(step)`` once per optimizer step, after ``loss.backward()``
+(``grad_norm`` reads ``.grad``, so before ``optimizer.zero_grad()``); instruments whose schedule
+is due run and each writes one JSON object per (step, instrument)::
+
+    {"run": "vit-early", "step": 100, "instrument": "gdv", "value": 0.41, "seconds": 0.21,
+     "num_grads": 32}
+
+Instruments (``INSTRUMENTS``):
+
+- ``grad_norm``: ‖g‖₂ from ``.grad`` (free);
+- ``distance``: ‖W_t - W_0‖₂, W_0 snapshotted when the recorder is built;
+- ``gdv``, ``gde``, ``bias_variance``: over ``num_batches`` mini-batch gradients from ``batches``
+  (one shared pass per step), ĝ from ``full_batches`` (one more pass, dropout off);
+- ``inconsistency``: deterministic vs Monte-Carlo dropout prediction on the ``heldout`` batch.
+
+``value`` is a float, or a dict of floats for ``bias_variance`` and ``inconsistency``.
+``seconds`` is the wall time the record cost; a pass shared by several instruments at a step is
+split evenly among them, so the ``seconds`` of a run add up to ``rec.seconds``, the recorder's
+whole cost (also broken down in ``rec.cost``, with ``"writing"`` for file and TensorBoard I/O).
+Training state (parameters, ``.grad``, buffers, modes, dropout rates, RNG) is left untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from dropkit.diagnostics._state import DiagnosticRNG
+from dropkit.diagnostics.bias_variance import BiasVarianceAccumulator
+from dropkit.diagnostics.direction import DirectionAccumulator
+from dropkit.diagnostics.distance import DistanceFromInit
+from dropkit.diagnostics.grad_norm import gradient_norm
+from dropkit.diagnostics.gradients import (
+    LossFn,
+    Method,
+    check_chunk_size,
+    check_method,
+    cross_entropy_loss,
+    full_gradient,
+    mini_batch_gradients,
+)
+from dropkit.diagnostics.inconsistency import train_test_inconsistency
+from dropkit.diagnostics.tracking import Schedule, every
+
+__all__ = ["INSTRUMENTS", "DynamicsRecorder"]
+
+INSTRUMENTS: tuple[str, ...] = (
+    "grad_norm",
+    "distance",
+    "gdv",
+    "gde",
+    "bias_variance",
+    "inconsistency",
+)
+_GRADIENT_SET = ("gdv", "gde", "bias_variance")
+_NEEDS_FULL = ("gde", "bias_variance")
+
+BatchSource = Callable[[], Iterable[Any]] | Iterable[Any]
+
+
+class _Batches:
+    """Re-iterable view of a batch source, opened lazily (inside the diagnostic RNG stream)."""
+
+    def __init__(self, source: BatchSource, limit: int | None) -> None:
+        self.source = source
+        self.limit = limit
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = self.source() if callable(self.source) else self.source
+        return iter(batches if self.limit is None else itertools.islice(batches, self.limit))
+
+
+def _as_schedule(schedule: Schedule | int, name: str) -> Schedule:
+    if isinstance(schedule, int) and not isinstance(schedule, bool):
+        return every(schedule)
+    if callable(schedule):
+        return schedule
+    raise TypeError(
+        f"schedule for {name!r} must be an int (every n steps) or a callable step -> bool such "
+        f"as dropkit.diagnostics.log_spaced(...), got {schedule!r}"
+    )
+
+
+def _step_seed(seed: int | None, step: int) -> int | None:
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class DynamicsRecorder:
+    """Runs diagnostic instruments on tracking schedules and records them (JSONL, TensorBoard).
+
+    Args:
+        model: the model being trained (``loss_fn`` receives it).
+        instruments: names from ``INSTRUMENTS``, or a mapping name -> schedule to give
+            instruments their own schedules (``None`` = the shared ``schedule``).
+        schedule: when instruments run: an int n (every n steps) or a callable ``step -> bool``
+            (``every(n)``, ``log_spaced(end, num)``, ``at([...])``).
+        path: JSON Lines file, appended to (``None``: records are only kept in ``rec.records``).
+        run: name written into every record, to tell runs apart in one file.
+        loss_fn: ``loss_fn(model, batch) -> mean loss``; default cross-entropy on (inputs, targets).
+        batches: where mini-batches for G come from: a re-iterable (a list of batches gives the
+            same G at every step; a DataLoader gives fresh ones) or a callable returning an
+            iterable. ``num_batches`` caps how many are taken per step (|G|).
+        full_batches: the batches over which ĝ is taken (the training set or a fixed subset),
+            in the same forms; needed by ``gde`` and ``bias_variance``.
+        heldout: ``(inputs, targets)`` or ``inputs`` (or a callable returning one) for
+            ``inconsistency``; ``forward(model, inputs) -> logits`` if ``model(inputs)`` is not.
+        passes: Monte-Carlo dropout passes for ``inconsistency``.
+        method, chunk_size: how mini-batch gradients are taken (see ``mini_batch_gradients``).
+        seed: seeds the diagnostic dropout masks per step (``None``: derived from the training
+            RNG state); training's own random stream is never advanced.
+        snapshot_device: where W_0 lives (``"cpu"`` spares accelerator memory).
+        init_params: W_0 as ``{name: tensor}`` for a resumed run, instead of a snapshot now.
+        tensorboard: ``True`` writes scalars to ``<path without suffix>_tb/``, a path writes
+            there; needs the ``tensorboard`` package.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        instruments: Sequence[str] | Mapping[str, Schedule | int | None] = (
+            "grad_norm",
+            "distance",
+        ),
+        *,
+        schedule: Schedule | int = 1,
+        path: str | os.PathLike[str] | None = None,
+        run: str | None = None,
+        loss_fn: LossFn = cross_entropy_loss,
+        batches: BatchSource | None = None,
+        num_batches: int | None = None,
+        full_batches: BatchSource | None = None,
+        heldout: Any = None,
+        forward: Callable[[nn.Module, Any], Tensor] | None = None,
+        passes: int = 8,
+        method: Method = "auto",
+        chunk_size: int = 8,
+        seed: int | None = 0,
+        snapshot_device: str | None = None,
+        init_params: Mapping[str, Tensor] | None = None,
+        tensorboard: bool | str | os.PathLike[str] = False,
+    ) -> None:
+        if isinstance(instruments, str):
+            instruments = [instruments]
+        chosen = (
+            dict(instruments) if isinstance(instruments, Mapping) else dict.fromkeys(instruments)
+        )
+        unknown = [name for name in chosen if name not in INSTRUMENTS]
+        if unknown or not chosen:
+            raise ValueError(f"unknown instrument(s) {unknown}; choose from {INSTRUMENTS}")
+        self.schedules = {
+            name: _as_schedule(schedule if own is None else own, name)
+            for name, own in chosen.items()
+        }
+        needs = {
+            "batches": [n for n in chosen if n in _GRADIENT_SET and batches is None],
+            "full_batches": [n for n in chosen if n in _NEEDS_FULL and full_batches is None],
+            "heldout": [n for n in chosen if n == "inconsistency" and heldout is None],
+        }
+        for argument, names in needs.items():
+            if names:
+                raise ValueError(f"instrument(s) {names} need data: pass {argument}=...")
+        if num_batches is not None and (isinstance(num_batches, bool) or num_batches < 1):
+            raise ValueError(f"num_batches={num_batches!r} must be a positive int or None")
+        self.model = model
+        self.run = run
+        self.loss_fn = loss_fn
+        self.batches = None if batches is None else _Batches(batches, num_batches)
+        self.full_batches = None if full_batches is None else _Batches(full_batches, None)
+        self.heldout = heldout
+        self.forward = forward
+        self.passes = passes
+        self.method = check_method(method)
+        self.chunk_size = check_chunk_size(chunk_size)
+        self.seed = seed
+        self.distance = (
+            DistanceFromInit(model, snapshot_device, init_params) if "distance" in chosen else None
+        )
+        self.records: list[dict[str, Any]] = []
+        self.cost: dict[str, float] = dict.fromkeys([*chosen, "writing"], 0.0)
+        self._counter = 0
+        self._file = None
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._writer = self._open_tensorboard(tensorboard)
+
+    def _open_tensorboard(self, tensorboard: bool | str | os.PathLike[str]) -> Any:
+        if tensorboard is False:
+            return None
+        if tensorboard is True:
+            if self.path is None:
+                raise ValueError("tensorboard=True writes next to path; pass path= or a directory")
+            log_dir = self.path.with_name(self.path.stem + "_tb")
+        else:
+            log_dir = Path(tensorboard)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError(
+                "tensorboard output needs the tensorboard package: pip install tensorboard"
+            ) from err
+        return SummaryWriter(log_dir=str(log_dir))
+
+    @property
+    def seconds(self) -> float:
+        """Total wall time the recorder has spent (instruments and writing)."""
+        return sum(self.cost.values())
+
+    def due(self, step: int) -> list[str]:
+        """The instruments whose schedule runs at ``step``."""
+        return [name for name, schedule in self.schedules.items() if schedule(step)]
+
+    def step(self, step: int | None = None) -> list[dict[str, Any]]:
+        """Run the instruments due at ``step`` (default: one more than the last call's).
+
+        Returns the records written (empty when nothing is due).
+        """
+        if step is None:
+            step = self._counter
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"step={step!r} must be a non-negative int (the optimizer step)")
+        step = int(step)
+        self._counter = step + 1
+        due = self.due(step)
+        if not due:
+            return []
+        values: dict[str, Any] = {}
+        seconds: dict[str, float] = dict.fromkeys(due, 0.0)
+        extra: dict[str, dict[str, Any]] = {name: {} for name in due}
+        for name in due:
+            if name in ("grad_norm", "distance", "inconsistency"):
+                start = time.perf_counter()
+                values[name] = self._single(name, step)
+                seconds[name] += time.perf_counter() - start
+        shared = [name for name in due if name in _GRADIENT_SET]
+        if shared:
+            self._gradient_set(shared, step, values, seconds, extra)
+        records = [
+            {
+                **({"run": self.run} if self.run is not None else {}),
+                "step": step,
+                "instrument": name,
+                "value": values[name],
+                "seconds": seconds[name],
+                **extra[name],
+            }
+            for name in due
+        ]
+        for name in due:
+            self.cost[name] += seconds[name]
+        start = time.perf_counter()
+        self._write(records)
+        self.cost["writing"] += time.perf_counter() - start
+        return records
+
+    def _single(self, name: str, step: int) -> Any:
+        if name == "grad_norm":
+            return gradient_norm(self.model)
+        if name == "distance":
+            assert self.distance is not None
+            return self.distance()
+        with DiagnosticRNG(_step_seed(self.seed, step)):
+            heldout = self.heldout() if callable(self.heldout) else self.heldout
+        inputs, targets = (
+            heldout if isinstance(heldout, (tuple, list)) and len(heldout) == 2 else (heldout, None)
+        )
+        result = train_test_inconsistency(
+            self.model,
+            inputs,
+            targets,
+            passes=self.passes,
+            forward=self.forward,
+            seed=_step_seed(self.seed, step),
+        )
+        return result._asdict()
+
+    def _gradient_set(
+        self,
+        names: list[str],
+        step: int,
+        values: dict[str, Any],
+        seconds: dict[str, float],
+        extra: dict[str, dict[str, Any]],
+    ) -> None:
+        assert self.batches is not None
+        start = time.perf_counter()
+        direction = DirectionAccumulator()
+        spread = BiasVarianceAccumulator() if "bias_variance" in names else None
+        grads = mini_batch_gradients(
+            self.model,
+            self.batches,
+            self.loss_fn,
+            method=self.method,
+            chunk_size=self.chunk_size,
+            seed=_step_seed(self.seed, step),
+        )
+        for grad in grads:
+            direction.update(grad)
+            if spread is not None:
+                spread.update(grad)
+        for name in names:
+            seconds[name] += (time.perf_counter() - start) / len(names)
+            extra[name]["num_grads"] = direction.count
+        full = [name for name in names if name in _NEEDS_FULL]
+        if full:
+            assert self.full_batches is not None
+            start = time.perf_counter()
+            full_grad = full_gradient(
+                self.model, self.full_batches, self.loss_fn, seed=_step_seed(self.seed, step)
+            )
+            for name in full:
+                seconds[name] += (time.perf_counter() - start) / len(full)
+        for name in names:
+            start = time.perf_counter()
+            if name == "gdv":
+                values[name] = direction.variance()
+            elif name == "gde":
+                values[name] = direction.error(full_grad)
+            else:
+                assert spread is not None
+                raw = spread.result(full_grad)._asdict()
+                unit = spread.result(full_grad, normalize=True)._asdict()
+                values[name] = {**raw, **{f"unit_{key}": v for key, v in unit.items()}}
+            seconds[name] += time.perf_counter() - start
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        self.records.extend(records)
+        if self._file is not None:
+            self._file.writelines(json.dumps(record) + "\n" for record in records)
+            self._file.flush()
+        if self._writer is not None:
+            for record in records:
+                value, name = record["value"], record["instrument"]
+                scalars = value if isinstance(value, dict) else {"": value}
+                for key, scalar in scalars.items():
+                    if scalar is not None:
+                        tag = f"{name}/{key}" if key else name
+                        self._writer.add_scalar(tag, scalar, record["step"])
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Close the JSONL file and the TensorBoard writer (records stay in ``rec.records``)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> DynamicsRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
