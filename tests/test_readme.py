@@ -23,3 +23,14 @@ def test_rdrop_loop_example_runs() -> None:
     exec(compile(example, "README.md", "exec"), namespace)
     assert namespace["loss"].item() > 0
     assert namespace["logits1"].shape == namespace["logits2"].shape == (32, 3)
+
+
+def test_diagnostics_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "DirectionAccumulator()" in b)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    acc, full = namespace["acc"], namespace["full"]
+    assert 0.0 < acc.variance() < 1.0
+    assert 0.0 < acc.error(full) < 1.0
+    assert full.dtype == namespace["torch"].float64
