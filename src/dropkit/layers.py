@@ -2,6 +2,10 @@
 
 The modules exist at every rate, including 0, so a site built "switched off" can still be switched
 on later by a schedule (unlike models that substitute ``nn.Identity`` when a rate is 0).
+
+Under ``torch.compile`` the modules read their rate from a 0-dim tensor buffer instead of a Python
+float: Dynamo guards on float attributes and would recompile at every new rate, whereas a tensor's
+value is an input of the compiled graph, so a schedule can change it every step for free.
 """
 
 from __future__ import annotations
@@ -27,12 +31,27 @@ def _zeros_keeping_graph(x: Tensor) -> Tensor:
     return x.masked_fill(torch.ones((), dtype=torch.bool, device=x.device), 0.0)
 
 
-def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+def _keep_with_tensor_rate(x: Tensor, p: Tensor, mask_shape: tuple[int, ...]) -> Tensor:
+    # Branch-free, so the rate's value never becomes a compile-time constant: keep where
+    # U >= p for U ~ Uniform[0, 1), which happens with probability 1 - p (always at p = 0, never
+    # at p = 1); survivors are scaled by 1 / (1 - p), and the scale is 0 at p = 1.
+    dtype = torch.promote_types(x.dtype, torch.float32)  # draw half-precision masks in float32
+    p = p.to(device=x.device, dtype=dtype)
+    keep = torch.rand(mask_shape, dtype=dtype, device=x.device) >= p
+    scale = torch.where(p < 1.0, 1.0 / (1.0 - p), 0.0)
+    return torch.where(keep, x * scale.to(x.dtype), 0.0)
+
+
+def dropout(x: Tensor, p: float | Tensor, training: bool = True) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale survivors by 1/(1-p).
 
     Identity when ``training`` is False or ``p == 0``; all zeros when ``p == 1``. The expected
-    value of the output equals the input, so nothing needs rescaling at test time.
+    value of the output equals the input, so nothing needs rescaling at test time. ``p`` may be a
+    0-dim tensor (the graph-friendly form used under ``torch.compile``); a tensor rate is not
+    validated here, since that would need its value on the host.
     """
+    if isinstance(p, Tensor):
+        return _keep_with_tensor_rate(x, p, x.shape) if training else x
     p = check_rate(p)
     if not training or p == 0.0:
         return x
@@ -42,27 +61,37 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     return x * keep
 
 
-def drop_path(x: Tensor, p: float, training: bool = True) -> Tensor:
+def drop_path(x: Tensor, p: float | Tensor, training: bool = True) -> Tensor:
     """Stochastic depth, "row" mode: drop a whole sample's residual branch with probability ``p``.
 
     One Bernoulli draw per sample (dimension 0), survivors scaled by 1/(1-p), as in timm's
-    ``DropPath`` and torchvision's ``StochasticDepth(mode="row")``.
+    ``DropPath`` and torchvision's ``StochasticDepth(mode="row")``. ``p`` may be a 0-dim tensor,
+    as for :func:`dropout`.
     """
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    if isinstance(p, Tensor):
+        return _keep_with_tensor_rate(x, p, shape) if training else x
     p = check_rate(p)
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return _zeros_keeping_graph(x)
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     keep = x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
     return x * keep
 
 
 class Dropout(nn.Module):
-    """Inverted dropout whose rate ``p`` may be changed at any time (validated on write)."""
+    """Inverted dropout whose rate ``p`` may be changed at any time (validated on write).
+
+    The rate is mirrored in the non-persistent 0-dim buffer ``p_tensor``, which the forward reads
+    under ``torch.compile`` so that a changing rate causes no recompilation.
+    """
+
+    p_tensor: Tensor
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
+        self.register_buffer("p_tensor", torch.zeros(()), persistent=False)
         self.p = p
 
     @property
@@ -72,8 +101,11 @@ class Dropout(nn.Module):
     @p.setter
     def p(self, value: float) -> None:
         self._p = check_rate(value, "Dropout.p")
+        self.p_tensor.fill_(self._p)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return dropout(x, self.p_tensor, self.training)
         return dropout(x, self._p, self.training)
 
     def extra_repr(self) -> str:
@@ -84,11 +116,16 @@ class DropPath(nn.Module):
     """Stochastic depth on a residual branch; ``drop_prob`` may be changed at any time.
 
     The attribute is named ``drop_prob`` as in timm, so code written for timm's ``DropPath``
-    (including the official early-dropout scheduler) works on it unchanged.
+    (including the official early-dropout scheduler) works on it unchanged. Like
+    :class:`Dropout`, it mirrors the rate in a 0-dim buffer (``drop_prob_tensor``) read under
+    ``torch.compile``.
     """
+
+    drop_prob_tensor: Tensor
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
+        self.register_buffer("drop_prob_tensor", torch.zeros(()), persistent=False)
         self.drop_prob = drop_prob
 
     @property
@@ -98,8 +135,11 @@ class DropPath(nn.Module):
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
         self._drop_prob = check_rate(value, "DropPath.drop_prob")
+        self.drop_prob_tensor.fill_(self._drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return drop_path(x, self.drop_prob_tensor, self.training)
         return drop_path(x, self._drop_prob, self.training)
 
     def extra_repr(self) -> str:
