@@ -3,6 +3,11 @@
 It behaves like a ``torch.optim.lr_scheduler`` in a user's hands: the constructor applies step
 0, ``step()`` goes after ``optimizer.step()``, and ``state_dict()`` / ``load_state_dict()``
 resume a run.
+
+With ``compile_levels`` set it snaps each rate to a few levels, for models compiled with
+``torch.compile`` whose dropout rates are Python floats (``nn.Dropout``, Hugging Face attention
+floats, timm ``DropPath``): Dynamo guards on such floats and recompiles at every new value, so a
+per-step schedule would exhaust its recompile limit and silently fall back to eager.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ import numpy as np
 from torch import nn
 
 from dropkit.layers import check_rate
-from dropkit.schedules import Schedule, depth_profile, from_array, standard
+from dropkit.schedules import (
+    ArraySchedule,
+    Early,
+    Late,
+    Schedule,
+    Standard,
+    depth_profile,
+    from_array,
+    standard,
+)
 from dropkit.sites import Site, describe, find_sites
 
 __all__ = ["DropoutScheduler", "ScheduleLike"]
@@ -38,6 +52,32 @@ def _as_schedule(spec: ScheduleLike, kind: str) -> Schedule:
     )
 
 
+def _peak(schedule: Schedule, total_steps: int, kind: str) -> float:
+    """The largest rate ``schedule`` reaches in a run of ``total_steps``."""
+    if isinstance(schedule, (Standard, Early, Late)):
+        return float(schedule.p)
+    if isinstance(schedule, ArraySchedule):
+        return max(schedule.rates)
+    return max(
+        check_rate(schedule(step, total_steps), f"{kind} schedule at step {step}")
+        for step in range(total_steps)
+    )
+
+
+def _check_compile_levels(levels: int) -> int:
+    from torch._dynamo import config  # imported only here: Dynamo is slow to import
+
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"compile_levels={levels!r} must be an int >= 2 (0 and the peak rate)")
+    if levels > config.recompile_limit:
+        raise ValueError(
+            f"compile_levels={levels} exceeds torch._dynamo.config.recompile_limit="
+            f"{config.recompile_limit}: each level costs one recompilation and past the limit "
+            "torch.compile silently runs the model eagerly; use fewer levels or raise the limit"
+        )
+    return levels
+
+
 class DropoutScheduler:
     """Apply a dropout schedule and/or a drop-path schedule to every controllable site of a model.
 
@@ -53,6 +93,10 @@ class DropoutScheduler:
         depth_rule: ``"linear"`` or ``"uniform"`` multipliers across drop-path blocks.
         on_missing: ``"raise"`` (default) or ``"warn"`` when a scheduled kind has no
             controllable site in the model.
+        compile_levels: for ``torch.compile``: snap each kind's rate to the nearest of this many
+            evenly spaced values from 0 to the schedule's peak, so a compiled model recompiles
+            at most this many times per kind. Not needed when every site is a dropkit
+            ``Dropout`` / ``DropPath``, which never recompile.
     """
 
     def __init__(
@@ -64,6 +108,7 @@ class DropoutScheduler:
         *,
         depth_rule: Literal["linear", "uniform"] = "linear",
         on_missing: Literal["raise", "warn"] = "raise",
+        compile_levels: int | None = None,
     ) -> None:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(
@@ -79,6 +124,14 @@ class DropoutScheduler:
             for kind, spec in (("dropout", dropout), ("drop_path", drop_path))
             if spec is not None
         }
+        self.compile_levels = (
+            None if compile_levels is None else _check_compile_levels(compile_levels)
+        )
+        self._peaks = (
+            {kind: _peak(schedule, total_steps, kind) for kind, schedule in self.schedules.items()}
+            if self.compile_levels is not None
+            else {}
+        )
         sites = find_sites(model)
         self._built_rates = {site: site.p for site in sites if site.controllable}
         self._targets = {
@@ -145,11 +198,20 @@ class DropoutScheduler:
             step = self.total_steps - 1
         for kind, schedule in self.schedules.items():
             rate = check_rate(schedule(step, self.total_steps), f"{kind} schedule at step {step}")
+            if self.compile_levels is not None:
+                rate = self._snap(rate, self._peaks[kind])
             self._last_p[kind] = rate
             if force or self._written.get(kind) != rate:
                 for site, multiplier in self._targets[kind]:
                     site.set_p(rate * multiplier)
                 self._written[kind] = rate
+
+    def _snap(self, rate: float, peak: float) -> float:
+        if peak == 0.0:
+            return 0.0
+        top = self.compile_levels - 1
+        level = min(max(round(rate / peak * top), 0), top)
+        return peak * (level / top)  # exactly 0 and exactly the peak at the ends
 
     def get_last_p(self) -> dict[str, float]:
         """The rate each scheduled kind got at the current step (before depth multipliers)."""
