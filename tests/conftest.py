@@ -9,6 +9,10 @@ import torch
 
 from dropkit import sites
 
+# Tiny models on a small shared CPU (pytest -n 2 on 2 cores): one intra-op thread per worker, or
+# the workers' thread pools fight and small steps stall.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolate() -> None:
