@@ -1,0 +1,258 @@
+"""The Lightning callbacks in a real ``lightning.Trainer`` (CPU, tiny model, a few steps)."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import dropkit
+from dropkit import schedules
+
+pl = pytest.importorskip("lightning.pytorch")
+from dropkit.integrations.lightning import (  # noqa: E402
+    DropoutScheduleCallback,
+    DynamicsCallback,
+    rdrop_training_step,
+)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`isinstance.treespec, LeafSpec.` is deprecated"  # inside Lightning 2.6
+)
+
+
+BATCHES, ACCUMULATE, EPOCHS = 6, 2, 4
+TOTAL = EPOCHS * BATCHES // ACCUMULATE  # optimizer steps
+DROPOUT = schedules.early(0.3, cutoff=8, shape="linear")
+DROP_PATH = schedules.late(0.2, cutoff=0.5)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc, self.drop_path = nn.Linear(dim, dim), dropkit.DropPath(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(torch.relu(self.fc(x)))
+
+
+class TinyModule(pl.LightningModule):
+    """Records, from inside training_step, the rates its forward is about to use."""
+
+    def __init__(self, rdrop_alpha: float | None = None) -> None:
+        super().__init__()
+        self.inp, self.drop = nn.Linear(4, 16), nn.Dropout(0.0)
+        self.blocks = nn.Sequential(Block(16), Block(16))  # linear depth rule: 0, then the rate
+        self.head = nn.Linear(16, 3)
+        self.rdrop_alpha = rdrop_alpha
+        self.seen: list[tuple[int, float, float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.drop(self.inp(x))))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.seen.append(
+            (self.trainer.global_step, self.drop.p, self.blocks[1].drop_path.drop_prob)
+        )
+        x, y = batch
+        if self.rdrop_alpha is not None:
+            return rdrop_training_step(self, x, target=y, alpha=self.rdrop_alpha)
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _data() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x, y = (
+        torch.randn(4 * BATCHES, 4, generator=g),
+        torch.randint(0, 3, (4 * BATCHES,), generator=g),
+    )
+    return DataLoader(TensorDataset(x, y), batch_size=4)
+
+
+def _trainer(tmp_path: Path, callbacks: list, name: str) -> "pl.Trainer":
+    return pl.Trainer(
+        max_epochs=EPOCHS,
+        accumulate_grad_batches=ACCUMULATE,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        logger=pl.loggers.CSVLogger(tmp_path, name=name),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+    )
+
+
+def _expected(step: int) -> tuple[int, float, float]:
+    return (step, DROPOUT(step, TOTAL), DROP_PATH(step, TOTAL))
+
+
+class StopAfterEpoch(pl.Callback):
+    """Interrupts the run like a crash would, after ``epoch`` (a checkpoint exists by then)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def _logged_rates(trainer: "pl.Trainer") -> dict[int, tuple[float, float]]:
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("dropout/p")]
+    return {int(r["step"]): (float(r["dropout/p"]), float(r["drop_path/p"])) for r in rows}
+
+
+def test_rates_follow_global_step_across_accumulation_and_are_logged(tmp_path: Path) -> None:
+    module = TinyModule()
+    callback = DropoutScheduleCallback(dropout=DROPOUT, drop_path=DROP_PATH)
+    trainer = _trainer(tmp_path, [callback], "run")
+    trainer.fit(module, _data())
+    assert trainer.global_step == TOTAL == callback.scheduler.total_steps
+    # every micro-batch of a window (ACCUMULATE of them) uses that optimizer step's rates
+    expected = [_expected(step) for step in range(TOTAL) for _ in range(ACCUMULATE)]
+    assert module.seen == expected
+    assert {rate for _, rate, _ in module.seen} >= {0.3, 0.0}  # the schedule really moved
+    logged = _logged_rates(trainer)
+    assert len(logged) == TOTAL
+    for step, (dropout_p, drop_path_p) in logged.items():
+        assert dropout_p == pytest.approx(DROPOUT(step, TOTAL), abs=1e-6)
+        assert drop_path_p == pytest.approx(DROP_PATH(step, TOTAL), abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_resume_from_checkpoint_continues_the_schedule_exactly(tmp_path: Path) -> None:
+    checkpoints = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    first = TinyModule()
+    trainer = _trainer(
+        tmp_path,
+        [
+            DropoutScheduleCallback(dropout=DROPOUT, drop_path=DROP_PATH),
+            checkpoints,
+            StopAfterEpoch(1),
+        ],
+        "first",
+    )
+    trainer.fit(first, _data())
+    stopped_at = trainer.global_step
+    assert stopped_at == 2 * BATCHES // ACCUMULATE
+    ckpt_path = tmp_path / "ckpt" / f"epoch=1-step={stopped_at}.ckpt"
+    saved = torch.load(ckpt_path, weights_only=False)["callbacks"]
+    callback = DropoutScheduleCallback(dropout=DROPOUT, drop_path=DROP_PATH)
+    assert saved[callback.state_key] == {"last_step": stopped_at - 1, "total_steps": TOTAL}
+
+    second = TinyModule()  # a new process would start with the model's built rates
+    checkpoints = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    resumed = _trainer(tmp_path, [callback, checkpoints], "second")
+    resumed.fit(second, _data(), ckpt_path=ckpt_path)
+    assert first.seen[-1][0] == stopped_at - 1 and second.seen[0][0] == stopped_at
+    assert first.seen + second.seen == [
+        _expected(step) for step in range(TOTAL) for _ in range(ACCUMULATE)
+    ]
+
+
+def test_state_keys_differ_per_configuration() -> None:
+    a = DropoutScheduleCallback(dropout=DROPOUT)
+    b = DropoutScheduleCallback(dropout=schedules.early(0.1, cutoff=0.2))
+    assert a.state_key != b.state_key
+    assert a.state_key == DropoutScheduleCallback(dropout=DROPOUT).state_key
+    decay = lambda step, total: 0.1 * (1 - step / total)  # noqa: E731
+    assert "0x" not in DropoutScheduleCallback(dropout=decay).state_key  # same after a restart
+
+
+def test_invalid_arguments_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="nothing to schedule"):
+        DropoutScheduleCallback()
+    with pytest.raises(TypeError, match="depth_rule"):
+        DropoutScheduleCallback(dropout=0.1, depht_rule="uniform")
+    with pytest.raises(TypeError, match="comes from the trainer"):
+        DropoutScheduleCallback(dropout=0.1, total_steps=10)
+
+
+def test_rdrop_training_step_matches_an_independent_formulation(tmp_path: Path) -> None:
+    alpha = 0.7
+    checked = []
+
+    class Checked(TinyModule):
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            state = torch.get_rng_state()
+            logits = self(torch.cat([x, x]))  # the same masks as R-Drop's doubled forward
+            first, second = logits[: len(x)].double(), logits[len(x) :].double()
+            kl = lambda p, q: F.kl_div(  # noqa: E731  KL(p || q), summed over classes
+                q.log_softmax(-1), p.log_softmax(-1), log_target=True, reduction="batchmean"
+            )
+            expected = (
+                F.cross_entropy(first, y)
+                + F.cross_entropy(second, y)
+                + alpha / 2 * (kl(first, second) + kl(second, first))
+            )
+            torch.set_rng_state(state)
+            loss = rdrop_training_step(self, x, target=y, alpha=alpha)
+            checked.append((loss.item(), expected.item(), kl(first, second).item()))
+            return loss
+
+    module = Checked()
+    callback = DropoutScheduleCallback(dropout=0.3)
+    trainer = _trainer(tmp_path, [callback], "rdrop")
+    trainer.fit(module, _data())
+    assert len(checked) == EPOCHS * BATCHES
+    for loss, expected, kl in checked:
+        assert loss == pytest.approx(expected, rel=1e-5)
+        assert kl > 0  # the two passes did differ
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("rdrop/kl")]
+    assert len(rows) == TOTAL and all(float(r["rdrop/kl"]) > 0 for r in rows)
+    assert all(float(r["rdrop/ce"]) > 0 for r in rows)
+
+
+class IndependentDynamics(pl.Callback):
+    """Gradient norm and distance from the start, computed here in float64."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, tuple[float, float]] = {}
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.start = [p.detach().clone().double() for p in pl_module.parameters()]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        params = list(pl_module.parameters())
+        grad_norm = torch.cat([p.grad.double().flatten() for p in params]).norm().item()
+        moved = torch.cat([(p.double() - p0).flatten() for p, p0 in zip(params, self.start)])
+        self.values[trainer.global_step] = (grad_norm, moved.norm().item())
+
+
+def test_dynamics_callback_logs_the_instruments_on_their_schedule(tmp_path: Path) -> None:
+    loader = _data()
+    dynamics = DynamicsCallback(
+        ("grad_norm", "distance", "gdv"), schedule=2, batches=list(loader), num_batches=3
+    )
+    independent = IndependentDynamics()
+    trainer = _trainer(
+        tmp_path, [DropoutScheduleCallback(dropout=DROPOUT), dynamics, independent], "dynamics"
+    )
+    trainer.fit(TinyModule(), loader)
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("dynamics/grad_norm")]
+    assert [int(r["step"]) for r in rows] == list(range(0, TOTAL, 2))
+    by_step = {(r["step"], r["instrument"]): r["value"] for r in dynamics.recorder.records}
+    for row in rows:
+        step = int(row["step"])
+        grad_norm, distance = independent.values[step]
+        assert float(row["dynamics/grad_norm"]) == pytest.approx(grad_norm, rel=1e-6)
+        assert float(row["dynamics/distance"]) == pytest.approx(distance, rel=1e-5, abs=1e-7)
+        assert float(row["dynamics/gdv"]) == pytest.approx(by_step[step, "gdv"], rel=1e-6)
+        assert 0.0 <= float(row["dynamics/gdv"]) <= 1.0
+
+
+def test_dynamics_callback_rejects_unknown_options() -> None:
+    with pytest.raises(TypeError, match="DynamicsRecorder"):
+        DynamicsCallback(("grad_norm",), every=3)
