@@ -1,5 +1,6 @@
 """The README's Python examples run as written."""
 
+import ast
 import re
 from pathlib import Path
 
@@ -34,3 +35,16 @@ def test_diagnostics_example_runs() -> None:
     assert 0.0 < acc.variance() < 1.0
     assert 0.0 < acc.error(full) < 1.0
     assert full.dtype == namespace["torch"].float64
+
+
+def test_every_dropkit_import_in_the_readme_resolves() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    imports = [
+        node
+        for block in blocks
+        for node in ast.walk(ast.parse(block))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropkit")
+    ]
+    assert len(imports) >= 3  # diagnostics, Lightning, Hugging Face
+    for node in imports:
+        exec(compile(ast.Module([node], type_ignores=[]), "README.md", "exec"), {})
