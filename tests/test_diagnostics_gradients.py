@@ -375,7 +375,7 @@ def test_inconsistency_matches_explicit_reference():
 )
 def test_inconsistency_is_zero_without_dropout(build, batch):
     got = dd.train_test_inconsistency(build(0.0), *batch, passes=4)
-    assert got.kl == pytest.approx(0.0, abs=1e-12)
+    assert 0.0 <= got.kl <= 1e-12  # rounding noise never makes a KL negative
     assert got.disagreement == 0.0
     assert got.accuracy_gap == 0.0
 

@@ -79,7 +79,9 @@ def train_test_inconsistency(
     if not bool(keep.any()):
         raise ValueError("every target equals ignore_index: no row to measure")
     mc_probs, det_log_probs = mc_probs[keep], det_log_probs[keep]
+    # KL >= 0; identical distributions give rounding noise of either sign (~1e-18), clamped
     kl_rows = torch.xlogy(mc_probs, mc_probs).sum(-1) - (mc_probs * det_log_probs).sum(-1)
+    kl_rows = kl_rows.clamp(min=0.0)
     det_class, mc_class = det_log_probs.argmax(-1), mc_probs.argmax(-1)
     disagreement = float((det_class != mc_class).to(torch.float64).mean())
     if flat_targets is None:
