@@ -1,0 +1,199 @@
+"""Datasets for the experiments: MNIST-1D (canonical and large), sklearn digits, user .npz.
+
+Everything here ships with the project or is generated offline: MNIST-1D is generated
+procedurally by the ``mnist1d`` package (the canonical set is 5 000 samples with seed 42, split
+4 000 / 1 000), and ``sklearn.datasets.load_digits`` is bundled with scikit-learn. Generating a
+large MNIST-1D set takes seconds per 10 000 samples, so generated arrays are cached on disk
+(written atomically, so an interrupted run never leaves a half-written cache file).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Dataset",
+    "default_cache_dir",
+    "load_dataset",
+    "load_digits",
+    "load_mnist1d",
+    "load_npz",
+]
+
+NPZ_KEYS = ("x", "y", "x_test", "y_test")
+LARGE_MNIST1D_SAMPLES = 50_000  # 40 000 train / 10 000 test; about 8 s to generate once
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification dataset as tensors: float32 inputs, int64 labels in ``[0, n_classes)``."""
+
+    name: str
+    x: Tensor
+    y: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train={tuple(self.x.shape)}, test={tuple(self.x_test.shape)}, "
+            f"n_classes={self.n_classes})"
+        )
+
+
+def _as_dataset(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
+    x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32))
+    x_test = torch.as_tensor(np.asarray(arrays["x_test"], dtype=np.float32))
+    y = torch.as_tensor(np.asarray(arrays["y"]).astype(np.int64))
+    y_test = torch.as_tensor(np.asarray(arrays["y_test"]).astype(np.int64))
+    for split, inputs, labels in (("train", x, y), ("test", x_test, y_test)):
+        if inputs.ndim < 2 or labels.ndim != 1 or len(inputs) != len(labels) or len(labels) == 0:
+            raise ValueError(
+                f"dataset {name!r}: {split} inputs have shape {tuple(inputs.shape)} and labels "
+                f"{tuple(labels.shape)}; expected inputs (N, features...) and labels (N,) "
+                "with the same N > 0"
+            )
+    if x.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"dataset {name!r}: train inputs are {tuple(x.shape[1:])} per sample but test inputs "
+            f"are {tuple(x_test.shape[1:])}; both splits need the same feature shape"
+        )
+    labels = torch.cat([y, y_test])
+    if labels.min() < 0:
+        raise ValueError(f"dataset {name!r}: labels must be class indices >= 0")
+    return Dataset(name, x, y, x_test, y_test, int(labels.max()) + 1)
+
+
+def default_cache_dir() -> Path:
+    """``$DROPKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/dropkit`` (``~/.cache/dropkit``)."""
+    if "DROPKIT_CACHE" in os.environ:
+        return Path(os.environ["DROPKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dropkit"
+
+
+def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:  # optional dependency
+        raise ImportError(
+            "MNIST-1D needs the mnist1d package: pip install 'dropkit[data]'"
+        ) from err
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = seed
+    # make_dataset reseeds the global numpy and random generators; leave the caller's intact.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {key: data[key] for key in NPZ_KEYS}
+
+
+def load_mnist1d(
+    num_samples: int = 5000, seed: int = 42, cache_dir: str | Path | None = None
+) -> Dataset:
+    """MNIST-1D, generated offline: 40-long signals, 10 classes, 80 % train / 20 % test.
+
+    The defaults give the canonical set (4 000 train / 1 000 test). A larger ``num_samples``
+    with another ``seed`` gives a large variant (e.g. 50 000 samples, seed 0) for the
+    underfitting regime. Generated arrays are cached in ``cache_dir`` (default
+    :func:`default_cache_dir`) as ``mnist1d_n{num_samples}_seed{seed}.npz``.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 20:
+        raise ValueError(f"num_samples={num_samples!r} must be an int >= 20 (10 classes)")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"mnist1d_n{num_samples}_seed{seed}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            arrays = {key: stored[key] for key in NPZ_KEYS}
+    else:
+        arrays = _generate_mnist1d(num_samples, seed)
+        _save_atomically(path, arrays)
+    return _as_dataset(f"mnist1d-n{num_samples}-seed{seed}", arrays)
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """sklearn's 8x8 digits (1 797 samples, 64 features scaled to [0, 1]), stratified split."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction={test_fraction} must lie in (0, 1)")
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:  # optional dependency
+        raise ImportError(
+            "the digits dataset needs scikit-learn: pip install 'dropkit[data]'"
+        ) from err
+    bunch = sklearn_digits()
+    x = bunch.data / 16.0
+    x, x_test, y, y_test = train_test_split(
+        x, bunch.target, test_size=test_fraction, random_state=seed, stratify=bunch.target
+    )
+    return _as_dataset("digits", {"x": x, "y": y, "x_test": x_test, "y_test": y_test})
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A user dataset: an ``.npz`` holding arrays ``x``, ``y``, ``x_test``, ``y_test``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    with np.load(path, allow_pickle=False) as stored:
+        missing = [key for key in NPZ_KEYS if key not in stored.files]
+        if missing:
+            raise KeyError(
+                f"{path} lacks the array(s) {missing}; a dataset .npz needs x, y, x_test, "
+                f"y_test (found {sorted(stored.files)}), e.g. np.savez(path, x=x, y=y, "
+                "x_test=x_test, y_test=y_test)"
+            )
+        arrays = {key: stored[key] for key in NPZ_KEYS}
+    return _as_dataset(path.stem, arrays)
+
+
+def load_dataset(spec: str, cache_dir: str | Path | None = None) -> Dataset:
+    """A dataset by name: ``mnist1d`` (canonical), ``mnist1d-large`` (50 000 samples, seed 0),
+    ``mnist1d:N:SEED``, ``digits``, or a path to an ``.npz`` file."""
+    if spec == "mnist1d":
+        return load_mnist1d(cache_dir=cache_dir)
+    if spec == "mnist1d-large":
+        return load_mnist1d(LARGE_MNIST1D_SAMPLES, seed=0, cache_dir=cache_dir)
+    if spec.startswith("mnist1d:"):
+        parts = spec.split(":")
+        if len(parts) != 3 or not all(part.isdigit() for part in parts[1:]):
+            raise ValueError(
+                f"dataset {spec!r}: write mnist1d:NUM_SAMPLES:SEED, e.g. mnist1d:50000:0"
+            )
+        return load_mnist1d(int(parts[1]), int(parts[2]), cache_dir=cache_dir)
+    if spec == "digits":
+        return load_digits()
+    if spec.endswith(".npz"):
+        return load_npz(spec)
+    raise ValueError(
+        f"unknown dataset {spec!r}: use 'mnist1d', 'mnist1d-large', 'mnist1d:N:SEED', 'digits' "
+        "or a path to an .npz file with x, y, x_test, y_test"
+    )
