@@ -1,0 +1,348 @@
+"""Experiment configs: YAML in, validated frozen dataclasses out, errors that name the bad field.
+
+A config names settings (a dataset, a model, a training budget and the variants to compare),
+optional dynamics measurements, and the claims to decide. ``configs/demo.yaml`` is the demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dropkit import schedules
+from dropkit.experiments.claims import Claim
+from dropkit.experiments.train import TrainConfig
+
+__all__ = [
+    "ConfigError",
+    "DynamicsSpec",
+    "ExperimentConfig",
+    "ScheduleSpec",
+    "SettingSpec",
+    "VariantSpec",
+    "builtin_config",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config field is missing or invalid; the message names the field and what it expects."""
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """``standard`` / ``early`` / ``late`` with rate ``p``; ``cutoff`` as in dropkit.schedules."""
+
+    kind: str
+    p: float
+    cutoff: float | int | None = None
+    shape: str = "constant"
+
+    def build(self) -> schedules.Schedule:
+        if self.kind == "standard":
+            return schedules.standard(self.p)
+        if self.kind == "early":
+            return schedules.early(self.p, self.cutoff, shape=self.shape)
+        return schedules.late(self.p, self.cutoff)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    dropout: ScheduleSpec | None = None
+    drop_path: ScheduleSpec | None = None
+    rdrop_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class DynamicsSpec:
+    """The paper's analyses, measured inside the training runs of ``variants``.
+
+    At ``checkpoints`` log-spaced optimizer steps (step 0 included), every seed's model gets
+    ``n_batches`` mini-batch gradients (the set G) and one whole-data gradient over the first
+    ``full_batch`` training samples with dropout off. Claims average a measure over the
+    checkpoints in the early phase: steps in (0, ``early_phase`` x total steps].
+    """
+
+    variants: tuple[str, ...]
+    checkpoints: int = 8
+    n_batches: int = 16
+    full_batch: int = 4096
+    early_phase: float = 1 / 6
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    data: str
+    model: Mapping[str, Any]
+    train: TrainConfig
+    variants: tuple[VariantSpec, ...]
+    dynamics: DynamicsSpec | None = None
+    mc_passes: int = 8  # Monte-Carlo dropout passes for the train/test inconsistency
+
+    def variant(self, name: str) -> VariantSpec:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    seeds: int
+    settings: tuple[SettingSpec, ...]
+    claims: tuple[Claim, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config in the YAML schema, every default filled in (``parse_config`` reads it)."""
+        return {
+            "name": self.name,
+            "seeds": self.seeds,
+            "settings": {s.name: _setting_dict(s) for s in self.settings},
+            "claims": [dataclasses.asdict(c) for c in self.claims],
+        }
+
+
+def _schedule_dict(spec: ScheduleSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"schedule": spec.kind, "p": spec.p}
+    if spec.cutoff is not None:
+        out["cutoff"] = spec.cutoff
+    if spec.kind == "early":
+        out["shape"] = spec.shape
+    return out
+
+
+def _setting_dict(setting: SettingSpec) -> dict[str, Any]:
+    variants = {}
+    for v in setting.variants:
+        entry: dict[str, Any] = {}
+        if v.dropout is not None:
+            entry["dropout"] = _schedule_dict(v.dropout)
+        if v.drop_path is not None:
+            entry["drop_path"] = _schedule_dict(v.drop_path)
+        if v.rdrop_alpha:
+            entry["rdrop_alpha"] = v.rdrop_alpha
+        variants[v.name] = entry
+    out = {
+        "data": setting.data,
+        "model": dict(setting.model),
+        "train": dataclasses.asdict(setting.train),
+        "variants": variants,
+        "mc_passes": setting.mc_passes,
+    }
+    if setting.dynamics is not None:
+        out["dynamics"] = {**dataclasses.asdict(setting.dynamics),
+                           "variants": list(setting.dynamics.variants)}  # fmt: skip
+    return out
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _only(value: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _number(value: Any, where: str, *, integer: bool = False, low: float = 0.0,
+            low_open: bool = True, high: float | None = None) -> float:  # fmt: skip
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an int" if integer else "a number"
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    if (value <= low if low_open else value < low) or (high is not None and value > high):
+        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high else "")
+        raise ConfigError(f"{where}: must be {bounds}, got {value!r}")
+    return value
+
+
+def _schedule(value: Any, where: str) -> ScheduleSpec:
+    value = _mapping(value, where)
+    _only(value, {"schedule", "p", "cutoff", "shape"}, where)
+    kind = value.get("schedule", "standard")
+    if kind not in ("standard", "early", "late"):
+        raise ConfigError(f"{where}.schedule: expected standard, early or late, got {kind!r}")
+    if "p" not in value:
+        raise ConfigError(f"{where}.p: missing (the dropout / drop-path rate)")
+    spec = ScheduleSpec(
+        kind=kind,
+        p=_number(value["p"], f"{where}.p", low=0.0, low_open=False, high=1.0),
+        cutoff=value.get("cutoff"),
+        shape=value.get("shape", "constant"),
+    )
+    try:  # the schedule's own validation (cutoff form, shape) with the field named
+        spec.build()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+    return spec
+
+
+def _variant(name: str, value: Any, where: str) -> VariantSpec:
+    value = _mapping(value or {}, where)
+    _only(value, {"dropout", "drop_path", "rdrop_alpha"}, where)
+    return VariantSpec(
+        name=name,
+        dropout=_schedule(value["dropout"], f"{where}.dropout") if "dropout" in value else None,
+        drop_path=(
+            _schedule(value["drop_path"], f"{where}.drop_path") if "drop_path" in value else None
+        ),
+        rdrop_alpha=_number(
+            value.get("rdrop_alpha", 0.0), f"{where}.rdrop_alpha", low=0.0, low_open=False
+        ),
+    )
+
+
+def _train(value: Any, where: str) -> TrainConfig:
+    value = _mapping(value, where)
+    _only(value, {f.name for f in dataclasses.fields(TrainConfig)}, where)
+    try:
+        return TrainConfig(**value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _dynamics(value: Any, where: str, variants: tuple[VariantSpec, ...]) -> DynamicsSpec:
+    value = _mapping(value, where)
+    _only(value, {f.name for f in dataclasses.fields(DynamicsSpec)}, where)
+    names = {v.name for v in variants}
+    chosen = value.get("variants")
+    if not isinstance(chosen, list) or not chosen:
+        raise ConfigError(f"{where}.variants: list the variants to measure, e.g. [none, dropout]")
+    for name in chosen:
+        if name not in names:
+            raise ConfigError(f"{where}.variants: {name!r} is not a variant ({sorted(names)})")
+    defaults = DynamicsSpec(())
+    ints = {
+        key: _number(value.get(key, getattr(defaults, key)), f"{where}.{key}", integer=True)
+        for key in ("checkpoints", "n_batches", "full_batch")
+    }
+    if ints["n_batches"] < 2:
+        raise ConfigError(f"{where}.n_batches: direction variance needs >= 2 gradients")
+    early = _number(value.get("early_phase", defaults.early_phase), f"{where}.early_phase", high=1)
+    return DynamicsSpec(variants=tuple(chosen), early_phase=early, **ints)
+
+
+def _setting(name: str, value: Any) -> SettingSpec:
+    where = f"settings.{name}"
+    value = _mapping(value, where)
+    _only(value, {"data", "model", "train", "variants", "dynamics", "mc_passes"}, where)
+    for key in ("data", "model", "train", "variants"):
+        if key not in value:
+            raise ConfigError(f"{where}.{key}: missing")
+    if not isinstance(value["data"], str):
+        raise ConfigError(
+            f"{where}.data: expected a dataset name or .npz path, got {value['data']!r}"
+        )
+    model = _mapping(value["model"], f"{where}.model")
+    if "kind" not in model:
+        raise ConfigError(f"{where}.model.kind: missing (vit, mixer, mlp or resmlp)")
+    raw_variants = _mapping(value["variants"], f"{where}.variants")
+    if not raw_variants:
+        raise ConfigError(f"{where}.variants: name at least one variant")
+    variants = tuple(
+        _variant(str(v), spec, f"{where}.variants.{v}") for v, spec in raw_variants.items()
+    )
+    dynamics = value.get("dynamics")
+    return SettingSpec(
+        name=name,
+        data=value["data"],
+        model=dict(model),
+        train=_train(value["train"], f"{where}.train"),
+        variants=variants,
+        dynamics=None if dynamics is None else _dynamics(dynamics, f"{where}.dynamics", variants),
+        mc_passes=_number(value.get("mc_passes", 8), f"{where}.mc_passes", integer=True),
+    )
+
+
+def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim:
+    where = f"claims[{index}]"
+    value = _mapping(value, where)
+    keys = {"id", "statement", "setting", "metric", "a", "b", "direction", "margin"}
+    _only(value, keys, where)
+    missing = sorted(keys - {"margin"} - set(value))
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {missing}")
+    if value["setting"] not in settings:
+        raise ConfigError(f"{where}.setting: {value['setting']!r} is not one of {sorted(settings)}")
+    setting = settings[value["setting"]]
+    metric = value["metric"]
+    names = {v.name for v in setting.variants}
+    if metric.startswith("dynamics:"):
+        if setting.dynamics is None:
+            raise ConfigError(f"{where}.metric: {metric!r} needs a dynamics block in the setting")
+        names = set(setting.dynamics.variants)
+    for side in ("a", "b"):
+        if value[side] not in names:
+            raise ConfigError(f"{where}.{side}: {value[side]!r} is not one of {sorted(names)}")
+    if value["direction"] not in ("<", ">", ">="):
+        raise ConfigError(
+            f"{where}.direction: expected '<', '>' or '>=', got {value['direction']!r}"
+        )
+    return Claim(
+        id=str(value["id"]),
+        statement=str(value["statement"]),
+        setting=value["setting"],
+        metric=metric,
+        a=value["a"],
+        b=value["b"],
+        direction=value["direction"],
+        margin=_number(value.get("margin", 0.0), f"{where}.margin", low_open=False),
+    )
+
+
+def parse_config(raw: Any) -> ExperimentConfig:
+    """Validate a config mapping (e.g. from ``yaml.safe_load``)."""
+    raw = _mapping(raw, "config")
+    _only(raw, {"name", "seeds", "settings", "claims"}, "config")
+    settings_raw = _mapping(raw.get("settings"), "settings")
+    settings = {str(name): _setting(str(name), spec) for name, spec in settings_raw.items()}
+    claims_raw = raw.get("claims", [])
+    if not isinstance(claims_raw, list):
+        raise ConfigError("claims: expected a list of claims")
+    return ExperimentConfig(
+        name=str(raw.get("name", "experiment")),
+        seeds=_number(raw.get("seeds", 5), "seeds", integer=True),
+        settings=tuple(settings.values()),
+        claims=tuple(_claim(i, c, settings) for i, c in enumerate(claims_raw)),
+    )
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    return parse_config(raw)
+
+
+def builtin_config(name: str) -> ExperimentConfig:
+    """A config shipped with dropkit: ``demo``, ``demo-quick`` or ``demo-full``."""
+    import yaml
+
+    files = resources.files("dropkit.experiments") / "configs"
+    available = sorted(
+        p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml")
+    )
+    if name not in available:
+        raise ValueError(f"no built-in config {name!r}; available: {available}")
+    return parse_config(yaml.safe_load((files / f"{name}.yaml").read_text()))

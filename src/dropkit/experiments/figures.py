@@ -1,0 +1,121 @@
+"""Figures in the papers' style: loss curves with the cutoff, dynamics panels, accuracy bars.
+
+matplotlib is imported inside each function with the non-interactive Agg backend, so importing
+this module costs nothing and never opens a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["accuracy_bars", "dynamics_panels", "loss_curves"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and a mean +- one standard error band over the seed axis (axis 0)."""
+    mean = values.mean(axis=0)
+    if len(values) < 2:
+        return mean, mean, mean
+    sem = values.std(axis=0, ddof=1) / np.sqrt(len(values))
+    return mean, mean - sem, mean + sem
+
+
+def loss_curves(
+    curves: Mapping[str, tuple[Sequence[int], np.ndarray]],
+    path: Path,
+    title: str,
+    cutoff_step: int | None = None,
+) -> Path:
+    """Training loss per variant: ``curves[variant] = (steps, losses[seed, step])``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for variant, (steps, losses) in curves.items():
+        mean, low, high = _band(np.asarray(losses, dtype=np.float64))
+        (line,) = ax.plot(steps, mean, label=variant, linewidth=1.4)
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if cutoff_step is not None:
+        ax.axvline(cutoff_step, color="0.3", linestyle="--", linewidth=1)
+        ax.annotate("cutoff", (cutoff_step, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (mean ± s.e. over seeds)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def dynamics_panels(
+    series: Mapping[str, Mapping[str, tuple[Sequence[int], np.ndarray]]],
+    path: Path,
+    title: str,
+    early_phase_end: float | None = None,
+    titles: Mapping[str, str] | None = None,
+) -> Path:
+    """One panel per instrument: ``series[instrument][variant] = (steps, values[seed, step])``.
+
+    The early phase (steps up to ``early_phase_end``) is shaded.
+    """
+    plt = _pyplot()
+    names = list(series)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        for variant, (steps, values) in series[name].items():
+            mean, low, high = _band(np.asarray(values, dtype=np.float64))
+            (line,) = ax.plot(steps, mean, label=variant, linewidth=1.4, marker=".")
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if early_phase_end is not None:
+            ax.axvspan(0, early_phase_end, color="0.9", zorder=0)
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("optimizer step")
+        ax.set_title((titles or {}).get(name, name), fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_bars(accuracies: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
+    """Test accuracy per variant: mean over seeds with a 95% t-interval and the seeds as dots."""
+    from dropkit.experiments.claims import t_quantile
+
+    plt = _pyplot()
+    variants = list(accuracies)
+    fig, ax = plt.subplots(figsize=(1.2 * len(variants) + 2, 3.6))
+    for i, variant in enumerate(variants):
+        values = np.asarray(accuracies[variant], dtype=np.float64) * 100
+        half = 0.0
+        if len(values) > 1:
+            half = t_quantile(0.95, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        ax.bar(i, values.mean(), yerr=half, capsize=4, color=f"C{i}", alpha=0.75)
+        ax.plot(np.full(len(values), i), values, "k.", markersize=4)
+    ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy % (mean, 95% CI)")
+    all_values = np.concatenate([np.asarray(v, dtype=np.float64) for v in accuracies.values()])
+    ax.set_ylim(max(0.0, all_values.min() * 100 - 3), min(100.0, all_values.max() * 100 + 2))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

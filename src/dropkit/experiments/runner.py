@@ -1,0 +1,312 @@
+"""Run an experiment config: every (setting, variant) over all seeds, resumable, then the report.
+
+Each (setting, variant) trains its seeds as one population (``train.train_variant``) and writes
+``runs/<setting>/<variant>/metrics.jsonl`` then ``result.json``, both atomically; ``result.json``
+marks the run finished. Re-running the same command skips finished runs, so a killed run resumes
+where it stopped and the report comes out the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dropkit.diagnostics import train_test_inconsistency
+from dropkit.experiments import data as datasets
+from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpec
+from dropkit.experiments.dynamics import DynamicsProbe
+from dropkit.experiments.io import read_json, write_json, write_jsonl
+from dropkit.experiments.models import build_model
+from dropkit.experiments.report import build_report, load_results, summary_table
+from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
+from dropkit.schedules import cutoff_steps
+
+__all__ = ["run_experiment"]
+
+
+def _train_variant_spec(spec: VariantSpec) -> Variant:
+    return Variant(
+        name=spec.name,
+        dropout=None if spec.dropout is None else spec.dropout.build(),
+        drop_path=None if spec.drop_path is None else spec.drop_path.build(),
+        rdrop_alpha=spec.rdrop_alpha,
+    )
+
+
+def _cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
+    for schedule in (spec.dropout, spec.drop_path):
+        if schedule is not None and schedule.kind in ("early", "late"):
+            return cutoff_steps(schedule.cutoff, total_steps)
+    return None
+
+
+def _model_factory(setting: SettingSpec, dataset: datasets.Dataset):
+    kwargs = {k: v for k, v in setting.model.items() if k != "kind"}
+    kind = setting.model["kind"]
+    if kind in ("mlp", "resmlp"):
+        kwargs.setdefault("in_features", dataset.n_features)
+    else:
+        kwargs.setdefault("signal_length", dataset.n_features)
+    kwargs.setdefault("n_classes", dataset.n_classes)
+    return lambda: build_model(kind, **kwargs)
+
+
+def _inconsistency_kl(population: Population, data: datasets.Dataset, passes: int) -> list[float]:
+    """Per seed: KL(average of ``passes`` MC-dropout predictions || deterministic) on test data."""
+    return [
+        train_test_inconsistency(
+            population.member(i).train(), data.x_test, data.y_test, passes=passes, seed=seed
+        ).kl
+        for i, seed in enumerate(population.seeds)
+    ]
+
+
+def _result_record(
+    setting: SettingSpec,
+    spec: VariantSpec,
+    result: TrainResult,
+    inconsistency: list[float],
+    dynamics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    curve = torch.tensor(result.train_loss).T.tolist()  # [seed][window]
+    return {
+        "setting": setting.name,
+        "variant": spec.name,
+        "seeds": result.seeds,
+        "total_steps": result.total_steps,
+        "cutoff_step": _cutoff_step(spec, result.total_steps),
+        "metrics": {
+            "train_loss": result.final_train_loss,
+            "train_acc": result.final_train_acc,
+            "test_loss": result.test_loss,
+            "test_acc": result.test_acc,
+            "inconsistency_kl": inconsistency,
+        },
+        "curve": {"steps": result.log_steps, "train_loss": curve, "rates": result.rates},
+        "dynamics": dynamics,
+        "wall_s": result.seconds,
+    }
+
+
+def _metrics_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for i, seed in enumerate(record["seeds"]):
+        for k, step in enumerate(record["curve"]["steps"]):
+            rows.append(
+                {
+                    "variant": record["variant"],
+                    "seed": seed,
+                    "step": step,
+                    "train_loss": record["curve"]["train_loss"][i][k],
+                }
+            )
+        final = {name: values[i] for name, values in record["metrics"].items() if values}
+        rows.append(
+            {"variant": record["variant"], "seed": seed, "step": record["total_steps"], **final}
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class _Job:
+    setting: SettingSpec
+    variant: VariantSpec
+    seeds: tuple[int, ...]
+    run_dir: Path
+    cache_dir: Path | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting.name}/{self.variant.name}"
+
+
+def _run_job(job: _Job, report_progress: Callable[[str, int, int], None]) -> float:
+    """Train one (setting, variant) over all seeds; write its files; return the wall seconds."""
+    setting, spec, seeds = job.setting, job.variant, list(job.seeds)
+    dataset = datasets.load_dataset(setting.data, cache_dir=job.cache_dir)
+    model_fn = _model_factory(setting, dataset)
+    steps = setting.train.epochs * (len(dataset.x) // setting.train.batch_size)
+    probe = None
+    if setting.dynamics is not None and spec.name in setting.dynamics.variants:
+        probe = DynamicsProbe(
+            setting.dynamics, model_fn, dataset, seeds, steps, setting.train.batch_size, spec.name
+        )
+    every = max(1, steps // 100)
+
+    def on_step(step: int, population: Population) -> None:
+        if step % every == 0 or step == steps:
+            report_progress(job.label, step, steps)
+        if probe is not None:
+            probe.maybe_measure(step, population)
+
+    result = train_variant(
+        model_fn, dataset, _train_variant_spec(spec), seeds, setting.train, on_step=on_step
+    )
+    inconsistency = _inconsistency_kl(result.population, dataset, setting.mc_passes)
+    record = _result_record(
+        setting, spec, result, inconsistency, None if probe is None else probe.series()
+    )
+    write_jsonl(job.run_dir / "metrics.jsonl", _metrics_rows(record))
+    if probe is not None:
+        write_jsonl(job.run_dir / "records.jsonl", probe.records)
+    write_json(job.run_dir / "result.json", record)  # last: marks the run finished
+    return result.seconds
+
+
+def _run_job_in_worker(job: _Job, queue: Any) -> float:
+    torch.set_num_threads(1)  # two workers on two cores: one thread each
+    return _run_job(job, lambda label, done, total: queue.put((label, done, total)))
+
+
+class _Bars:
+    """A bar for the grid and one per run in flight (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total_runs: int, finished: int, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.runs: dict[str, Any] = {}
+        self.total_runs = total_runs
+        self.finished = finished
+        self.started = 0  # runs begun in this invocation
+        self.grid = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.grid = tqdm(total=total_runs, initial=finished, desc="runs", position=0)
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            if label not in self.runs:
+                self.runs[label] = None
+                self.started += 1
+                print(f"[run {self.finished + self.started}/{self.total_runs}] {label}: "
+                      f"{total} steps", file=sys.stderr, flush=True)  # fmt: skip
+            return
+        from tqdm import tqdm
+
+        if label not in self.runs:
+            self.runs[label] = tqdm(
+                total=total, desc=label, leave=False, position=len(self.runs) + 1
+            )
+        bar = self.runs[label]
+        bar.update(done - bar.n)
+
+    def finish(self, label: str, seconds: float) -> None:
+        bar = self.runs.pop(label, None)
+        if bar is not None:
+            bar.close()
+        elif not self.enabled:
+            print(f"           {label}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
+        if self.grid is not None:
+            self.grid.update(1)
+
+    def close(self) -> None:
+        for bar in self.runs.values():
+            if bar is not None:
+                bar.close()
+        if self.grid is not None:
+            self.grid.close()
+
+
+def _run_jobs(jobs: list[_Job], workers: int, bars: _Bars) -> None:
+    if workers == 1:
+        for job in jobs:
+            bars.finish(job.label, _run_job(job, bars.update))
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue = manager.Queue()
+        pending = {pool.submit(_run_job_in_worker, job, queue): job for job in jobs}
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                bars.update(*queue.get())
+            for future in done:
+                seconds = future.result()  # re-raises a worker's error here
+                bars.finish(pending.pop(future).label, seconds)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train what is not finished yet in ``out_dir``, then write the report; return report.json.
+
+    ``workers > 1`` trains that many (setting, variant) runs at once in separate processes, one
+    thread each. A run's numbers do not depend on which worker trains it; between different
+    thread counts they agree up to floating-point summation order (~1e-8 relative).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be a positive int")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.json"
+    if config_file.exists() and read_json(config_file)["config"] != config.to_dict():
+        raise ValueError(
+            f"{out} holds a run of a different config; pass another --out, or delete the folder "
+            "to start over"
+        )
+    write_json(config_file, {"config": config.to_dict()})
+    cache = None if cache_dir is None else Path(cache_dir)
+    seeds = tuple(range(config.seeds))
+    jobs = [
+        _Job(setting, spec, seeds, out / "runs" / setting.name / spec.name, cache)
+        for setting in config.settings
+        for spec in setting.variants
+    ]
+    todo = [job for job in jobs if not (job.run_dir / "result.json").exists()]
+    for data in dict.fromkeys(job.setting.data for job in todo):
+        datasets.load_dataset(data, cache_dir=cache)  # generate and cache once, before workers
+    started = time.perf_counter()
+    bars = _Bars(len(jobs), len(jobs) - len(todo), progress)
+    try:
+        _run_jobs(todo, min(workers, max(1, len(todo))), bars)
+    finally:
+        bars.close()
+    _gather_records(out, config)
+    report = build_report(out)
+    report["wall_s_this_invocation"] = time.perf_counter() - started
+    print(summary_table(config, load_results(out, config)))
+    _print_claims(report)
+    return report
+
+
+def _gather_records(out: Path, config: ExperimentConfig) -> None:
+    """``records.jsonl`` at the top: every dynamics record of every run, tagged with its run."""
+    rows = []
+    for setting in config.settings:
+        for spec in setting.variants:
+            path = out / "runs" / setting.name / spec.name / "records.jsonl"
+            if path.exists():
+                rows += [
+                    {"setting": setting.name, **row}
+                    for row in map(json.loads, path.read_text().splitlines())
+                ]
+    write_jsonl(out / "records.jsonl", rows)
+
+
+def _print_claims(report: dict[str, Any]) -> None:
+    print("claim  verdict         effect [95% CI]")
+    for claim in report["claims"]:
+        effect = claim["effect"]
+        interval = (
+            f"{effect:+.4g} [{claim['ci_low']:+.4g}, {claim['ci_high']:+.4g}]"
+            if effect is not None and math.isfinite(effect)
+            else "–"
+        )
+        print(
+            f"{claim['id']:<6} {claim['verdict']:<15} {interval}  {claim['statement']}"
+        )
