@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from dropkit.cli import main
@@ -18,10 +20,21 @@ def test_sites_command_bad_factory(spec: str) -> None:
         main(["sites", spec])
 
 
+def test_demo_refuses_fewer_than_two_seeds(capsys) -> None:
+    assert main(["demo", "--seeds", "1"]) == 2
+    assert "--seeds must be >= 2" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_demo_runs_and_reports_every_variant(capsys) -> None:
-    assert main(["demo", "--seeds", "1"]) == 0
-    out = capsys.readouterr().out
-    for variant in ("no dropout", "standard dropout", "early dropout"):
-        assert variant in out
-    assert "regime check" in out
+def test_quick_demo_runs_every_claim_of_the_builtin_config(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--seeds", "2", "--workers", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    ids = [claim["id"] for claim in report["claims"]]
+    assert ids == ["C1", "C2", "C3", "C4", "C5a", "C5b", "C5c", "C5d", "C6", "C7", "C8", "C9"]
+    assert all(
+        claim["n_seeds"] == 2 and claim["verdict"] != "not measured" for claim in report["claims"]
+    )
+    printed = capsys.readouterr().out
+    assert "| early_dropout | 2 |" in printed and "C9" in printed
+    assert (out / "figures" / "underfit_dynamics.png").exists()

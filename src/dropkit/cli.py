@@ -1,13 +1,19 @@
-"""The ``dropkit`` command."""
+"""The ``dropkit`` command: reproduce the papers' claims, run configs, rebuild reports, sites."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from dropkit.sites import describe
+
+DEMO_BUDGETS = {"quick": "demo-quick", "default": "demo", "full": "demo-full"}
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+WORKERS_HELP = f"runs trained at once, in separate processes (default {DEFAULT_WORKERS})"
 
 
 def _load_factory(spec: str):
@@ -24,20 +30,65 @@ def _load_factory(spec: str):
         raise SystemExit(f"dropkit sites: cannot load {spec!r}: {err}") from err
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="short built-in example of early dropout")
-    demo.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+
+    demo = commands.add_parser(
+        "demo", help="train the compared variants over seeds and report on each claim"
+    )
+    demo.add_argument(
+        "--out", type=Path, help="run folder (default: runs/demo, runs/demo-quick, runs/demo-full)"
+    )
+    demo.add_argument("--seeds", type=int, help="seeds per variant (default: the config's, 5)")
+    demo.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    budget = demo.add_mutually_exclusive_group()
+    budget.add_argument("--quick", action="store_true", help="about a minute, smaller budget")
+    budget.add_argument("--full", action="store_true", help="longer, more faithful budget")
+
+    run = commands.add_parser("run", help="run an experiment config (YAML)")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+
+    report = commands.add_parser("report", help="rebuild report.md / report.json of a run folder")
+    report.add_argument("run_dir", type=Path)
+
     sites = commands.add_parser("sites", help="print the dropout sites of a model")
     sites.add_argument("factory", help="MODULE:FACTORY, a callable returning an nn.Module")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from dropkit.experiments import quickstart
+    return parser
 
-        quickstart.main(seeds=args.seeds)
-    else:
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "sites":
         print(describe(_load_factory(args.factory)()))
+        return 0
+
+    from dropkit.experiments.config import ConfigError, builtin_config, load_config
+    from dropkit.experiments.report import build_report
+    from dropkit.experiments.runner import run_experiment
+
+    try:
+        if args.command == "report":
+            report = build_report(args.run_dir)
+            print(f"wrote {args.run_dir / 'report.md'} ({len(report['claims'])} claims)")
+            return 0
+        if args.command == "demo":
+            budget = "quick" if args.quick else "full" if args.full else "default"
+            config = builtin_config(DEMO_BUDGETS[budget])
+            if args.seeds is not None:
+                if args.seeds < 2:
+                    raise ConfigError("--seeds must be >= 2: claims are paired comparisons")
+                config = dataclasses.replace(config, seeds=args.seeds)
+        else:
+            config = load_config(args.config)
+        out = args.out or Path("runs") / config.name
+        report = run_experiment(config, out, workers=args.workers)
+        print(f"report: {out / 'report.md'} ({report['wall_s_this_invocation']:.0f} s)")
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"dropkit {args.command}: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,183 @@
+"""The experiment runner end to end on a tiny config: outputs, reproducibility, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dropkit.cli import main
+from dropkit.experiments.config import ConfigError, builtin_config, parse_config
+
+TINY = {
+    "name": "tiny",
+    "seeds": 2,
+    "settings": {
+        "digits": {
+            "data": "digits",
+            "model": {"kind": "mlp", "width": 32, "depth": 1},
+            "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "log_every": 5},
+            "variants": {
+                "none": {},
+                "dropout": {"dropout": {"schedule": "standard", "p": 0.2}},
+                "early": {
+                    "dropout": {"schedule": "early", "p": 0.2, "cutoff": 0.5, "shape": "linear"}
+                },
+            },
+            "dynamics": {
+                "variants": ["none", "dropout"],
+                "checkpoints": 3,
+                "n_batches": 4,
+                "full_batch": 256,
+                "early_phase": 0.5,
+            },
+            "mc_passes": 3,
+        }
+    },
+    "claims": [
+        {
+            "id": "T1",
+            "statement": "early lowers training loss",
+            "setting": "digits",
+            "metric": "train_loss",
+            "a": "early",
+            "b": "none",
+            "direction": "<",
+        },
+        {
+            "id": "T2",
+            "statement": "dropout lowers GDE early",
+            "setting": "digits",
+            "metric": "dynamics:gde",
+            "a": "dropout",
+            "b": "none",
+            "direction": "<",
+        },
+    ],
+}
+
+
+def write_config(path: Path, raw: dict = TINY) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-quick", "demo-full"])
+def test_builtin_configs_parse_and_cover_the_claims(name):
+    config = builtin_config(name)
+    assert config.seeds >= 5 or name == "demo-quick"
+    assert [c.id for c in config.claims][:4] == ["C1", "C2", "C3", "C4"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["settings"]["digits"]["train"].update(lr=-1), "settings.digits.train"),
+        (
+            lambda c: c["settings"]["digits"]["variants"]["early"]["dropout"].update(p=2),
+            "settings.digits.variants.early.dropout.p",
+        ),
+        (
+            lambda c: c["settings"]["digits"]["variants"]["early"]["dropout"].update(cutoff="x"),
+            "settings.digits.variants.early.dropout",
+        ),
+        (lambda c: c["settings"]["digits"].update(colour="red"), "unknown field"),
+        (
+            lambda c: c["settings"]["digits"]["dynamics"].update(variants=["nope"]),
+            "settings.digits.dynamics.variants",
+        ),
+        (lambda c: c["claims"][0].update(a="ghost"), "claims[0].a"),
+        (lambda c: c["claims"][1].update(direction="!="), "claims[1].direction"),
+        (lambda c: c.update(seeds="five"), "seeds"),
+    ],
+)
+def test_config_errors_name_the_field(edit, message):
+    raw = json.loads(json.dumps(TINY))
+    edit(raw)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(raw)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    raw = json.loads(json.dumps(TINY))
+    raw["seeds"] = 0
+    assert main(["run", str(write_config(tmp_path / "bad.yaml", raw))]) == 2
+    assert "seeds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_writes_report_figures_records_and_is_reproducible(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml")
+    assert main(["run", str(config), "--out", str(tmp_path / "a")]) == 0
+    run = tmp_path / "a"
+    report = json.loads((run / "report.json").read_text())
+    assert [c["id"] for c in report["claims"]] == ["T1", "T2"]
+    for claim in report["claims"]:
+        assert set(claim) >= {
+            "id",
+            "statement",
+            "confirmed",
+            "effect",
+            "ci_low",
+            "ci_high",
+            "n_seeds",
+        }
+        assert claim["n_seeds"] == 2 and claim["ci_low"] <= claim["effect"] <= claim["ci_high"]
+    for figure in ("digits_train_loss.png", "digits_test_acc.png", "digits_dynamics.png"):
+        assert (run / "figures" / figure).stat().st_size > 1000
+        assert f"figures/{figure}" in (run / "report.md").read_text()
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert {r["instrument"] for r in records} >= {"gdv", "gde", "grad_norm", "distance"}
+    assert {r["variant"] for r in records} == {"none", "dropout"}
+    assert all(0 <= r["value"] <= 1 for r in records if r["instrument"] in ("gdv", "gde"))
+    assert (run / "runs" / "digits" / "early" / "metrics.jsonl").exists()
+    # the same command elsewhere gives the same numbers
+    assert main(["run", str(config), "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert again["claims"] == report["claims"] and again["settings"] == {
+        s: {v: {**r, "wall_s": again["settings"][s][v]["wall_s"]} for v, r in rs.items()}
+        for s, rs in report["settings"].items()
+    }
+    # `dropkit report` rebuilds the same claims from the folder
+    assert main(["report", str(run)]) == 0
+    assert json.loads((run / "report.json").read_text())["claims"] == report["claims"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_report(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    command = [
+        sys.executable,
+        "-m",
+        "dropkit.cli",
+        "run",
+        str(config),
+        "--out",
+        str(tmp_path / "k"),
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runs = tmp_path / "k" / "runs"
+
+    def finished() -> set[str]:
+        return {p.parent.name for p in runs.rglob("result.json")} if runs.exists() else set()
+
+    deadline = time.monotonic() + 120
+    while not finished() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # as soon as the first run of three has finished
+    process.wait()
+    assert not (tmp_path / "k" / "report.json").exists()
+    assert 1 <= len(finished()) < 3  # killed part-way through the grid
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    assert main(["run", str(config), "--out", str(tmp_path / "whole")]) == 0
+    resumed = json.loads((tmp_path / "k" / "report.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "report.json").read_text())
+    assert resumed["claims"] == whole["claims"]
