@@ -15,13 +15,16 @@ what :class:`dropkit.DropoutScheduler` writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from dropkit.layers import DropPath
 from dropkit.schedules import depth_profile
 
-__all__ = ["MLP", "Mixer1D", "ResMLP", "ViT1D", "build_model"]
+__all__ = ["MLP", "Mixer1D", "ResMLP", "ViT1D", "build_model", "model_factory"]
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -319,3 +322,19 @@ def build_model(kind: str, **kwargs: object) -> nn.Module:
         return cls(**kwargs)
     except TypeError as err:
         raise TypeError(f"bad arguments for model {kind!r} ({cls.__name__}): {err}") from err
+
+
+def model_factory(
+    spec: Mapping[str, Any], n_features: int, n_classes: int
+) -> Callable[[], nn.Module]:
+    """A zero-argument builder for a config's ``model:`` block, sized to the data.
+
+    ``spec`` is ``{"kind": ..., **constructor_kwargs}``; the input size (``in_features`` for the
+    MLPs, ``signal_length`` for the patch models) and ``n_classes`` default to the data's.
+    """
+    kwargs = {key: value for key, value in spec.items() if key != "kind"}
+    kind = spec["kind"]
+    kwargs.setdefault("in_features" if kind in ("mlp", "resmlp") else "signal_length", n_features)
+    kwargs.setdefault("n_classes", n_classes)
+    build_model(kind, **kwargs)  # fail here, with the model named, not inside a worker
+    return lambda: build_model(kind, **kwargs)

@@ -26,7 +26,7 @@ from dropkit.experiments import data as datasets
 from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpec
 from dropkit.experiments.dynamics import DynamicsProbe
 from dropkit.experiments.io import read_json, write_json, write_jsonl
-from dropkit.experiments.models import build_model
+from dropkit.experiments.models import model_factory
 from dropkit.experiments.report import build_report, load_results, summary_table
 from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
 from dropkit.schedules import cutoff_steps
@@ -48,17 +48,6 @@ def _cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
         if schedule is not None and schedule.kind in ("early", "late"):
             return cutoff_steps(schedule.cutoff, total_steps)
     return None
-
-
-def _model_factory(setting: SettingSpec, dataset: datasets.Dataset):
-    kwargs = {k: v for k, v in setting.model.items() if k != "kind"}
-    kind = setting.model["kind"]
-    if kind in ("mlp", "resmlp"):
-        kwargs.setdefault("in_features", dataset.n_features)
-    else:
-        kwargs.setdefault("signal_length", dataset.n_features)
-    kwargs.setdefault("n_classes", dataset.n_classes)
-    return lambda: build_model(kind, **kwargs)
 
 
 def _inconsistency_kl(population: Population, data: datasets.Dataset, passes: int) -> list[float]:
@@ -134,7 +123,7 @@ def _run_job(job: _Job, report_progress: Callable[[str, int, int], None]) -> flo
     """Train one (setting, variant) over all seeds; write its files; return the wall seconds."""
     setting, spec, seeds = job.setting, job.variant, list(job.seeds)
     dataset = datasets.load_dataset(setting.data, cache_dir=job.cache_dir)
-    model_fn = _model_factory(setting, dataset)
+    model_fn = model_factory(setting.model, dataset.n_features, dataset.n_classes)
     steps = setting.train.epochs * (len(dataset.x) // setting.train.batch_size)
     probe = None
     if setting.dynamics is not None and spec.name in setting.dynamics.variants:
@@ -307,6 +296,4 @@ def _print_claims(report: dict[str, Any]) -> None:
             if effect is not None and math.isfinite(effect)
             else "–"
         )
-        print(
-            f"{claim['id']:<6} {claim['verdict']:<15} {interval}  {claim['statement']}"
-        )
+        print(f"{claim['id']:<6} {claim['verdict']:<15} {interval}  {claim['statement']}")
