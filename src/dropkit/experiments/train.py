@@ -291,8 +291,6 @@ def build_members(model_fn: Callable[[], nn.Module], seeds: Sequence[int]) -> li
     return members
 
 
-
-
 def _order_generators(seeds: list[int]) -> list[torch.Generator]:
     """One generator per member for its data order, independent of the global RNG."""
     return [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -360,6 +358,7 @@ def train_variant(
     *,
     vectorize: bool = True,
     on_step: Callable[[int, Population], None] | None = None,
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Train ``variant`` once per seed on ``data``; return losses, accuracies and the population.
 
@@ -368,9 +367,15 @@ def train_variant(
     dropout masks are drawn from a generator seeded by all ``seeds`` (the caller's global RNG is
     left untouched), so the same call gives the same numbers. ``on_step(steps_done, population)``
     runs after every optimizer step (progress bars, diagnostics); with ``vectorize=False`` it
-    gets a stacked copy of the members, built only when ``on_step`` is given.
+    gets a stacked copy of the members, built only when ``on_step`` is given. ``max_steps``
+    stops after that many optimizer steps of the run the config lays out (its LR and dropout
+    schedules unchanged): the first part of the intended run, as the advisor's probes train.
     """
     seeds = _check_seeds(seeds)
+    if max_steps is not None and (
+        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+    ):
+        raise ValueError(f"max_steps={max_steps!r} must be a positive int or None")
     n_train = len(data.x)
     if config.batch_size > n_train:
         raise ValueError(
@@ -383,7 +388,8 @@ def train_variant(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mask_seed(seeds))
         run = _train_population if vectorize else _train_lockstep
-        population, log = run(model_fn, data, variant, seeds, config, total, on_step)
+        stop = total if max_steps is None else min(max_steps, total)
+        population, log = run(model_fn, data, variant, seeds, config, total, stop, on_step)
     n_eval = config.train_eval_samples or n_train
     train_loss, train_acc = population.evaluate(data.x[:n_eval], data.y[:n_eval], config.eval_batch)
     test_loss, test_acc = population.evaluate(data.x_test, data.y_test, config.eval_batch)
@@ -419,6 +425,7 @@ def _train_population(
     seeds: list[int],
     config: TrainConfig,
     total: int,
+    stop: int,
     on_step: Callable[[int, Population], None] | None,
 ) -> tuple[Population, _Log]:
     population = Population.from_modules(build_members(model_fn, seeds), seeds)
@@ -438,12 +445,12 @@ def _train_population(
 
     batched_objective = vmap(member_objective, randomness="different")
     generators = _order_generators(seeds)
-    log = _Log(total, len(seeds), config.log_every)
+    log = _Log(stop, len(seeds), config.log_every)
     batch = config.batch_size
     step = 0
-    for _ in range(config.epochs):
+    for _ in range(math.ceil(stop / steps_per_epoch)):
         orders = _epoch_orders(generators, len(data.x))
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, stop - step)):
             index = orders[:, i * batch : (i + 1) * batch]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, config)
@@ -470,6 +477,7 @@ def _train_lockstep(
     seeds: list[int],
     config: TrainConfig,
     total: int,
+    stop: int,
     on_step: Callable[[int, Population], None] | None,
 ) -> tuple[Population, _Log]:
     members = [m.train() for m in build_members(model_fn, seeds)]
@@ -481,12 +489,12 @@ def _train_lockstep(
     alpha = variant.rdrop_alpha
     steps_per_epoch = total // config.epochs
     generators = _order_generators(seeds)
-    log = _Log(total, len(seeds), config.log_every)
+    log = _Log(stop, len(seeds), config.log_every)
     batch = config.batch_size
     step = 0
-    for _ in range(config.epochs):
+    for _ in range(math.ceil(stop / steps_per_epoch)):
         orders = _epoch_orders(generators, len(data.x))
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, stop - step)):
             logged = torch.zeros(len(seeds))
             for s, (model, optimizer) in enumerate(zip(members, optimizers)):
                 index = orders[s, i * batch : (i + 1) * batch]
