@@ -30,6 +30,17 @@ from dropkit.sites import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # ``dropkit.advise`` lives in the experiments tier (it trains probes); it is imported on first
+    # use so that ``import dropkit`` stays light and the core never loads the experiments.
+    if name == "advise":
+        from dropkit.experiments.advise import advise
+
+        return advise
+    raise AttributeError(f"module 'dropkit' has no attribute {name!r}")
+
+
 __all__ = [
     "DropPath",
     "Dropout",
@@ -37,6 +48,7 @@ __all__ = [
     "RDropLoss",
     "Site",
     "__version__",
+    "advise",
     "consistency_mse",
     "describe",
     "drop_path",

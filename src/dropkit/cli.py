@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
 
+    advise = commands.add_parser(
+        "advise", help="probe a model briefly: early dropout, late s.d., standard or none?"
+    )
+    advise.add_argument("config", type=Path, help="YAML with data, model, train (or settings)")
+    advise.add_argument("--setting", help="only this setting of an experiment config")
+    advise.add_argument(
+        "--budget", type=float, default=0.05, help="fraction of the intended run to probe (0.05)"
+    )
+    advise.add_argument("--seeds", type=int, default=3, help="seeds per probe (default 3)")
+    advise.add_argument("--p", type=float, default=0.1, help="dropout rate to probe (0.1)")
+    advise.add_argument("--out", type=Path, help="folder for the advice (runs/advise-<name>)")
+
     report = commands.add_parser("report", help="rebuild report.md / report.json of a run folder")
     report.add_argument("run_dir", type=Path)
 
@@ -70,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from dropkit.experiments.runner import run_experiment
 
     try:
+        if args.command == "advise":
+            return _advise(args)
         if args.command == "report":
             report = build_report(args.run_dir)
             print(f"wrote {args.run_dir / 'report.md'} ({len(report['claims'])} claims)")
@@ -89,6 +103,39 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"dropkit {args.command}: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from dropkit.experiments.advise import advise
+    from dropkit.experiments.config import ConfigError, load_settings
+    from dropkit.experiments.data import load_dataset
+    from dropkit.experiments.io import write_atomic, write_json
+    from dropkit.experiments.models import model_factory
+
+    settings = load_settings(args.config)
+    if args.setting is not None:
+        settings = tuple(s for s in settings if s.name == args.setting)
+        if not settings:
+            raise ConfigError(f"--setting {args.setting!r} is not a setting of {args.config}")
+    for setting in settings:
+        out = args.out or Path("runs") / f"advise-{setting.name}"
+        out.mkdir(parents=True, exist_ok=True)
+        data = load_dataset(setting.data)
+        advice = advise(
+            model_factory(setting.model, data.n_features, data.n_classes),
+            data,
+            setting.train,
+            budget=args.budget,
+            seeds=args.seeds,
+            p=args.p,
+            figure=out / "probe_train_loss.png",
+        )
+        text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown("probe_train_loss.png")
+        write_atomic(out / "advice.md", text)
+        write_json(out / "advice.json", advice.to_dict())
+        print(text)
+        print(f"wrote {out / 'advice.md'}")
     return 0
 
 

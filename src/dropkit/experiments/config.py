@@ -26,6 +26,7 @@ __all__ = [
     "VariantSpec",
     "builtin_config",
     "load_config",
+    "load_settings",
     "parse_config",
 ]
 
@@ -333,6 +334,25 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     return parse_config(raw)
+
+
+def load_settings(path: str | Path) -> tuple[SettingSpec, ...]:
+    """The settings of a YAML file: an experiment config, or one setting's ``data`` / ``model`` /
+    ``train`` at the top level (what ``dropkit advise`` needs; variants are optional there)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    raw = _mapping(raw, "config")
+    if "settings" not in raw:
+        setting = {"variants": {"none": {}}, **raw}
+        raw = {"name": path.stem, "settings": {path.stem: setting}}
+    return parse_config(raw).settings
 
 
 def builtin_config(name: str) -> ExperimentConfig:

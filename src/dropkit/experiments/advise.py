@@ -1,0 +1,300 @@
+"""Which regime is a model in, and which dropout schedule should it train with?
+
+The early-dropout paper's rule: a model in the *underfitting* regime (it generalizes better
+without standard dropout) gains from early dropout / early stochastic depth; one in the
+*overfitting* regime (standard dropout helps) gains from late stochastic depth. The advisor finds
+the regime from short probe trainings of the user's model and data (the first ``budget`` of the
+intended run, its LR schedule unchanged), with and without dropout, on a validation split carved
+from the training data (the test split is never touched):
+
+- **generalization gap** of the no-dropout probe, ``validation loss - training loss`` per seed,
+  projected to the end of the run linearly in passes over the data and divided by the probe's
+  validation loss. Above ``threshold`` the model is heading for overfitting; below it the run
+  ends before overfitting sets in. Its 95% t-interval over seeds sets the confidence.
+- **dropout's effect so far**: validation loss and gap with standard dropout minus without.
+- **gradient direction error** (the paper's mechanism) at the end of the probe, with and without
+  dropout: lower with dropout supports early dropout.
+
+The numbers are evidence about the probe, not about the full run: the projection is a straight
+line, and the advice says so (``Advice.limits``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dropkit import diagnostics as dd
+from dropkit import schedules
+from dropkit.experiments.claims import paired_t_interval
+from dropkit.experiments.data import Dataset, load_dataset
+from dropkit.experiments.train import TrainConfig, TrainResult, Variant, train_variant
+from dropkit.sites import find_sites
+
+__all__ = ["RECOMMENDATIONS", "Advice", "advise", "split_validation"]
+
+RECOMMENDATIONS = ("early_dropout", "early_sd", "late_sd", "standard_dropout", "no_dropout")
+PAPER_CUTOFF = 1 / 6  # 50 of 300 epochs; the paper finds 1% to 50% of the run works
+LATE_SD_P = 0.4  # the paper's late stochastic depth rate (ViT-B)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """A recommendation, the regime behind it, and the evidence and limits of the probe."""
+
+    recommendation: str  # one of RECOMMENDATIONS
+    schedule: dict[str, Any] | None  # {"sites", "schedule", "p", "cutoff", "shape"}
+    regime: str  # "underfitting" or "overfitting"
+    confidence: str  # "high", "medium" or "low"
+    reasons: tuple[str, ...]
+    evidence: dict[str, Any]
+    limits: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_markdown(self, figure: str | None = None) -> str:
+        lines = [
+            f"**Recommendation: {self.recommendation.replace('_', ' ')}**"
+            + (f" — `{_schedule_text(self.schedule)}`" if self.schedule else ""),
+            "",
+            f"Regime: {self.regime} (confidence: {self.confidence}).",
+            "",
+            "Why:",
+            *(f"- {reason}" for reason in self.reasons),
+            "",
+            "Limits:",
+            *(f"- {limit}" for limit in self.limits),
+        ]
+        if figure:
+            lines += ["", f"![probe training loss]({figure})"]
+        return "\n".join(lines) + "\n"
+
+
+def _schedule_text(schedule: Mapping[str, Any]) -> str:
+    parts = [f"{schedule['sites']}: {schedule['schedule']} p={schedule['p']:g}"]
+    if schedule.get("cutoff") is not None:
+        parts.append(f"cutoff={schedule['cutoff']:.3g} of the run")
+    if schedule.get("shape"):
+        parts.append(f"shape={schedule['shape']}")
+    return ", ".join(parts)
+
+
+def split_validation(data: Dataset, fraction: float) -> Dataset:
+    """The last ``fraction`` of the training split as the test split (the real one stays unseen)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_fraction={fraction} must lie in (0, 1)")
+    n_val = max(1, round(fraction * len(data.x)))
+    if n_val >= len(data.x):
+        raise ValueError(f"{data.name} has too few training samples to hold out a validation split")
+    return Dataset(
+        f"{data.name}[train-{n_val}]",
+        data.x[:-n_val],
+        data.y[:-n_val],
+        data.x[-n_val:],
+        data.y[-n_val:],
+        data.n_classes,
+    )
+
+
+def _interval(values: list[float]) -> tuple[float, float, float]:
+    return paired_t_interval(values, [0.0] * len(values))
+
+
+def _gde(result: TrainResult, data: Dataset, batch_size: int, n_batches: int) -> list[float]:
+    """Per seed: GDE of ``n_batches`` mini-batch gradients against the (dropout-off) full one."""
+    full_batches = list(zip(data.x[:2048].split(512), data.y[:2048].split(512), strict=True))
+    values = []
+    for i, seed in enumerate(result.seeds):
+        model = result.population.member(i).train()
+        generator = torch.Generator().manual_seed(10_007 * seed + 1)
+        batches = []
+        for _ in range(n_batches):
+            index = torch.randint(0, len(data.x), (batch_size,), generator=generator)
+            batches.append((data.x[index], data.y[index]))
+        full = dd.full_gradient(model, full_batches, seed=seed)
+        grads = dd.mini_batch_gradients(model, batches, seed=seed)
+        values.append(dd.gradient_direction_error(grads, full))
+    return values
+
+
+def advise(
+    model_fn: Callable[[], nn.Module],
+    data: Dataset | str,
+    train: TrainConfig | None = None,
+    *,
+    budget: float = 0.05,
+    seeds: int | Sequence[int] = 3,
+    p: float = 0.1,
+    drop_path_p: float = 0.1,
+    validation_fraction: float = 0.1,
+    threshold: float = 0.1,
+    gde_batches: int = 8,
+    figure: str | Path | None = None,
+) -> Advice:
+    """Probe ``model_fn()`` on ``data`` for ``budget`` of the run ``train`` lays out; advise.
+
+    Trains ``seeds`` seeds (a count, or the seeds themselves) each of: no dropout, and standard
+    dropout ``p`` (or, for a model with drop-path sites only, standard stochastic depth
+    ``drop_path_p``), for the first ``ceil(budget * total_steps)`` optimizer steps of
+    the run ``train`` lays out (default ``TrainConfig()``). ``data`` is a
+    :class:`~dropkit.experiments.data.Dataset` or a name / ``.npz`` path for ``load_dataset``.
+    ``figure`` writes the probes' training-loss curves there (needs matplotlib).
+    """
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget={budget} must lie in (0, 1]: the fraction of the run to probe")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if isinstance(seeds, bool) or len(seed_list) < 2:
+        raise ValueError(f"seeds={seeds!r}: give >= 2 seeds, the confidence needs a spread")
+    if not threshold > 0:
+        raise ValueError(f"threshold={threshold} must be > 0")
+    train = train or TrainConfig()
+    data = load_dataset(data) if isinstance(data, str) else data
+    started = time.perf_counter()
+    probe_data = split_validation(data, validation_fraction)
+    steps_per_epoch = len(probe_data.x) // train.batch_size
+    total = train.epochs * steps_per_epoch
+    probe_steps = max(1, math.ceil(budget * total))
+    sites = [site for site in find_sites(model_fn()) if site.controllable]
+    kinds = {site.kind for site in sites}
+    off = {kind: 0.0 for kind in kinds}
+    variants = [Variant("none", dropout=off.get("dropout"), drop_path=off.get("drop_path"))]
+    if "dropout" in kinds:
+        variants.append(
+            Variant("dropout", dropout=schedules.standard(p), drop_path=off.get("drop_path"))
+        )
+    elif "drop_path" in kinds:  # the regulariser the regime test uses: dropout where it can
+        variants.append(
+            Variant("sd", dropout=off.get("dropout"), drop_path=schedules.standard(drop_path_p))
+        )
+    results = {
+        v.name: train_variant(model_fn, probe_data, v, seed_list, train, max_steps=probe_steps)
+        for v in variants
+    }
+    probe_epochs = probe_steps / steps_per_epoch
+    evidence: dict[str, Any] = {
+        "probe_steps": probe_steps,
+        "total_steps": total,
+        "budget": probe_steps / total,
+        "probe_epochs": probe_epochs,
+        "seeds": seed_list,
+        "variants": {
+            name: {
+                "train_loss": r.final_train_loss,
+                "val_loss": r.test_loss,
+                "val_acc": r.test_acc,
+                "gap": [v - t for v, t in zip(r.test_loss, r.final_train_loss, strict=True)],
+            }
+            for name, r in results.items()
+        },
+    }
+    none = evidence["variants"]["none"]
+    projected = [
+        gap * (train.epochs / probe_epochs) / val
+        for gap, val in zip(none["gap"], none["val_loss"], strict=True)
+    ]
+    mean, low, high = _interval(projected)
+    evidence["projected_relative_gap"] = {"mean": mean, "ci_low": low, "ci_high": high}
+    regime = "overfitting" if mean > threshold else "underfitting"
+    clear = low > threshold or high < threshold
+    reasons = [
+        f"Without dropout the validation loss exceeds the training loss by "
+        f"{np.mean(none['gap']):+.4f} after {probe_epochs:.2f} of {train.epochs} epochs; "
+        f"projected to the end of the run that is {mean:+.2f} of the validation loss "
+        f"(95% CI [{low:+.2f}, {high:+.2f}]), {'above' if mean > threshold else 'below'} the "
+        f"{threshold:g} that separates the regimes: {regime} regime."
+    ]
+    contradictions = 0
+    regulariser = "dropout" if "dropout" in results else "sd" if "sd" in results else None
+    if regulariser is not None:
+        with_reg = evidence["variants"][regulariser]
+        d_val = [a - b for a, b in zip(with_reg["val_loss"], none["val_loss"], strict=True)]
+        d_gap = [a - b for a, b in zip(with_reg["gap"], none["gap"], strict=True)]
+        evidence["effect_on_val_loss"] = dict(zip(("mean", "ci_low", "ci_high"), _interval(d_val)))
+        evidence["effect_on_gap"] = dict(zip(("mean", "ci_low", "ci_high"), _interval(d_gap)))
+        label = "dropout" if regulariser == "dropout" else "stochastic depth"
+        reasons.append(
+            f"Standard {label} changed the probe's validation loss by {np.mean(d_val):+.4f} and "
+            f"its gap by {np.mean(d_gap):+.4f} (mean over seeds)."
+        )
+        if regime == "overfitting" and evidence["effect_on_gap"]["ci_low"] > 0:
+            contradictions += 1  # overfitting, yet the regulariser widened the gap
+        gde_none = _gde(results["none"], probe_data, train.batch_size, gde_batches)
+        gde_reg = _gde(results[regulariser], probe_data, train.batch_size, gde_batches)
+        d_gde = [a - b for a, b in zip(gde_reg, gde_none, strict=True)]
+        evidence["gde"] = {"none": gde_none, regulariser: gde_reg}
+        evidence["effect_on_gde"] = dict(zip(("mean", "ci_low", "ci_high"), _interval(d_gde)))
+        lower = evidence["effect_on_gde"]["ci_high"] < 0
+        reasons.append(
+            f"Gradient direction error at the end of the probe: {np.mean(gde_none):.3f} without, "
+            f"{np.mean(gde_reg):.3f} with {label}"
+            + (" (lower: the paper's mechanism for early dropout)." if lower else ".")
+        )
+        if regime == "underfitting" and evidence["effect_on_gde"]["ci_low"] > 0:
+            contradictions += 1  # the paper's mechanism runs the other way here
+    confidence = "high" if clear and not contradictions else "medium" if clear else "low"
+    if not clear:
+        reasons.append(
+            f"The interval straddles {threshold:g}: the regime is not settled at this budget. "
+            "Rerun with a larger budget or more seeds before acting on this."
+        )
+    recommendation, schedule = _recommend(regime, kinds, p, drop_path_p)
+    if recommendation == "no_dropout":
+        reasons.append(
+            "The model has no dropout or drop-path site dropkit can control; add one (e.g. "
+            "dropkit.Dropout(0.0)) to try a schedule."
+        )
+    evidence["seconds"] = time.perf_counter() - started
+    limits = (
+        f"Probe: {probe_steps} of {total} optimizer steps ({100 * probe_steps / total:.1f}% of "
+        f"the run), {len(seed_list)} seeds, validation = last {validation_fraction:.0%} of the "
+        f"training data; it cost {evidence['seconds']:.0f} s.",
+        "The end-of-run gap is a straight-line projection in passes over the data; models whose "
+        "gap opens late (after the probe) look underfitting here. The threshold "
+        f"({threshold:g}) was set on MNIST-1D settings; it is a heuristic, not a law.",
+        "p and the cutoff are the paper's defaults, not tuned by the probe; the advice ranks "
+        "regimes, it does not promise an accuracy.",
+    )
+    if figure is not None:
+        _draw(results, Path(figure))
+    return Advice(recommendation, schedule, regime, confidence, tuple(reasons), evidence, limits)
+
+
+def _recommend(
+    regime: str, kinds: set[str], p: float, drop_path_p: float
+) -> tuple[str, dict[str, Any] | None]:
+    if not kinds:
+        return "no_dropout", None
+    if regime == "underfitting":
+        if "dropout" in kinds:
+            return "early_dropout", _schedule("dropout", "early", p, PAPER_CUTOFF, "linear")
+        return "early_sd", _schedule("drop_path", "early", drop_path_p, PAPER_CUTOFF, "linear")
+    if "drop_path" in kinds:
+        return "late_sd", _schedule("drop_path", "late", LATE_SD_P, PAPER_CUTOFF, None)
+    return "standard_dropout", _schedule("dropout", "standard", p, None, None)
+
+
+def _schedule(
+    sites: str, kind: str, p: float, cutoff: float | None, shape: str | None
+) -> dict[str, Any]:
+    return {"sites": sites, "schedule": kind, "p": p, "cutoff": cutoff, "shape": shape}
+
+
+def _draw(results: Mapping[str, TrainResult], path: Path) -> None:
+    from dropkit.experiments.figures import loss_curves
+
+    curves = {
+        name: (r.log_steps, np.asarray(r.train_loss, dtype=np.float64).T)
+        for name, r in results.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    loss_curves(curves, path, "advisor probes: training loss")
