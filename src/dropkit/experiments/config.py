@@ -322,33 +322,27 @@ def parse_config(raw: Any) -> ExperimentConfig:
     )
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file."""
+def _read_yaml(path: Path) -> Any:
     import yaml
 
-    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    return parse_config(raw)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file."""
+    return parse_config(_read_yaml(Path(path)))
 
 
 def load_settings(path: str | Path) -> tuple[SettingSpec, ...]:
     """The settings of a YAML file: an experiment config, or one setting's ``data`` / ``model`` /
     ``train`` at the top level (what ``dropkit advise`` needs; variants are optional there)."""
-    import yaml
-
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    raw = _mapping(raw, "config")
+    raw = _mapping(_read_yaml(path), "config")
     if "settings" not in raw:
         setting = {"variants": {"none": {}}, **raw}
         raw = {"name": path.stem, "settings": {path.stem: setting}}
