@@ -48,3 +48,13 @@ def test_every_dropkit_import_in_the_readme_resolves() -> None:
     assert len(imports) >= 3  # diagnostics, Lightning, Hugging Face
     for node in imports:
         exec(compile(ast.Module([node], type_ignores=[]), "README.md", "exec"), {})
+
+
+def test_advise_config_example_is_a_valid_setting(tmp_path) -> None:
+    from dropkit.experiments.config import load_settings
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if b.startswith("# mine.yaml"))
+    (tmp_path / "mine.yaml").write_text(example)
+    (setting,) = load_settings(tmp_path / "mine.yaml")
+    assert (setting.data, setting.model["kind"], setting.train.epochs) == ("digits", "mlp", 40)
