@@ -1,4 +1,4 @@
-"""The ``dropkit`` command: reproduce the papers' claims, run configs, rebuild reports, sites."""
+"""The `dropkit` command: reproduce the papers' claims, run configs, advise, report, sites."""
 
 from __future__ import annotations
 
