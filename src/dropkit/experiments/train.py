@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -414,8 +414,18 @@ def train_variant(
     )
 
 
-def _epoch_orders(generators: list[torch.Generator], n: int) -> Tensor:
-    return torch.stack([torch.randperm(n, generator=g) for g in generators])
+def _batch_indices(
+    seeds: list[int], n: int, batch: int, steps_per_epoch: int, stop: int
+) -> Iterator[tuple[int, Tensor]]:
+    """``(step, index)`` for the first ``stop`` steps: ``index[s]`` is seed ``s``'s mini-batch,
+    from a fresh permutation of its own data order each epoch (the last partial batch dropped)."""
+    generators = _order_generators(seeds)
+    step = 0
+    while step < stop:
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators])
+        for i in range(min(steps_per_epoch, stop - step)):
+            yield step, orders[:, i * batch : (i + 1) * batch]
+            step += 1
 
 
 def _train_population(
@@ -444,28 +454,21 @@ def _train_population(
         return objective(functional_call(base, (params, buffers), (inputs,)), y, alpha)
 
     batched_objective = vmap(member_objective, randomness="different")
-    generators = _order_generators(seeds)
     log = _Log(stop, len(seeds), config.log_every)
-    batch = config.batch_size
-    step = 0
-    for _ in range(math.ceil(stop / steps_per_epoch)):
-        orders = _epoch_orders(generators, len(data.x))
-        for i in range(min(steps_per_epoch, stop - step)):
-            index = orders[:, i * batch : (i + 1) * batch]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, config)
-            losses, logged = batched_objective(
-                population.params, population.buffers, data.x[index], data.y[index]
-            )
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()  # members are independent: each gets its own gradient
-            optimizer.step()
-            log.record(step, logged, scheduler.get_last_p() if scheduler else {})
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, population)
+    for step, index in _batch_indices(seeds, len(data.x), config.batch_size, steps_per_epoch, stop):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, config)
+        losses, logged = batched_objective(
+            population.params, population.buffers, data.x[index], data.y[index]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # members are independent: each gets its own gradient
+        optimizer.step()
+        log.record(step, logged, scheduler.get_last_p() if scheduler else {})
+        if scheduler is not None:
+            scheduler.step()
+        if on_step is not None:
+            on_step(step + 1, population)
     base.eval()
     return population, log
 
@@ -488,31 +491,24 @@ def _train_lockstep(
     ]
     alpha = variant.rdrop_alpha
     steps_per_epoch = total // config.epochs
-    generators = _order_generators(seeds)
     log = _Log(stop, len(seeds), config.log_every)
-    batch = config.batch_size
-    step = 0
-    for _ in range(math.ceil(stop / steps_per_epoch)):
-        orders = _epoch_orders(generators, len(data.x))
-        for i in range(min(steps_per_epoch, stop - step)):
-            logged = torch.zeros(len(seeds))
-            for s, (model, optimizer) in enumerate(zip(members, optimizers)):
-                index = orders[s, i * batch : (i + 1) * batch]
-                x, y = data.x[index], data.y[index]
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total, config)
-                loss, ce = objective(model(torch.cat([x, x]) if alpha else x), y, alpha)
-                logged[s] = ce.detach()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            log.record(step, logged, schedulers[0].get_last_p() if schedulers[0] else {})
-            for scheduler in schedulers:
-                if scheduler is not None:
-                    scheduler.step()
-            step += 1
-            if on_step is not None:  # a stacked snapshot, following the first member's rates
-                on_step(step, Population.from_modules(members, seeds, base=members[0]))
+    for step, index in _batch_indices(seeds, len(data.x), config.batch_size, steps_per_epoch, stop):
+        logged = torch.zeros(len(seeds))
+        for s, (model, optimizer) in enumerate(zip(members, optimizers)):
+            x, y = data.x[index[s]], data.y[index[s]]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, config)
+            loss, ce = objective(model(torch.cat([x, x]) if alpha else x), y, alpha)
+            logged[s] = ce.detach()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        log.record(step, logged, schedulers[0].get_last_p() if schedulers[0] else {})
+        for scheduler in schedulers:
+            if scheduler is not None:
+                scheduler.step()
+        if on_step is not None:  # a stacked snapshot, following the first member's rates
+            on_step(step + 1, Population.from_modules(members, seeds, base=members[0]))
     population = Population.from_modules(members, seeds)
     population.base.eval()
     return population, log
