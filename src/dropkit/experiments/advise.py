@@ -106,8 +106,10 @@ def split_validation(data: Dataset, fraction: float) -> Dataset:
     )
 
 
-def _interval(values: list[float]) -> tuple[float, float, float]:
-    return paired_t_interval(values, [0.0] * len(values))
+def _summary(values: list[float]) -> dict[str, float]:
+    """Mean over seeds and its 95% t-interval."""
+    mean, low, high = paired_t_interval(values, [0.0] * len(values))
+    return {"mean": mean, "ci_low": low, "ci_high": high}
 
 
 def _gde(result: TrainResult, data: Dataset, batch_size: int, n_batches: int) -> list[float]:
@@ -202,8 +204,8 @@ def advise(
         gap * (train.epochs / probe_epochs) / val
         for gap, val in zip(none["gap"], none["val_loss"], strict=True)
     ]
-    mean, low, high = _interval(projected)
-    evidence["projected_relative_gap"] = {"mean": mean, "ci_low": low, "ci_high": high}
+    gap = evidence["projected_relative_gap"] = _summary(projected)
+    mean, low, high = gap["mean"], gap["ci_low"], gap["ci_high"]
     regime = "overfitting" if mean > threshold else "underfitting"
     clear = low > threshold or high < threshold
     reasons = [
@@ -219,8 +221,8 @@ def advise(
         with_reg = evidence["variants"][regulariser]
         d_val = [a - b for a, b in zip(with_reg["val_loss"], none["val_loss"], strict=True)]
         d_gap = [a - b for a, b in zip(with_reg["gap"], none["gap"], strict=True)]
-        evidence["effect_on_val_loss"] = dict(zip(("mean", "ci_low", "ci_high"), _interval(d_val)))
-        evidence["effect_on_gap"] = dict(zip(("mean", "ci_low", "ci_high"), _interval(d_gap)))
+        evidence["effect_on_val_loss"] = _summary(d_val)
+        evidence["effect_on_gap"] = _summary(d_gap)
         label = "dropout" if regulariser == "dropout" else "stochastic depth"
         reasons.append(
             f"Standard {label} changed the probe's validation loss by {np.mean(d_val):+.4f} and "
@@ -232,7 +234,7 @@ def advise(
         gde_reg = _gde(results[regulariser], probe_data, train.batch_size, gde_batches)
         d_gde = [a - b for a, b in zip(gde_reg, gde_none, strict=True)]
         evidence["gde"] = {"none": gde_none, regulariser: gde_reg}
-        evidence["effect_on_gde"] = dict(zip(("mean", "ci_low", "ci_high"), _interval(d_gde)))
+        evidence["effect_on_gde"] = _summary(d_gde)
         lower = evidence["effect_on_gde"]["ci_high"] < 0
         reasons.append(
             f"Gradient direction error at the end of the probe: {np.mean(gde_none):.3f} without, "
