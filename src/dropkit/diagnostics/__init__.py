@@ -7,6 +7,7 @@ runs them on tracking schedules::
     from dropkit import diagnostics as dd
     dd.gradient_direction_variance(grads)             # GDV in [0, 1]
     dd.gradient_direction_error(grads, full_grad)     # GDE in [0, 1]
+    dd.measure_gradient_set(model, batches, full)     # all of G's statistics in one pass
 """
 
 from dropkit.diagnostics.bias_variance import (
@@ -21,6 +22,13 @@ from dropkit.diagnostics.direction import (
 )
 from dropkit.diagnostics.distance import DistanceFromInit, parameter_distance
 from dropkit.diagnostics.grad_norm import gradient_norm
+from dropkit.diagnostics.gradient_set import (
+    GradientSetStats,
+    measure_gradient_set,
+    sample_batches,
+    step_seed,
+    whole_data_batches,
+)
 from dropkit.diagnostics.gradients import (
     LossFn,
     VmapFallbackWarning,
@@ -42,6 +50,7 @@ __all__ = [
     "DistanceFromInit",
     "DynamicsRecorder",
     "Every",
+    "GradientSetStats",
     "Inconsistency",
     "LossFn",
     "Schedule",
@@ -56,7 +65,11 @@ __all__ = [
     "gradient_direction_variance",
     "gradient_norm",
     "log_spaced",
+    "measure_gradient_set",
     "mini_batch_gradients",
     "parameter_distance",
+    "sample_batches",
+    "step_seed",
     "train_test_inconsistency",
+    "whole_data_batches",
 ]

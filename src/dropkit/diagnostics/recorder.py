@@ -12,7 +12,7 @@ Instruments (``INSTRUMENTS``):
 - ``grad_norm``: ‖g‖₂ from ``.grad`` (free);
 - ``distance``: ‖W_t - W_0‖₂, W_0 snapshotted when the recorder is built;
 - ``gdv``, ``gde``, ``bias_variance``: over ``num_batches`` mini-batch gradients from ``batches``
-  (one shared pass per step), ĝ from ``full_batches`` (one more pass, dropout off);
+  and ĝ from ``full_batches`` (dropout off), one shared :func:`measure_gradient_set` per step;
 - ``inconsistency``: deterministic vs Monte-Carlo dropout prediction on the ``heldout`` batch.
 
 ``value`` is a float, or a dict of floats for ``bias_variance`` and ``inconsistency``.
@@ -36,18 +36,15 @@ import numpy as np
 from torch import Tensor, nn
 
 from dropkit.diagnostics._state import DiagnosticRNG
-from dropkit.diagnostics.bias_variance import BiasVarianceAccumulator
-from dropkit.diagnostics.direction import DirectionAccumulator
 from dropkit.diagnostics.distance import DistanceFromInit
 from dropkit.diagnostics.grad_norm import gradient_norm
+from dropkit.diagnostics.gradient_set import measure_gradient_set, step_seed
 from dropkit.diagnostics.gradients import (
     LossFn,
     Method,
     check_chunk_size,
     check_method,
     cross_entropy_loss,
-    full_gradient,
-    mini_batch_gradients,
 )
 from dropkit.diagnostics.inconsistency import train_test_inconsistency
 from dropkit.diagnostics.tracking import Schedule, every
@@ -92,9 +89,7 @@ def _as_schedule(schedule: Schedule | int, name: str) -> Schedule:
 
 
 def _step_seed(seed: int | None, step: int) -> int | None:
-    if seed is None:
-        return None
-    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
+    return None if seed is None else step_seed(seed, step)
 
 
 class DynamicsRecorder:
@@ -297,44 +292,39 @@ class DynamicsRecorder:
     ) -> None:
         assert self.batches is not None
         start = time.perf_counter()
-        direction = DirectionAccumulator()
-        spread = BiasVarianceAccumulator() if "bias_variance" in names else None
-        grads = mini_batch_gradients(
+        needs_full = any(name in _NEEDS_FULL for name in names)
+        stats = measure_gradient_set(
             self.model,
             self.batches,
+            self.full_batches if needs_full else None,
             self.loss_fn,
             method=self.method,
             chunk_size=self.chunk_size,
             seed=_step_seed(self.seed, step),
         )
-        for grad in grads:
-            direction.update(grad)
-            if spread is not None:
-                spread.update(grad)
-        for name in names:
-            seconds[name] += (time.perf_counter() - start) / len(names)
-            extra[name]["num_grads"] = direction.count
-        full = [name for name in names if name in _NEEDS_FULL]
-        if full:
-            assert self.full_batches is not None
-            start = time.perf_counter()
-            full_grad = full_gradient(
-                self.model, self.full_batches, self.loss_fn, seed=_step_seed(self.seed, step)
+        if "gdv" in names and stats.gdv is None:
+            raise ValueError(
+                f"GDV needs at least 2 gradients, got {stats.num_grads}: give the recorder more "
+                "batches (or num_batches >= 2)"
             )
-            for name in full:
-                seconds[name] += (time.perf_counter() - start) / len(full)
         for name in names:
-            start = time.perf_counter()
             if name == "gdv":
-                values[name] = direction.variance()
+                values[name] = stats.gdv
             elif name == "gde":
-                values[name] = direction.error(full_grad)
+                values[name] = stats.gde
             else:
-                assert spread is not None
-                raw = spread.result(full_grad)._asdict()
-                unit = spread.result(full_grad, normalize=True)._asdict()
-                values[name] = {**raw, **{f"unit_{key}": v for key, v in unit.items()}}
-            seconds[name] += time.perf_counter() - start
+                values[name] = {
+                    "bias_sq": stats.bias_sq,
+                    "variance": stats.variance,
+                    "error": stats.error,
+                    "unit_bias_sq": stats.unit_bias_sq,
+                    "unit_variance": stats.unit_variance,
+                    "unit_error": stats.unit_error,
+                }
+            extra[name]["num_grads"] = stats.num_grads
+        elapsed = time.perf_counter() - start  # one shared measurement: its cost split evenly
+        for name in names:
+            seconds[name] += elapsed / len(names)
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         self.records.extend(records)
