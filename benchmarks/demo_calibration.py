@@ -127,9 +127,10 @@ def main() -> None:
             lambda: build_model(kind, **kwargs), data, catalogue[name], range(args.seeds), config
         )
         results[name] = result
+        last_window = [curve[-1] for curve in result.train_loss]
         print(
             f"{name:<10} {result.seconds:6.1f} {1000 * result.seconds / result.total_steps:8.1f} "
-            f"{mean_sd(result.final_train_loss):>17} {mean_sd(result.train_loss[-1]):>16} "
+            f"{mean_sd(result.final_train_loss):>17} {mean_sd(last_window):>16} "
             f"{mean_sd(result.test_acc):>15} {mean_sd(result.test_loss):>15}",
             flush=True,
         )

@@ -1,5 +1,6 @@
-"""Claim statistics: the paired t-interval against scipy's paired t-test, and the decision rule."""
+"""Claim statistics: the paired t-interval against scipy, and every branch of the decision rule."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,9 +8,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropkit.experiments.claims import Claim, evaluate_claim, paired_t_interval
+from dropkit.experiments.claims import (
+    DIRECTIONS,
+    Claim,
+    ClaimResult,
+    evaluate_claim,
+    not_applicable,
+)
+from dropkit.experiments.stats import min_detectable_effect, paired_t_interval
 
 scipy_stats = pytest.importorskip("scipy.stats")
+
+# t(0.975, 2) in closed form: for 2 dof, t_p = (2p - 1) / sqrt(2 p (1 - p)) = 0.95 / sqrt(0.04875)
+T_975_2 = 4.302652729749462
 
 paired = st.integers(2, 12).flatmap(
     lambda n: st.tuples(
@@ -34,38 +45,180 @@ def test_interval_matches_scipy_paired_t_test(data):
 
 
 def test_interval_by_hand():
-    # diffs 1, 2, 3: mean 2, sd 1, t(0.975, 2) = 4.302652729911275
+    # diffs 1, 2, 3: mean 2, sd 1
     mean, low, high = paired_t_interval([2, 4, 6], [1, 2, 3])
-    half = 4.302652729911275 / math.sqrt(3)
-    assert (mean, round(low, 9), round(high, 9)) == (2.0, round(2 - half, 9), round(2 + half, 9))
+    half = T_975_2 / math.sqrt(3)
+    assert mean == 2.0
+    assert math.isclose(low, 2 - half, abs_tol=1e-12)
+    assert math.isclose(high, 2 + half, abs_tol=1e-12)
 
 
-def claim(direction, margin=0.0):
-    return Claim("C", "a vs b", "s", "m", "a", "b", direction, margin)
+def claim(direction, margin=0.0, paper=""):
+    return Claim("C", "a vs b", "s", "m", "a", "b", direction, margin, paper)
 
 
-def test_decision_rule_per_direction():
-    clearly_lower = {"a": {0: 1.0, 1: 1.1, 2: 0.9}, "b": {0: 2.0, 1: 2.05, 2: 1.95}}
-    verdicts = {
-        (direction, margin): evaluate_claim(claim(direction, margin), clearly_lower)
-        for direction, margin in [("<", 0.0), (">", 0.0), (">=", 0.5), (">=", 2.0)]
-    }
-    assert {key: (r.confirmed, r.verdict) for key, r in verdicts.items()} == {
-        ("<", 0.0): (True, "confirmed"),
-        (">", 0.0): (False, "opposite"),  # the interval lies wholly below 0
-        (">=", 0.5): (False, "opposite"),  # wholly below -0.5
-        (">=", 2.0): (True, "confirmed"),
-    }
-    noisy = {"a": {0: 1.0, 1: 3.0, 2: 2.0}, "b": {0: 2.0, 1: 1.0, 2: 2.0}}
-    result = evaluate_claim(claim("<"), noisy)
-    assert result.confirmed is False and result.ci_low < 0 < result.ci_high
-    assert result.verdict == "inconclusive"
+# Three seeds with differences effect - 0.1, effect, effect + 0.1: sd 0.1, so the 95% interval is
+# effect -+ HALF with HALF = t(0.975, 2) * 0.1 / sqrt(3) = 0.2484...
+SD = 0.1
+HALF = T_975_2 * SD / math.sqrt(3)
 
 
-def test_pairs_by_seed_and_reports_missing_variants():
+def three_seeds(effect, base=0.5):
+    diffs = [effect - SD, effect, effect + SD]
+    return {"a": {s: base + d for s, d in enumerate(diffs)}, "b": {s: base for s in range(3)}}
+
+
+# (direction, margin, true effect, verdict); the interval is effect -+ 0.2484
+BRANCHES = [
+    # superiority ">": low > 0 / high < 0 / straddles
+    (">", 0.0, 0.5, "confirmed"),  # [0.252, 0.748]
+    (">", 0.0, -0.5, "opposite"),  # [-0.748, -0.252]
+    (">", 0.0, 0.0, "inconclusive"),  # [-0.248, 0.248]
+    # superiority "<": mirrored
+    ("<", 0.0, -0.5, "confirmed"),
+    ("<", 0.0, 0.5, "opposite"),
+    ("<", 0.0, 0.0, "inconclusive"),
+    # non-inferiority ">=" margin 0.3
+    (">=", 0.3, 0.5, "confirmed"),  # low 0.252 > 0: superiority shown
+    (">=", 0.3, 0.1, "non-inferior"),  # [-0.148, 0.348]: low > -0.3, not > 0
+    (">=", 0.3, -0.1, "inconclusive"),  # [-0.348, 0.148]: low below -0.3
+    (">=", 0.3, -0.5, "opposite"),  # [-0.748, -0.252]
+    # wholly below zero yet wholly above -margin: still opposite, never non-inferior
+    (">=", 1.0, -0.5, "opposite"),
+    # non-inferiority "<=" margin 0.3: mirrored
+    ("<=", 0.3, -0.5, "confirmed"),  # high -0.252 < 0
+    ("<=", 0.3, -0.1, "non-inferior"),  # [-0.348, 0.148]: high < 0.3, not < 0
+    ("<=", 0.3, 0.1, "inconclusive"),  # [-0.148, 0.348]: high above 0.3
+    ("<=", 0.3, 0.5, "opposite"),  # [0.252, 0.748]
+    ("<=", 1.0, 0.5, "opposite"),  # wholly above zero yet below +margin: opposite
+]
+
+
+@pytest.mark.parametrize(("direction", "margin", "effect", "verdict"), BRANCHES)
+def test_every_verdict_branch(direction, margin, effect, verdict):
+    result = evaluate_claim(claim(direction, margin), three_seeds(effect))
+    assert result.verdict == verdict
+    assert result.confirmed is (verdict == "confirmed")
+    assert math.isclose(result.effect, effect, abs_tol=1e-12)
+    assert math.isclose(result.ci_low, effect - HALF, abs_tol=1e-12)
+    assert math.isclose(result.ci_high, effect + HALF, abs_tol=1e-12)
+    assert result.n_seeds == 3 and result.failed_seeds == [] and result.reason == ""
+    assert result.test == ("non-inferiority" if direction in (">=", "<=") else "superiority")
+    assert result.margin == margin
+    assert math.isclose(result.mde, min_detectable_effect(SD, 3), rel_tol=1e-9)
+
+
+def test_every_direction_and_verdict_is_covered():
+    assert {b[0] for b in BRANCHES} == set(DIRECTIONS)
+    for direction in DIRECTIONS:
+        verdicts = {b[3] for b in BRANCHES if b[0] == direction}
+        expected = {"confirmed", "opposite", "inconclusive"}
+        if direction in (">=", "<="):
+            expected.add("non-inferior")
+        assert verdicts == expected
+
+
+def test_non_inferior_is_not_confirmed():
+    result = evaluate_claim(claim(">=", 0.3), three_seeds(0.1))
+    assert (result.verdict, result.confirmed) == ("non-inferior", False)
+    assert result.to_json()["confirmed"] is False
+
+
+def test_comparison_strings():
+    named = Claim("C3", "s", "u", "test_acc", "early_dropout", "none", ">")
+    assert named.comparison == "early_dropout - none > 0"
+    late = Claim("C7", "s", "o", "test_acc", "late_sd", "sd", ">=", 0.001)
+    assert late.comparison == "late_sd - sd >= -0.001"
+    assert claim("<=", 0.001).comparison == "a - b <= 0.001"
+    assert claim("<").comparison == "a - b < 0"
+    assert evaluate_claim(late, {}).comparison == "late_sd - sd >= -0.001"
+
+
+def test_result_fields_in_order_and_json():
+    names = [f.name for f in dataclasses.fields(ClaimResult)]
+    assert names == [
+        "id", "statement", "paper", "test", "verdict", "confirmed", "effect", "ci_low",
+        "ci_high", "n_seeds", "mde", "metric", "comparison", "margin", "failed_seeds", "reason",
+    ]  # fmt: skip
+    result = evaluate_claim(claim(">", paper="+1.2 pt, Table 2"), three_seeds(0.5))
+    payload = result.to_json()
+    assert list(payload) == names
+    assert payload["paper"] == "+1.2 pt, Table 2"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.verdict = "opposite"
+
+
+def test_pairs_by_seed():
     values = {"a": {0: 1.0, 1: 2.0, 5: 9.0}, "b": {1: 1.0, 0: 0.0, 7: 3.0}}
     result = evaluate_claim(claim(">"), values)
-    assert result.n_seeds == 2 and result.effect == 1.0
-    missing = evaluate_claim(claim(">"), {"a": values["a"]})
-    assert missing.confirmed is None and missing.n_seeds == 0
-    assert missing.verdict == "not measured"
+    assert result.n_seeds == 2 and result.effect == 1.0 and result.failed_seeds == []
+
+
+def test_non_finite_seeds_are_listed_and_excluded():
+    good = three_seeds(0.5)
+    values = {
+        "a": {**good["a"], 3: float("nan"), 4: 0.7, 6: float("inf")},
+        "b": {**good["b"], 3: 0.5, 4: float("nan"), 6: 0.5},
+    }
+    result = evaluate_claim(claim(">"), values)
+    clean = evaluate_claim(claim(">"), good)
+    assert result.failed_seeds == [3, 4, 6]
+    assert result.n_seeds == 3
+    assert (result.effect, result.ci_low, result.ci_high) == (
+        clean.effect,
+        clean.ci_low,
+        clean.ci_high,
+    )
+    assert result.verdict == "confirmed"
+    assert result.reason.startswith("3 of 6 seeds failed (non-finite)")
+    assert clean.reason == ""
+
+
+def test_not_measured():
+    missing = evaluate_claim(claim(">"), {"a": {0: 1.0, 1: 2.0}})
+    assert (missing.verdict, missing.confirmed, missing.n_seeds) == ("not measured", False, 0)
+    assert (missing.effect, missing.ci_low, missing.ci_high, missing.mde) == (None,) * 4
+    assert "'b'" in missing.reason
+    assert "'a'" in evaluate_claim(claim(">"), {}).reason
+
+    disjoint = evaluate_claim(claim(">"), {"a": {0: 1.0, 1: 2.0}, "b": {2: 1.0, 3: 2.0}})
+    assert disjoint.verdict == "not measured" and "both arms" in disjoint.reason
+
+    one_left = {"a": {0: 1.0, 1: float("nan"), 2: 3.0}, "b": {0: 0.0, 1: 1.0, 2: float("inf")}}
+    result = evaluate_claim(claim(">"), one_left)
+    assert result.verdict == "not measured" and result.effect is None
+    assert result.n_seeds == 1 and result.failed_seeds == [1, 2]
+    assert "2 of 3 seeds failed (non-finite)" in result.reason
+
+
+def test_not_applicable():
+    reason = "the overfitting regime is not established: C6 is inconclusive"
+    result = not_applicable(claim(">=", 0.005, paper="Table 3"), reason)
+    assert (result.verdict, result.confirmed, result.reason) == ("not applicable", False, reason)
+    assert (result.effect, result.ci_low, result.ci_high, result.mde) == (None,) * 4
+    assert result.n_seeds == 0 and result.failed_seeds == []
+    assert (result.test, result.paper, result.margin) == ("non-inferiority", "Table 3", 0.005)
+    assert result.comparison == "a - b >= -0.005"
+
+
+@pytest.mark.parametrize(
+    ("direction", "margin", "message"),
+    [
+        (">=", 0.0, "margin > 0"),
+        (">=", -0.01, "margin > 0"),
+        (">=", float("nan"), "margin > 0"),
+        ("<=", 0.0, "margin > 0"),
+        ("<=", float("inf"), "margin > 0"),
+        (">", 0.01, "no margin"),
+        ("<", -0.01, "no margin"),
+        ("!=", 0.0, "direction"),
+    ],
+)
+def test_invalid_claims(direction, margin, message):
+    with pytest.raises(ValueError, match=message):
+        claim(direction, margin)
+
+
+def test_test_property():
+    assert claim(">").test == claim("<").test == "superiority"
+    assert claim(">=", 0.1).test == claim("<=", 0.1).test == "non-inferiority"

@@ -33,10 +33,10 @@ TINY = {
             },
             "dynamics": {
                 "variants": ["none", "dropout"],
-                "checkpoints": 3,
+                "every": 2,
+                "window": 16,
+                "until": 24,
                 "n_batches": 4,
-                "full_batch": 256,
-                "early_phase": 0.5,
             },
             "mc_passes": 3,
         }
@@ -73,7 +73,30 @@ def write_config(path: Path, raw: dict = TINY) -> Path:
 def test_builtin_configs_parse_and_cover_the_claims(name):
     config = builtin_config(name)
     assert config.seeds >= 5 or name == "demo-quick"
-    assert [c.id for c in config.claims][:4] == ["C1", "C2", "C3", "C4"]
+    assert [c.id for c in config.claims][:4] == ["C1", "C2", "C3", "C3n"]
+    by_id = {c.id: c for c in config.claims}
+    for setting in config.settings:
+        # every setting has a none arm and a declared regime, established by its own claim
+        assert "none" in {v.name for v in setting.variants}
+        assert setting.regime in ("underfitting", "overfitting")
+        assert by_id[setting.regime_claim].setting == setting.name
+        for variant in setting.variants:  # the paper's recipe: warm-up ends at the cutoff
+            for spec in (variant.dropout, variant.drop_path):
+                if spec is not None and spec.kind == "early":
+                    assert spec.cutoff == setting.train.warmup_frac
+    early_sd = builtin_config(name).settings[0].variant("early_sd").drop_path
+    assert (early_sd.p, early_sd.shape) == (0.5, "linear")  # the paper's ViT-T rate
+    # the paper's improvement claims are superiority tests; non-inferiority only sits beside them
+    for claim_id in ("C3", "C4", "C7", "C8", "C8c"):
+        assert by_id[claim_id].test == "superiority"
+    for claim_id in ("C3n", "C4n", "C7n"):
+        assert by_id[claim_id].test == "non-inferiority" and by_id[claim_id].margin <= 0.001
+
+
+def without_none_arm(raw: dict) -> None:
+    setting = raw["settings"]["digits"]
+    del setting["variants"]["none"]
+    setting.update(regime="underfitting", regime_claim="T1")
 
 
 @pytest.mark.parametrize(
@@ -96,6 +119,25 @@ def test_builtin_configs_parse_and_cover_the_claims(name):
         (lambda c: c["claims"][0].update(a="ghost"), "claims[0].a"),
         (lambda c: c["claims"][1].update(direction="!="), "claims[1].direction"),
         (lambda c: c.update(seeds="five"), "seeds"),
+        (lambda c: c["settings"]["digits"]["dynamics"].update(every=3), "dynamics.every"),
+        (lambda c: c["settings"]["digits"]["dynamics"].update(window=30), "dynamics.window"),
+        (lambda c: c["settings"]["digits"]["dynamics"].pop("until"), "dynamics.until"),
+        (lambda c: c["settings"]["digits"].update(regime="underfitting"), "regime_claim"),
+        (lambda c: c["settings"]["digits"].update(regime="hungry", regime_claim="T1"), "regime"),
+        (
+            lambda c: c["settings"]["digits"].update(regime="underfitting", regime_claim="T9"),
+            "settings.digits.regime_claim",
+        ),
+        (without_none_arm, "needs a `none` arm"),
+        (
+            lambda c: c["settings"]["digits"]["variants"]["dropout"].update(
+                rdrop_alpha=1.0, double_batch=True
+            ),
+            "double_batch",
+        ),
+        (lambda c: c["claims"][0].update(direction=">="), "claims[0].margin"),
+        (lambda c: c["claims"][0].update(margin=0.1), "claims[0].margin"),
+        (lambda c: c["settings"]["digits"].update(seeds=1), "settings.digits.seeds"),
     ],
 )
 def test_config_errors_name_the_field(edit, message):
@@ -134,17 +176,18 @@ def test_run_writes_report_figures_records_and_is_reproducible(tmp_path):
         assert (run / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in (run / "report.md").read_text()
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
-    assert {r["instrument"] for r in records} >= {"gdv", "gde", "grad_norm", "distance"}
+    assert {r["instrument"] for r in records} >= {"gdv", "gde", "batch_grad_norm", "distance"}
     assert {r["variant"] for r in records} == {"none", "dropout"}
     assert all(0 <= r["value"] <= 1 for r in records if r["instrument"] in ("gdv", "gde"))
     assert (run / "runs" / "digits" / "early" / "metrics.jsonl").exists()
     # the same command elsewhere gives the same numbers
     assert main(["run", str(config), "--out", str(tmp_path / "b")]) == 0
     again = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert again["claims"] == report["claims"] and again["settings"] == {
-        s: {v: {**r, "wall_s": again["settings"][s][v]["wall_s"]} for v, r in rs.items()}
-        for s, rs in report["settings"].items()
-    }
+    assert again["claims"] == report["claims"] and again["dynamics"] == report["dynamics"]
+    for name, setting in report["settings"].items():
+        for variant, result in setting["variants"].items():
+            rerun = again["settings"][name]["variants"][variant]
+            assert {**result, "wall_s": rerun["wall_s"]} == rerun
     # `dropkit report` rebuilds the same claims from the folder
     assert main(["report", str(run)]) == 0
     assert json.loads((run / "report.json").read_text())["claims"] == report["claims"]

@@ -301,7 +301,7 @@ def test_population_equals_separate_runs_without_dropout(name: str) -> None:
     for s, seed in enumerate(seeds):
         model, losses, test_acc = reference_run(model_fn, data, seed, 2, 32, 3e-3, 0.1)
         for result in results.values():
-            curve = [window[s] for window in result.train_loss]
+            curve = result.train_loss[s]
             np.testing.assert_allclose(curve, losses, rtol=1e-6)
             assert result.test_acc[s] == pytest.approx(test_acc)
             member = result.population.member(s)
@@ -465,3 +465,27 @@ def test_objective_under_vmap_matches_a_loop(batch: int, classes: int, alpha: fl
         want = ce1 + ce2 + alpha / 2 * (kl12 + kl21)
         assert loss.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-5)
         assert ce.item() == pytest.approx(((ce1 + ce2) / 2).item(), rel=1e-4, abs=1e-5)
+
+
+def test_doubled_batch_control_is_rdrop_without_the_kl() -> None:
+    """R-Drop's alpha = 0 control: the same doubled forward, CE of both passes summed, no KL."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 5, (4,))
+    loss, logged = objective(logits, target, alpha=0.0, doubled=True)
+    ce1 = F.cross_entropy(logits[:4], target)
+    ce2 = F.cross_entropy(logits[4:], target)
+    assert loss.item() == pytest.approx((ce1 + ce2).item()) and logged.item() == pytest.approx(
+        ((ce1 + ce2) / 2).item()
+    )
+    rdrop, _ = objective(logits, target, alpha=1.0)  # the KL term is what R-Drop adds
+    assert rdrop.item() > loss.item()
+    # with dropout off both passes agree, so CE1 + CE2 is twice the plain CE: AdamW is
+    # invariant to that scale (up to its eps), so the control trains like the plain run
+    data = tiny()
+    config = TrainConfig(epochs=1, batch_size=32)
+    control = Variant("control", dropout=0.0, double_batch=True)
+    assert control.doubled and not Variant("none").doubled
+    doubled = train_variant(MODELS["mlp"], data, control, [0, 1], config)
+    plain = train_variant(MODELS["mlp"], data, Variant("none", dropout=0.0), [0, 1], config)
+    np.testing.assert_allclose(doubled.train_loss, plain.train_loss, rtol=1e-4)
+    assert doubled.train_loss != plain.train_loss  # the doubled forward really ran

@@ -1,9 +1,8 @@
-"""The `dropkit` command: reproduce the papers' claims, run configs, advise, report, sites."""
+"""The `dropkit` command: test the papers' claims, run configs, advise, report, sites."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import os
 import sys
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.seeds is not None:
                 if args.seeds < 2:
                     raise ConfigError("--seeds must be >= 2: claims are paired comparisons")
-                config = dataclasses.replace(config, seeds=args.seeds)
+                config = config.with_seeds(args.seeds)
         else:
             config = load_config(args.config)
         out = args.out or Path("runs") / config.name

@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from dropkit import diagnostics as dd
 from dropkit import schedules
-from dropkit.experiments.claims import paired_t_interval
 from dropkit.experiments.data import Dataset, load_dataset
+from dropkit.experiments.stats import paired_t_interval
 from dropkit.experiments.train import TrainConfig, TrainResult, Variant, train_variant
 from dropkit.sites import find_sites
 
@@ -112,20 +111,18 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "ci_low": low, "ci_high": high}
 
 
-def _gde(result: TrainResult, data: Dataset, batch_size: int, n_batches: int) -> list[float]:
-    """Per seed: GDE of ``n_batches`` mini-batch gradients against the (dropout-off) full one."""
-    full_batches = list(zip(data.x[:2048].split(512), data.y[:2048].split(512), strict=True))
+def _gde(
+    result: TrainResult, data: Dataset, batch_size: int, n_batches: int, step: int
+) -> list[float]:
+    """Per seed: GDE of ``n_batches`` mini-batch gradients against the whole-data (dropout-off)
+    gradient at ``step``, measured as everywhere else (``dd.step_seed`` seeds G and its masks)."""
+    full_batches = dd.whole_data_batches(data.x, data.y)
     values = []
     for i, seed in enumerate(result.seeds):
         model = result.population.member(i).train()
-        generator = torch.Generator().manual_seed(10_007 * seed + 1)
-        batches = []
-        for _ in range(n_batches):
-            index = torch.randint(0, len(data.x), (batch_size,), generator=generator)
-            batches.append((data.x[index], data.y[index]))
-        full = dd.full_gradient(model, full_batches, seed=seed)
-        grads = dd.mini_batch_gradients(model, batches, seed=seed)
-        values.append(dd.gradient_direction_error(grads, full))
+        stream = dd.step_seed(seed, step)
+        batches = dd.sample_batches(data.x, data.y, n_batches, batch_size, seed=stream)
+        values.append(dd.measure_gradient_set(model, batches, full_batches, seed=stream).gde)
     return values
 
 
@@ -230,8 +227,8 @@ def advise(
         )
         if regime == "overfitting" and evidence["effect_on_gap"]["ci_low"] > 0:
             contradictions += 1  # overfitting, yet the regulariser widened the gap
-        gde_none = _gde(results["none"], probe_data, train.batch_size, gde_batches)
-        gde_reg = _gde(results[regulariser], probe_data, train.batch_size, gde_batches)
+        gde_none = _gde(results["none"], probe_data, train.batch_size, gde_batches, probe_steps)
+        gde_reg = _gde(results[regulariser], probe_data, train.batch_size, gde_batches, probe_steps)
         d_gde = [a - b for a, b in zip(gde_reg, gde_none, strict=True)]
         evidence["gde"] = {"none": gde_none, regulariser: gde_reg}
         evidence["effect_on_gde"] = _summary(d_gde)
@@ -295,7 +292,7 @@ def _draw(results: Mapping[str, TrainResult], path: Path) -> None:
     from dropkit.experiments.figures import loss_curves
 
     curves = {
-        name: (r.log_steps, np.asarray(r.train_loss, dtype=np.float64).T)
+        name: (r.log_steps, np.asarray(r.train_loss, dtype=np.float64))
         for name, r in results.items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)

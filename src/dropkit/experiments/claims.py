@@ -1,35 +1,60 @@
 """The papers' claims as paired comparisons over seeds, with effect sizes and 95% intervals.
 
-A claim compares one metric between two variants of one setting, seed by seed (variants share
-seeds, so seed ``s`` of both arms saw the same initialisation stream and data order). The effect
-is the mean paired difference ``A - B``; its 95% interval is Student's t over the seed-wise
-differences. A claim is *confirmed* only when the interval clears the claimed direction:
+A claim compares one metric between two variants ``a`` and ``b`` of one setting, seed by seed
+(variants share seeds, so seed ``s`` of both arms saw the same initialisation stream and data
+order). The effect is the mean paired difference ``A - B``; its 95% interval ``[low, high]`` is
+Student's t over the seed-wise differences (:func:`dropkit.experiments.stats.paired_t_interval`).
+A seed whose value is non-finite (NaN, inf) in either arm is a failure: it is listed in
+``failed_seeds`` and the reason, never silently dropped, and the interval is computed on the rest.
 
-- ``"<"``: the whole interval is below 0;  ``">"``: the whole interval is above 0;
-- ``">="``: non-inferiority, the interval's low end is above ``-margin``.
+Superiority, the paper's direction (``margin`` must be 0):
 
-A claim that is not confirmed reads *inconclusive* when the interval straddles the line (with few
-seeds: not shown here, not refuted) and *opposite* when the interval lies wholly on the wrong
-side (here the data contradict the claim).
+- ``">"``: *confirmed* if ``low > 0``; *opposite* if ``high < 0``; else *inconclusive*;
+- ``"<"``: *confirmed* if ``high < 0``; *opposite* if ``low > 0``; else *inconclusive*.
+
+Non-inferiority, with a ``margin > 0`` in the metric's units:
+
+- ``">="``: *opposite* if ``high < 0`` (an interval wholly below zero is never anything else,
+  however close to zero it lies); else *confirmed* if ``low > 0`` (superiority shown); else
+  *non-inferior* if ``low > -margin`` (not worse by the margin, improvement not shown); else
+  *inconclusive*;
+- ``"<="``: mirrored: *opposite* if ``low > 0``; else *confirmed* if ``high < 0``; else
+  *non-inferior* if ``high < margin``; else *inconclusive*.
+
+``confirmed`` is True only for the verdict *confirmed*. With fewer than 2 finite pairs the claim
+is *not measured*; :func:`not_applicable` marks a claim whose setting's regime claim was not
+confirmed. Both carry a ``reason`` and no effect, interval or mde. ``mde`` is the minimum
+detectable effect (:func:`dropkit.experiments.stats.min_detectable_effect`) at the observed sd
+of the paired differences: an effect this large would have been shown 80% of the time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["Claim", "ClaimResult", "evaluate_claim", "paired_t_interval", "t_quantile"]
+from dropkit.experiments.stats import min_detectable_effect, paired_t_interval
 
-Direction = Literal["<", ">", ">="]
+__all__ = ["DIRECTIONS", "Claim", "ClaimResult", "evaluate_claim", "not_applicable"]
+
+Direction = Literal["<", ">", ">=", "<="]
+DIRECTIONS: tuple[str, ...] = ("<", ">", ">=", "<=")
+NON_INFERIORITY = (">=", "<=")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """In ``setting``, ``metric`` of variant ``a`` minus variant ``b`` is ``direction`` 0."""
+    """In ``setting``, ``metric`` of variant ``a`` minus variant ``b`` is ``direction`` 0.
+
+    ``">"`` / ``"<"`` claim superiority (``margin`` 0); ``">="`` / ``"<="`` non-inferiority: the
+    difference is not worse than ``margin`` (> 0, metric units) in the wrong direction.
+    ``paper`` says what the paper reported and where; ``target`` is the paper's effect size in
+    metric units (the report's power section compares the interval's half-width with it).
+    """
 
     id: str
     statement: str
@@ -38,7 +63,38 @@ class Claim:
     a: str
     b: str
     direction: Direction
-    margin: float = 0.0  # for ">=": how far below 0 the interval may reach
+    margin: float = 0.0
+    paper: str = ""
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(
+                f"claim {self.id}: direction must be one of {list(DIRECTIONS)}, "
+                f"got {self.direction!r}"
+            )
+        if self.direction in NON_INFERIORITY:
+            if not (math.isfinite(self.margin) and self.margin > 0):
+                raise ValueError(
+                    f"claim {self.id}: non-inferiority ({self.direction!r}) needs a finite "
+                    f"margin > 0 in metric units, got {self.margin!r}"
+                )
+        elif self.margin != 0:
+            raise ValueError(
+                f"claim {self.id}: superiority ({self.direction!r}) takes no margin, "
+                f"got {self.margin!r}"
+            )
+
+    @property
+    def test(self) -> str:
+        """``"superiority"`` for ``<`` / ``>``, ``"non-inferiority"`` for ``<=`` / ``>=``."""
+        return "non-inferiority" if self.direction in NON_INFERIORITY else "superiority"
+
+    @property
+    def comparison(self) -> str:
+        """E.g. ``"early_dropout - none > 0"``, ``"late_sd - sd >= -0.001"``."""
+        line = {">": "0", "<": "0", ">=": f"-{self.margin:g}", "<=": f"{self.margin:g}"}
+        return f"{self.a} - {self.b} {self.direction} {line[self.direction]}"
 
 
 @dataclass(frozen=True)
@@ -47,86 +103,108 @@ class ClaimResult:
 
     id: str
     statement: str
-    confirmed: bool | None  # None when the claim could not be measured (variant missing)
-    verdict: str  # "confirmed", "inconclusive", "opposite" or "not measured"
-    effect: float | None
+    paper: str
+    test: str  # "superiority" or "non-inferiority"
+    verdict: str  # confirmed, non-inferior, inconclusive, opposite, not measured, not applicable
+    confirmed: bool  # True only when verdict == "confirmed"
+    effect: float | None  # mean of A - B over the finite pairs
     ci_low: float | None
     ci_high: float | None
-    n_seeds: int
+    n_seeds: int  # finite pairs the interval is computed on
+    mde: float | None  # minimum detectable effect at 80% power
     metric: str
     comparison: str
+    margin: float
+    failed_seeds: list[int]  # seeds non-finite in either arm (excluded from the interval)
+    reason: str  # why not measured / not applicable, or the failures; else ""
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def t_quantile(level: float, dof: int) -> float:
-    from scipy.stats import t  # experiments depend on scikit-learn, which brings scipy
-
-    return float(t.ppf(0.5 + level / 2, dof))
-
-
-def paired_t_interval(
-    a: Sequence[float], b: Sequence[float], level: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean of ``a - b`` (paired by position) and its Student-t interval at ``level``."""
-    diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if diffs.ndim != 1 or len(diffs) < 2:
-        raise ValueError(f"need at least 2 paired values per arm, got {len(diffs)}")
-    mean = float(diffs.mean())
-    half = t_quantile(level, len(diffs) - 1) * float(diffs.std(ddof=1)) / math.sqrt(len(diffs))
-    return mean, mean - half, mean + half
-
-
-def _is_confirmed(claim: Claim, low: float, high: float) -> bool:
-    if claim.direction == "<":
-        return high < 0
-    if claim.direction == ">":
-        return low > 0
-    return low > -claim.margin
+def _verdict(claim: Claim, low: float, high: float) -> str:
+    direction, margin = claim.direction, claim.margin
+    if direction == ">":
+        return "confirmed" if low > 0 else "opposite" if high < 0 else "inconclusive"
+    if direction == "<":
+        return "confirmed" if high < 0 else "opposite" if low > 0 else "inconclusive"
+    if direction == ">=":
+        if high < 0:
+            return "opposite"
+        if low > 0:
+            return "confirmed"
+        return "non-inferior" if low > -margin else "inconclusive"
+    if low > 0:  # "<="
+        return "opposite"
+    if high < 0:
+        return "confirmed"
+    return "non-inferior" if high < margin else "inconclusive"
 
 
-def _is_opposite(claim: Claim, low: float, high: float) -> bool:
-    if claim.direction == "<":
-        return low > 0
-    if claim.direction == ">":
-        return high < 0
-    return high < -claim.margin
+def _result(claim: Claim, verdict: str, reason: str, **measured) -> ClaimResult:
+    fields = dict(effect=None, ci_low=None, ci_high=None, n_seeds=0, mde=None, failed_seeds=[])
+    fields.update(measured)
+    return ClaimResult(
+        id=claim.id,
+        statement=claim.statement,
+        paper=claim.paper,
+        test=claim.test,
+        verdict=verdict,
+        confirmed=verdict == "confirmed",
+        metric=claim.metric,
+        comparison=claim.comparison,
+        margin=claim.margin,
+        reason=reason,
+        **fields,
+    )
+
+
+def not_applicable(claim: Claim, reason: str) -> ClaimResult:
+    """``claim`` reads *not applicable* with ``reason`` (e.g. its setting's regime not shown)."""
+    return _result(claim, "not applicable", reason)
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
 
 
 def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> ClaimResult:
     """Evaluate ``claim`` on ``values[variant][seed]`` (the metric per seed) for its setting."""
-    comparison = f"{claim.a} - {claim.b} {claim.direction} " + (
-        f"-{claim.margin:g}" if claim.direction == ">=" and claim.margin else "0"
-    )
     a, b = values.get(claim.a, {}), values.get(claim.b, {})
     seeds = sorted(set(a) & set(b))
-    pairs = [(a[s], b[s]) for s in seeds if math.isfinite(a[s]) and math.isfinite(b[s])]
-    if len(pairs) < 2:
-        return ClaimResult(
-            claim.id,
-            claim.statement,
-            None,
-            "not measured",
-            None,
-            None,
-            None,
-            len(pairs),
-            claim.metric,
-            comparison,
-        )
-    effect, low, high = paired_t_interval([p[0] for p in pairs], [p[1] for p in pairs])
-    confirmed = _is_confirmed(claim, low, high)
-    opposite = _is_opposite(claim, low, high)
-    return ClaimResult(
-        id=claim.id,
-        statement=claim.statement,
-        confirmed=confirmed,
-        verdict="confirmed" if confirmed else "opposite" if opposite else "inconclusive",
+    failed = [s for s in seeds if not (math.isfinite(a[s]) and math.isfinite(b[s]))]
+    good = [s for s in seeds if s not in failed]
+    failures = f"{len(failed)} of {len(seeds)} seeds failed (non-finite): {_seeds_text(failed)}"
+    if len(good) < 2:
+        missing = [name for name, arm in ((claim.a, a), (claim.b, b)) if not arm]
+        if missing:
+            reason = "no values for variant(s) " + ", ".join(repr(m) for m in missing)
+        elif not seeds:
+            reason = (
+                f"no seed measured in both arms ({claim.a!r}: seeds {_seeds_text(sorted(a))}; "
+                f"{claim.b!r}: seeds {_seeds_text(sorted(b))})"
+            )
+        else:
+            reason = f"{len(good)} finite paired seed(s), need 2"
+            if failed:
+                reason += f"; {failures}"
+        return _result(claim, "not measured", reason, n_seeds=len(good), failed_seeds=failed)
+    x = np.array([a[s] for s in good], dtype=np.float64)
+    y = np.array([b[s] for s in good], dtype=np.float64)
+    effect, low, high = paired_t_interval(x, y)
+    sd = float(np.std(x - y, ddof=1))
+    try:
+        mde: float | None = min_detectable_effect(sd, len(good))
+    except ValueError:
+        mde = None
+    return _result(
+        claim,
+        _verdict(claim, low, high),
+        failures if failed else "",
         effect=effect,
         ci_low=low,
         ci_high=high,
-        n_seeds=len(pairs),
-        metric=claim.metric,
-        comparison=comparison,
+        n_seeds=len(good),
+        mde=mde,
+        failed_seeds=failed,
     )

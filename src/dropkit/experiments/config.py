@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dropkit import schedules
-from dropkit.experiments.claims import Claim
+from dropkit.experiments.claims import DIRECTIONS, Claim
 from dropkit.experiments.train import TrainConfig
 
 __all__ = [
@@ -29,6 +29,9 @@ __all__ = [
     "load_settings",
     "parse_config",
 ]
+
+
+REGIMES = ("underfitting", "overfitting")
 
 
 class ConfigError(ValueError):
@@ -54,27 +57,43 @@ class ScheduleSpec:
 
 @dataclass(frozen=True)
 class VariantSpec:
+    """``double_batch``: train on ``[x; x]`` (both CEs summed) without the KL term when
+    ``rdrop_alpha`` is 0 — R-Drop's control, so a gain can be put on the consistency term."""
+
     name: str
     dropout: ScheduleSpec | None = None
     drop_path: ScheduleSpec | None = None
     rdrop_alpha: float = 0.0
+    double_batch: bool = False
+
+
+MIN_WINDOW_CHECKPOINTS = 8
 
 
 @dataclass(frozen=True)
 class DynamicsSpec:
     """The paper's analyses, measured inside the training runs of ``variants``.
 
-    At ``checkpoints`` log-spaced optimizer steps (step 0 included), every seed's model gets
-    ``n_batches`` mini-batch gradients (the set G) and one whole-data gradient over the first
-    ``full_batch`` training samples with dropout off. Claims average a measure over the
-    checkpoints in the early phase: steps in (0, ``early_phase`` x total steps].
+    At optimizer steps ``0, every, 2 * every, ...`` up to ``until`` (linearly spaced, as the
+    paper's curves), every seed's model gets ``n_batches`` mini-batch gradients (the set G) and
+    the gradient over the whole training set with dropout off (ĝ). Claims average a measure over
+    the checkpoints in the early-phase window, steps in ``(0, window]`` (step 0 is the shared
+    initialisation and never counts); the figures show the whole curve.
     """
 
     variants: tuple[str, ...]
-    checkpoints: int = 8
+    every: int
+    window: int
+    until: int
     n_batches: int = 16
-    full_batch: int = 4096
-    early_phase: float = 1 / 6
+
+    def checkpoint_steps(self, total_steps: int) -> tuple[int, ...]:
+        """The measured steps of a run of ``total_steps`` optimizer steps (0 included)."""
+        return tuple(range(0, min(self.until, total_steps) + 1, self.every))
+
+    def window_steps(self, total_steps: int) -> tuple[int, ...]:
+        """The checkpoints a claim summarises: those in ``(0, window]``."""
+        return tuple(s for s in self.checkpoint_steps(total_steps) if 0 < s <= self.window)
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,9 @@ class SettingSpec:
     variants: tuple[VariantSpec, ...]
     dynamics: DynamicsSpec | None = None
     mc_passes: int = 8  # Monte-Carlo dropout passes for the train/test inconsistency
+    regime: str | None = None  # "underfitting" or "overfitting": the regime it is meant to be in
+    regime_claim: str | None = None  # the claim that establishes it; the others depend on it
+    seeds: int | None = None  # seeds for this setting (None: the config's)
 
     def variant(self, name: str) -> VariantSpec:
         for variant in self.variants:
@@ -100,6 +122,15 @@ class ExperimentConfig:
     seeds: int
     settings: tuple[SettingSpec, ...]
     claims: tuple[Claim, ...] = field(default_factory=tuple)
+
+    def seeds_of(self, setting: SettingSpec) -> tuple[int, ...]:
+        """The seeds every variant of ``setting`` trains with (shared, so claims pair them)."""
+        return tuple(range(setting.seeds or self.seeds))
+
+    def with_seeds(self, seeds: int) -> ExperimentConfig:
+        """The same experiment with ``seeds`` seeds in every setting (``--seeds``)."""
+        settings = tuple(dataclasses.replace(s, seeds=None) for s in self.settings)
+        return dataclasses.replace(self, seeds=seeds, settings=settings)
 
     def to_dict(self) -> dict[str, Any]:
         """The config in the YAML schema, every default filled in (``parse_config`` reads it)."""
@@ -130,6 +161,8 @@ def _setting_dict(setting: SettingSpec) -> dict[str, Any]:
             entry["drop_path"] = _schedule_dict(v.drop_path)
         if v.rdrop_alpha:
             entry["rdrop_alpha"] = v.rdrop_alpha
+        if v.double_batch:
+            entry["double_batch"] = True
         variants[v.name] = entry
     out = {
         "data": setting.data,
@@ -138,6 +171,9 @@ def _setting_dict(setting: SettingSpec) -> dict[str, Any]:
         "variants": variants,
         "mc_passes": setting.mc_passes,
     }
+    for key in ("regime", "regime_claim", "seeds"):
+        if getattr(setting, key) is not None:
+            out[key] = getattr(setting, key)
     if setting.dynamics is not None:
         out["dynamics"] = {**dataclasses.asdict(setting.dynamics),
                            "variants": list(setting.dynamics.variants)}  # fmt: skip
@@ -194,7 +230,15 @@ def _schedule(value: Any, where: str) -> ScheduleSpec:
 
 def _variant(name: str, value: Any, where: str) -> VariantSpec:
     value = _mapping(value or {}, where)
-    _only(value, {"dropout", "drop_path", "rdrop_alpha"}, where)
+    _only(value, {"dropout", "drop_path", "rdrop_alpha", "double_batch"}, where)
+    double = value.get("double_batch", False)
+    if not isinstance(double, bool):
+        raise ConfigError(f"{where}.double_batch: expected true or false, got {double!r}")
+    if double and value.get("rdrop_alpha"):
+        raise ConfigError(
+            f"{where}.double_batch: R-Drop (rdrop_alpha > 0) already doubles the batch; "
+            "double_batch is the alpha = 0 control, drop one of the two"
+        )
     return VariantSpec(
         name=name,
         dropout=_schedule(value["dropout"], f"{where}.dropout") if "dropout" in value else None,
@@ -204,6 +248,7 @@ def _variant(name: str, value: Any, where: str) -> VariantSpec:
         rdrop_alpha=_number(
             value.get("rdrop_alpha", 0.0), f"{where}.rdrop_alpha", low=0.0, low_open=False
         ),
+        double_batch=double,
     )
 
 
@@ -226,21 +271,40 @@ def _dynamics(value: Any, where: str, variants: tuple[VariantSpec, ...]) -> Dyna
     for name in chosen:
         if name not in names:
             raise ConfigError(f"{where}.variants: {name!r} is not a variant ({sorted(names)})")
-    defaults = DynamicsSpec(())
+    for key in ("every", "window", "until"):
+        if key not in value:
+            raise ConfigError(
+                f"{where}.{key}: missing; the checkpoints are the steps 0, every, 2*every, ... up "
+                "to until, and claims summarise those in (0, window]"
+            )
     ints = {
-        key: _number(value.get(key, getattr(defaults, key)), f"{where}.{key}", integer=True)
-        for key in ("checkpoints", "n_batches", "full_batch")
+        key: _number(value[key], f"{where}.{key}", integer=True)
+        for key in ("every", "window", "until")
     }
-    if ints["n_batches"] < 2:
+    n_batches = _number(value.get("n_batches", 16), f"{where}.n_batches", integer=True)
+    if n_batches < 2:
         raise ConfigError(f"{where}.n_batches: direction variance needs >= 2 gradients")
-    early = _number(value.get("early_phase", defaults.early_phase), f"{where}.early_phase", high=1)
-    return DynamicsSpec(variants=tuple(chosen), early_phase=early, **ints)
+    if ints["window"] > ints["until"]:
+        raise ConfigError(f"{where}.window: {ints['window']} exceeds until={ints['until']}")
+    inside = ints["window"] // ints["every"]
+    if inside < MIN_WINDOW_CHECKPOINTS:
+        raise ConfigError(
+            f"{where}.every: only {inside} checkpoints fall in the window (0, {ints['window']}]; "
+            f"a curve needs >= {MIN_WINDOW_CHECKPOINTS}: make every <= "
+            f"{ints['window'] // MIN_WINDOW_CHECKPOINTS}"
+        )
+    return DynamicsSpec(variants=tuple(chosen), n_batches=n_batches, **ints)
 
 
 def _setting(name: str, value: Any) -> SettingSpec:
     where = f"settings.{name}"
     value = _mapping(value, where)
-    _only(value, {"data", "model", "train", "variants", "dynamics", "mc_passes"}, where)
+    _only(
+        value,
+        {"data", "model", "train", "variants", "dynamics", "mc_passes", "regime", "regime_claim",
+         "seeds"},
+        where,
+    )  # fmt: skip
     for key in ("data", "model", "train", "variants"):
         if key not in value:
             raise ConfigError(f"{where}.{key}: missing")
@@ -258,6 +322,25 @@ def _setting(name: str, value: Any) -> SettingSpec:
         _variant(str(v), spec, f"{where}.variants.{v}") for v, spec in raw_variants.items()
     )
     dynamics = value.get("dynamics")
+    regime, regime_claim = value.get("regime"), value.get("regime_claim")
+    if regime is not None:
+        if regime not in REGIMES:
+            raise ConfigError(f"{where}.regime: expected one of {REGIMES}, got {regime!r}")
+        if regime_claim is None:
+            raise ConfigError(
+                f"{where}.regime_claim: missing; name the claim that establishes the {regime} "
+                "regime (standard dropout vs none), e.g. regime_claim: C1"
+            )
+        if "none" not in {v.name for v in variants}:
+            raise ConfigError(
+                f"{where}.variants: a setting that declares a regime needs a `none` arm (no "
+                "dropout), the baseline the regime claim compares against"
+            )
+    elif regime_claim is not None:
+        raise ConfigError(f"{where}.regime: missing; regime_claim needs underfitting/overfitting")
+    seeds = value.get("seeds")
+    if seeds is not None and _number(seeds, f"{where}.seeds", integer=True) < 2:
+        raise ConfigError(f"{where}.seeds: claims are paired comparisons, give >= 2 seeds")
     return SettingSpec(
         name=name,
         data=value["data"],
@@ -266,15 +349,19 @@ def _setting(name: str, value: Any) -> SettingSpec:
         variants=variants,
         dynamics=None if dynamics is None else _dynamics(dynamics, f"{where}.dynamics", variants),
         mc_passes=_number(value.get("mc_passes", 8), f"{where}.mc_passes", integer=True),
+        regime=regime,
+        regime_claim=None if regime_claim is None else str(regime_claim),
+        seeds=seeds,
     )
 
 
 def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim:
     where = f"claims[{index}]"
     value = _mapping(value, where)
-    keys = {"id", "statement", "setting", "metric", "a", "b", "direction", "margin"}
+    optional = {"margin", "paper", "target"}
+    keys = {"id", "statement", "setting", "metric", "a", "b", "direction", *optional}
     _only(value, keys, where)
-    missing = sorted(keys - {"margin"} - set(value))
+    missing = sorted(keys - optional - set(value))
     if missing:
         raise ConfigError(f"{where}: missing field(s) {missing}")
     if value["setting"] not in settings:
@@ -289,10 +376,19 @@ def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim
     for side in ("a", "b"):
         if value[side] not in names:
             raise ConfigError(f"{where}.{side}: {value[side]!r} is not one of {sorted(names)}")
-    if value["direction"] not in ("<", ">", ">="):
+    direction = value["direction"]
+    if direction not in DIRECTIONS:
         raise ConfigError(
-            f"{where}.direction: expected '<', '>' or '>=', got {value['direction']!r}"
+            f"{where}.direction: expected '<' or '>' (superiority) or '>=' / '<=' "
+            f"(non-inferiority with a margin), got {direction!r}"
         )
+    margin = _number(value.get("margin", 0.0), f"{where}.margin", low_open=False)
+    if (direction in ("<=", ">=")) != (margin > 0):
+        raise ConfigError(
+            f"{where}.margin: non-inferiority ('>=', '<=') needs a margin > 0 and superiority "
+            f"('<', '>') none; got direction {direction!r} with margin {margin!r}"
+        )
+    target = value.get("target")
     return Claim(
         id=str(value["id"]),
         statement=str(value["statement"]),
@@ -300,9 +396,33 @@ def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim
         metric=metric,
         a=value["a"],
         b=value["b"],
-        direction=value["direction"],
-        margin=_number(value.get("margin", 0.0), f"{where}.margin", low_open=False),
+        direction=direction,
+        margin=margin,
+        paper=str(value.get("paper", "")),
+        target=None if target is None else _number(target, f"{where}.target"),
     )
+
+
+def _check_regimes(settings: Mapping[str, SettingSpec], claims: tuple[Claim, ...]) -> None:
+    """Each declared regime claim is a claim of its own setting comparing standard vs none."""
+    by_id = {c.id: c for c in claims}
+    if len(by_id) != len(claims):
+        raise ConfigError(f"claims: ids must be unique, got {[c.id for c in claims]}")
+    for setting in settings.values():
+        if setting.regime_claim is None:
+            continue
+        where = f"settings.{setting.name}.regime_claim"
+        claim = by_id.get(setting.regime_claim)
+        if claim is None or claim.setting != setting.name:
+            raise ConfigError(
+                f"{where}: {setting.regime_claim!r} is not a claim of this setting; "
+                f"its claims: {[c.id for c in claims if c.setting == setting.name]}"
+            )
+        if claim.b != "none":
+            raise ConfigError(
+                f"{where}: {claim.id} compares {claim.a} with {claim.b}; a regime claim compares "
+                "standard dropout (or s.d.) with the `none` arm"
+            )
 
 
 def parse_config(raw: Any) -> ExperimentConfig:
@@ -314,11 +434,13 @@ def parse_config(raw: Any) -> ExperimentConfig:
     claims_raw = raw.get("claims", [])
     if not isinstance(claims_raw, list):
         raise ConfigError("claims: expected a list of claims")
+    claims = tuple(_claim(i, c, settings) for i, c in enumerate(claims_raw))
+    _check_regimes(settings, claims)
     return ExperimentConfig(
         name=str(raw.get("name", "experiment")),
         seeds=_number(raw.get("seeds", 5), "seeds", integer=True),
         settings=tuple(settings.values()),
-        claims=tuple(_claim(i, c, settings) for i, c in enumerate(claims_raw)),
+        claims=claims,
     )
 
 

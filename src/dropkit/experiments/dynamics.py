@@ -1,10 +1,15 @@
 """The early-dropout paper's analyses, measured inside a population's training run.
 
-At log-spaced checkpoints (step 0 included), each seed's model is copied out of the population
-and measured with :mod:`dropkit.diagnostics`: a set G of mini-batch gradients (dropout as in
-training), the whole-data gradient (dropout off, over a fixed subset of the training set), and
-the distance from that seed's initialisation. Training is not disturbed: measurements run on a
-copy, from a private random stream seeded by (seed, step).
+At the spec's checkpoint steps (step 0 included), each seed's model is copied out of the
+population and measured with :func:`dropkit.diagnostics.measure_gradient_set`: a set G of
+mini-batch gradients (dropout as in training; ``sample_batches``), the gradient over the whole
+training set (dropout off; ``whole_data_batches``), and the distance from that seed's
+initialisation. Training is not disturbed: measurements run on a copy, with G and its dropout
+masks drawn from one private stream, ``dd.step_seed(seed, step)``.
+
+``batch_grad_norm`` is the mean over G of the mini-batch gradient norms ‖g_i‖₂ (not the
+library's ``grad_norm``, the norm of the training step's ``.grad``); ``bias_sq`` and
+``variance`` are on unit-normalised gradients, the directions GDV and GDE look at.
 """
 
 from __future__ import annotations
@@ -12,21 +17,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from dropkit import diagnostics as dd
 from dropkit.experiments.config import DynamicsSpec
 from dropkit.experiments.data import Dataset
+from dropkit.experiments.record import DynamicsSeries
 from dropkit.experiments.train import Population, build_members
 
 __all__ = ["INSTRUMENTS", "DynamicsProbe"]
 
-INSTRUMENTS = ("grad_norm", "distance", "gdv", "gde", "bias_sq", "variance")
+INSTRUMENTS = ("batch_grad_norm", "distance", "gdv", "gde", "bias_sq", "variance")
 
 
 class DynamicsProbe:
-    """Measures one variant's seeds at ``spec.checkpoints`` log-spaced steps of a run."""
+    """Measures one variant's seeds at the checkpoint steps ``spec`` lays out for a run."""
 
     def __init__(
         self,
@@ -43,16 +48,13 @@ class DynamicsProbe:
         self.seeds = list(seeds)
         self.batch_size = batch_size
         self.variant = variant
-        self.steps = sorted(dd.log_spaced(total_steps, spec.checkpoints).steps)
+        self.steps = list(spec.checkpoint_steps(total_steps))
         self.records: list[dict[str, Any]] = []
         initial = build_members(model_fn, self.seeds)
         self.initial_params = [
             {name: p.detach().clone() for name, p in m.named_parameters()} for m in initial
         ]
-        full = min(spec.full_batch, len(data.x))
-        self.full_batches = list(
-            zip(data.x[:full].split(1024), data.y[:full].split(1024), strict=True)
-        )
+        self.full_batches = dd.whole_data_batches(data.x, data.y)
         for i, model in enumerate(initial):
             self._measure(i, 0, model.train())
 
@@ -62,35 +64,22 @@ class DynamicsProbe:
             for i in range(population.size):
                 self._measure(i, step, population.member(i).train())
 
-    def _mini_batches(self, generator: torch.Generator) -> list[tuple[Tensor, Tensor]]:
-        n = len(self.data.x)
-        batches = []
-        for _ in range(self.spec.n_batches):
-            index = torch.randint(0, n, (self.batch_size,), generator=generator)
-            batches.append((self.data.x[index], self.data.y[index]))
-        return batches
-
     def _measure(self, index: int, step: int, model: nn.Module) -> None:
         seed = self.seeds[index]
-        stream = 1_000_003 * seed + step
-        batches = self._mini_batches(torch.Generator().manual_seed(stream))
-        direction, spread = dd.DirectionAccumulator(), dd.BiasVarianceAccumulator()
-        norms = []
-        for grad in dd.mini_batch_gradients(model, batches, seed=stream):
-            direction.update(grad)
-            spread.update(grad)
-            norms.append(float(grad.double().norm()))
-        full = dd.full_gradient(model, self.full_batches, seed=stream)
-        bias_variance = spread.result(full, normalize=True)
+        stream = dd.step_seed(seed, step)
+        batches = dd.sample_batches(
+            self.data.x, self.data.y, self.spec.n_batches, self.batch_size, seed=stream
+        )
+        stats = dd.measure_gradient_set(model, batches, self.full_batches, seed=stream)
         values = {
-            "grad_norm": sum(norms) / len(norms),
+            "batch_grad_norm": stats.mean_batch_grad_norm,
             "distance": dd.parameter_distance(
                 dict(model.named_parameters()), self.initial_params[index]
             ),
-            "gdv": direction.variance(),
-            "gde": direction.error(full),
-            "bias_sq": bias_variance.bias_sq,
-            "variance": bias_variance.variance,
+            "gdv": stats.gdv,
+            "gde": stats.gde,
+            "bias_sq": stats.unit_bias_sq,
+            "variance": stats.unit_variance,
         }
         for instrument, value in values.items():
             self.records.append(
@@ -103,13 +92,13 @@ class DynamicsProbe:
                 }
             )
 
-    def series(self) -> dict[str, Any]:
-        """``{"steps": [...], "values": {instrument: [[per checkpoint] per seed]}}``."""
+    def series(self) -> DynamicsSeries:
+        """Every instrument as ``values[instrument][seed][checkpoint]``."""
         table = {(r["instrument"], r["seed"], r["step"]): r["value"] for r in self.records}
-        return {
-            "steps": self.steps,
-            "values": {
+        return DynamicsSeries(
+            steps=self.steps,
+            values={
                 name: [[table[(name, seed, step)] for step in self.steps] for seed in self.seeds]
                 for name in INSTRUMENTS
             },
-        }
+        )

@@ -1,4 +1,5 @@
-"""Figures in the papers' style: loss curves with the cutoff, dynamics panels, accuracy bars.
+"""Figures in the papers' style: loss curves with the cutoff, dynamics panels and their paired
+differences, accuracy bars.
 
 matplotlib is imported inside each function with the non-interactive Agg backend, so importing
 this module costs nothing and never opens a window.
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["accuracy_bars", "dynamics_panels", "loss_curves"]
+__all__ = ["accuracy_bars", "dynamics_panels", "loss_curves", "paired_difference_panels"]
 
 
 def _pyplot():
@@ -60,34 +61,17 @@ def loss_curves(
     return path
 
 
-def dynamics_panels(
-    series: Mapping[str, Mapping[str, tuple[Sequence[int], np.ndarray]]],
-    path: Path,
-    title: str,
-    early_phase_end: float | None = None,
-    titles: Mapping[str, str] | None = None,
-) -> Path:
-    """One panel per instrument: ``series[instrument][variant] = (steps, values[seed, step])``.
-
-    The early phase (steps up to ``early_phase_end``) is shaded.
-    """
+def _panel_grid(names: Sequence[str]):
     plt = _pyplot()
-    names = list(series)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    for ax, name in zip(axes.flat, names):
-        for variant, (steps, values) in series[name].items():
-            mean, low, high = _band(np.asarray(values, dtype=np.float64))
-            (line,) = ax.plot(steps, mean, label=variant, linewidth=1.4, marker=".")
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        if early_phase_end is not None:
-            ax.axvspan(0, early_phase_end, color="0.9", zorder=0)
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlabel("optimizer step")
-        ax.set_title((titles or {}).get(name, name), fontsize=10)
+    return plt, fig, axes
+
+
+def _finish(plt, fig, axes, path: Path, title: str) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -96,9 +80,67 @@ def dynamics_panels(
     return path
 
 
+def dynamics_panels(
+    series: Mapping[str, Mapping[str, tuple[Sequence[int], np.ndarray]]],
+    path: Path,
+    title: str,
+    window_end: float | None = None,
+    titles: Mapping[str, str] | None = None,
+) -> Path:
+    """One panel per instrument: ``series[instrument][variant] = (steps, values[seed, step])``.
+
+    Steps are on a linear axis, as the paper's curves; the claims' window (up to
+    ``window_end``) is shaded.
+    """
+    names = list(series)
+    plt, fig, axes = _panel_grid(names)
+    for ax, name in zip(axes.flat, names):
+        for variant, (steps, values) in series[name].items():
+            mean, low, high = _band(np.asarray(values, dtype=np.float64))
+            (line,) = ax.plot(steps, mean, label=variant, linewidth=1.4, marker=".")
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if window_end is not None:
+            ax.axvspan(0, window_end, color="0.9", zorder=0)
+        ax.set_xlabel("optimizer step")
+        ax.set_title((titles or {}).get(name, name), fontsize=10)
+    return _finish(plt, fig, axes, path, title)
+
+
+def paired_difference_panels(
+    curves: Mapping[str, Mapping[str, Sequence[float] | int | str | None]],
+    path: Path,
+    title: str,
+    window_end: float | None = None,
+    titles: Mapping[str, str] | None = None,
+) -> Path:
+    """One panel per instrument: paired mean difference per checkpoint with its 95% interval.
+
+    ``curves[instrument]`` holds ``steps``, ``mean``, ``ci_low``, ``ci_high`` and
+    ``crossover_step`` (marked with a dotted line when the sign flips); zero is drawn solid.
+    """
+    names = list(curves)
+    plt, fig, axes = _panel_grid(names)
+    for ax, name in zip(axes.flat, names):
+        curve = curves[name]
+        steps = np.asarray(curve["steps"])
+        ax.axhline(0.0, color="0.2", linewidth=0.8)
+        (line,) = ax.plot(steps, curve["mean"], marker=".", linewidth=1.4, label="mean difference")
+        ax.fill_between(steps, curve["ci_low"], curve["ci_high"], color=line.get_color(),
+                        alpha=0.25, linewidth=0, label="95% CI")  # fmt: skip
+        if window_end is not None:
+            ax.axvspan(0, window_end, color="0.9", zorder=0)
+        if curve["crossover_step"] is not None:
+            ax.axvline(curve["crossover_step"], color="C3", linestyle=":", linewidth=1.2,
+                       label=f"crossover ({curve['crossover_step']})")  # fmt: skip
+            ax.legend(fontsize=7)
+        ax.set_xlabel("optimizer step")
+        ax.set_title((titles or {}).get(name, name), fontsize=10)
+    return _finish(plt, fig, axes, path, title)
+
+
 def accuracy_bars(accuracies: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
     """Test accuracy per variant: mean over seeds with a 95% t-interval and the seeds as dots."""
-    from dropkit.experiments.claims import t_quantile
+    from dropkit.experiments.stats import t_quantile
 
     plt = _pyplot()
     variants = list(accuracies)

@@ -15,22 +15,16 @@ from typing import Any
 import numpy as np
 
 from dropkit.experiments import figures
-from dropkit.experiments.claims import ClaimResult, evaluate_claim
-from dropkit.experiments.config import ExperimentConfig, SettingSpec, parse_config
+from dropkit.experiments.claims import Claim, ClaimResult, evaluate_claim, not_applicable
+from dropkit.experiments.config import DynamicsSpec, ExperimentConfig, SettingSpec, parse_config
 from dropkit.experiments.io import read_json, write_atomic
+from dropkit.experiments.record import RunRecord
+from dropkit.experiments.stats import paired_t_interval, seeds_needed, t_quantile
 
 __all__ = ["build_report", "load_results", "summary_table"]
 
-METRIC_LABELS = {
-    "train_loss": "final training loss (full train set, dropout off)",
-    "test_acc": "test accuracy",
-    "test_loss": "test loss",
-    "inconsistency_kl": "KL(MC-dropout average || deterministic) on test data",
-}
-
-
 INSTRUMENT_TITLES = {
-    "grad_norm": "gradient norm",
+    "batch_grad_norm": "mean mini-batch gradient norm",
     "distance": "distance from initialization",
     "gdv": "gradient direction variance",
     "gde": "gradient direction error",
@@ -39,70 +33,160 @@ INSTRUMENT_TITLES = {
 }
 
 
-def load_results(run_dir: Path, config: ExperimentConfig) -> dict[str, dict[str, dict]]:
+def load_results(run_dir: Path, config: ExperimentConfig) -> dict[str, dict[str, RunRecord]]:
     """``results[setting][variant]`` for every finished run (missing runs are left out)."""
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict[str, RunRecord]] = {}
     for setting in config.settings:
         found = {}
         for name in [v.name for v in setting.variants]:
             path = run_dir / "runs" / setting.name / name / "result.json"
             if path.exists():
-                found[name] = read_json(path)
+                found[name] = RunRecord.from_dict(read_json(path))
         results[setting.name] = found
     return results
 
 
-def _per_seed(result: Mapping[str, Any], metric: str) -> dict[int, float]:
-    values = result["metrics"].get(metric)
-    if values is None:
-        return {}
-    return {int(s): float(v) for s, v in zip(result["seeds"], values)}
-
-
-def _dynamics_per_seed(
-    results: Mapping[str, dict], instrument: str, early_phase: float
+def _window_mean(
+    results: Mapping[str, RunRecord], instrument: str, dynamics: DynamicsSpec
 ) -> dict[str, dict[int, float]]:
-    """Per variant and seed: mean of an instrument over the early-phase checkpoints after 0."""
+    """Per variant and seed: mean of an instrument over the window's checkpoints (step 0 out)."""
     out: dict[str, dict[int, float]] = {}
-    for variant, result in results.items():
-        dynamics = result.get("dynamics")
-        if not dynamics or instrument not in dynamics["values"]:
+    for variant, record in results.items():
+        series = record.dynamics
+        if series is None or instrument not in series.values:
             continue
-        steps = np.asarray(dynamics["steps"])
-        early = (steps > 0) & (steps <= early_phase * result["total_steps"])
-        values = np.asarray(dynamics["values"][instrument], dtype=np.float64)  # [seed, checkpoint]
+        inside = np.isin(series.steps, dynamics.window_steps(record.total_steps))
+        values = np.asarray(series.values[instrument], dtype=np.float64)  # [seed, checkpoint]
         out[variant] = {
-            int(s): float(values[i, early].mean()) for i, s in enumerate(result["seeds"])
+            seed: float(values[i, inside].mean()) for i, seed in enumerate(record.seeds)
         }
     return out
 
 
+def _claim_values(
+    claim: Claim, setting: SettingSpec, results: Mapping[str, RunRecord]
+) -> dict[str, dict[int, float]]:
+    if claim.metric.startswith("dynamics:"):
+        assert setting.dynamics is not None  # the config parser checks it
+        instrument = claim.metric.removeprefix("dynamics:")
+        return _window_mean(results, instrument, setting.dynamics)
+    return {name: record.per_seed(claim.metric) for name, record in results.items()}
+
+
 def evaluate_claims(
-    config: ExperimentConfig, results: Mapping[str, Mapping[str, dict]]
+    config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]
 ) -> list[ClaimResult]:
-    evaluated = []
-    for claim in config.claims:
-        setting_results = results.get(claim.setting, {})
-        if claim.metric.startswith("dynamics:"):
-            setting = next(s for s in config.settings if s.name == claim.setting)
-            instrument = claim.metric.split(":", 1)[1]
-            values = _dynamics_per_seed(setting_results, instrument, setting.dynamics.early_phase)
+    """Every claim's verdict; a claim whose setting's regime is not established is not applicable.
+
+    Regime claims are decided first. When a setting's regime claim is not ``confirmed``, the
+    setting is not shown to be in the regime the other claims presuppose, so they read
+    ``not applicable`` with the reason instead of a verdict.
+    """
+    settings = {s.name: s for s in config.settings}
+    regime_ids = {s.regime_claim for s in config.settings if s.regime_claim}
+    decided: dict[str, ClaimResult] = {}
+    for claim in sorted(config.claims, key=lambda c: c.id not in regime_ids):
+        setting = settings[claim.setting]
+        regime = decided.get(setting.regime_claim or "")
+        if claim.id != setting.regime_claim and regime is not None and not regime.confirmed:
+            reason = (
+                f"the {setting.regime} regime is not established: {regime.id} "
+                f"({regime.statement.lower()}) is {regime.verdict}"
+            )
+            decided[claim.id] = not_applicable(claim, reason)
         else:
-            values = {name: _per_seed(r, claim.metric) for name, r in setting_results.items()}
-        evaluated.append(evaluate_claim(claim, values))
-    return evaluated
+            values = _claim_values(claim, setting, results.get(claim.setting, {}))
+            decided[claim.id] = evaluate_claim(claim, values)
+    return [decided[c.id] for c in config.claims]
+
+
+def _crossover(steps: list[int], means: list[float]) -> int | None:
+    """The first checkpoint from which the mean difference keeps the opposite sign to the first
+    checkpoint's until the end of the curve: a lasting flip, not a one-checkpoint dip (None if
+    the curve ends without one)."""
+    first = np.sign(means[0])
+    crossover = None
+    for step, mean in zip(steps, means):
+        if first and np.sign(mean) == -first:
+            crossover = step if crossover is None else crossover
+        else:
+            crossover = None
+    return crossover
+
+
+def paired_curves(
+    setting: SettingSpec, results: Mapping[str, RunRecord]
+) -> dict[str, dict[str, Any]]:
+    """Per instrument: the paired difference (second dynamics variant − first) per checkpoint.
+
+    Each entry holds ``comparison``, ``steps`` (step 0 left out), ``mean``, ``ci_low``,
+    ``ci_high`` (95% t over seeds) and ``crossover_step`` (see :func:`_crossover`). Empty unless
+    the setting measures exactly two variants and both finished.
+    """
+    if setting.dynamics is None or len(setting.dynamics.variants) != 2:
+        return {}
+    base, other = setting.dynamics.variants
+    if base not in results or other not in results:
+        return {}
+    first, second = results[base].dynamics, results[other].dynamics
+    if first is None or second is None:
+        return {}
+    keep = [k for k, step in enumerate(first.steps) if step > 0]
+    out = {}
+    for instrument in first.values:
+        a = np.asarray(second.values[instrument], dtype=np.float64)[:, keep]
+        b = np.asarray(first.values[instrument], dtype=np.float64)[:, keep]
+        intervals = [paired_t_interval(a[:, k], b[:, k]) for k in range(len(keep))]
+        means = [m for m, _, _ in intervals]
+        steps = [first.steps[k] for k in keep]
+        crossover = _crossover(steps, means)
+        out[instrument] = {
+            "comparison": f"{other} - {base}",
+            "steps": steps,
+            "mean": means,
+            "ci_low": [low for _, low, _ in intervals],
+            "ci_high": [high for _, _, high in intervals],
+            "crossover_step": crossover,
+        }
+    return out
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or not math.isfinite(value):
         return "–"
-    return f"{value:.{digits}g}"
+    return f"{value:+.{digits}g}"
 
 
-def _verdict(result: ClaimResult) -> str:
-    if result.confirmed is None:
-        return "not measured"
-    return "**confirmed**" if result.confirmed else f"not confirmed ({result.verdict})"
+def _scaled(metric: str) -> tuple[float, str]:
+    """Accuracies read in percentage points, everything else in its own units."""
+    return (100.0, " pt") if metric.endswith("_acc") else (1.0, "")
+
+
+def _effect_text(c: ClaimResult) -> str:
+    if c.effect is None:
+        return "–"
+    scale, unit = _scaled(c.metric)
+    return (
+        f"{_fmt(c.effect * scale, 3)}{unit} [{_fmt(c.ci_low * scale, 3)}, "
+        f"{_fmt(c.ci_high * scale, 3)}]"
+    )
+
+
+def _mde_text(c: ClaimResult) -> str:
+    if c.mde is None:
+        return "–"
+    scale, unit = _scaled(c.metric)
+    return f"{c.mde * scale:.3g}{unit}"
+
+
+VERDICT_WORDS = {
+    "confirmed": "**confirmed**",
+    "non-inferior": "non-inferior (improvement not shown)",
+    "inconclusive": "inconclusive",
+    "opposite": "**opposite**",
+    "not applicable": "not applicable",
+    "not measured": "not measured",
+}
 
 
 # metric, scale, decimals: fixed decimals, so a KL of 1e-19 (float noise at p = 0) reads 0.0000
@@ -114,39 +198,47 @@ _TABLE_COLUMNS = (
 )
 
 
-def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, dict]]) -> str:
+def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]) -> str:
     """Per setting and variant: mean ± sd over seeds of the final metrics (Markdown)."""
     lines = []
     for setting in config.settings:
         found = results.get(setting.name, {})
-        steps = sorted({r["total_steps"] for r in found.values()})
+        steps = sorted({r.total_steps for r in found.values()})
+        regime = f", meant to be {setting.regime}" if setting.regime else ""
         lines += [
             f"**{setting.name}** — data `{setting.data}`, model `{setting.model['kind']}`, "
-            f"{setting.train.epochs} epochs = {'/'.join(map(str, steps)) or '?'} steps",
+            f"{setting.train.epochs} epochs = {'/'.join(map(str, steps)) or '?'} steps, "
+            f"{len(config.seeds_of(setting))} seeds{regime}",
             "",
             "| variant | seeds | final train loss | test acc. % | test loss | inconsistency KL |",
             "|---|---|---|---|---|---|",
         ]
         for variant in setting.variants:
-            result = found.get(variant.name)
-            if result is None:
+            record = found.get(variant.name)
+            if record is None:
                 lines.append(f"| {variant.name} | 0 | not run | | | |")
                 continue
             cells = []
             for metric, scale, digits in _TABLE_COLUMNS:
-                values = np.asarray(result["metrics"].get(metric, []), dtype=np.float64) * scale
-                if len(values) == 0:
+                values = np.asarray(record.metrics.get(metric, []), dtype=np.float64) * scale
+                finite = values[np.isfinite(values)]
+                if len(finite) == 0:
                     cells.append("–")
-                else:
-                    sd = values.std(ddof=1) if len(values) > 1 else 0.0
-                    cells.append(f"{values.mean():.{digits}f} ± {sd:.{digits}f}")
-            lines.append(f"| {variant.name} | {len(result['seeds'])} | " + " | ".join(cells) + " |")
+                    continue
+                sd = finite.std(ddof=1) if len(finite) > 1 else 0.0
+                lost = len(values) - len(finite)
+                failed = f" ({lost} non-finite)" if lost else ""
+                cells.append(f"{finite.mean():.{digits}f} ± {sd:.{digits}f}{failed}")
+            lines.append(f"| {variant.name} | {len(record.seeds)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def _figures(
-    run_dir: Path, config: ExperimentConfig, results: Mapping[str, Mapping[str, dict]]
+    run_dir: Path,
+    config: ExperimentConfig,
+    results: Mapping[str, Mapping[str, RunRecord]],
+    curves: Mapping[str, Mapping[str, dict[str, Any]]],
 ) -> dict[str, list[str]]:
     made: dict[str, list[str]] = {}
     fig_dir = run_dir / "figures"
@@ -156,39 +248,44 @@ def _figures(
         if not found:
             continue
         names = []
-        curves = {
-            name: (r["curve"]["steps"], np.asarray(r["curve"]["train_loss"]))
-            for name, r in found.items()
-        }
-        cutoffs = {r["cutoff_step"] for r in found.values() if r.get("cutoff_step")}
+        cutoffs = {r.cutoff_step for r in found.values() if r.cutoff_step}
         path = figures.loss_curves(
-            curves,
+            {name: (r.curve.steps, np.asarray(r.curve.train_loss)) for name, r in found.items()},
             fig_dir / f"{setting.name}_train_loss.png",
             f"{setting.name}: training loss",
             cutoff_step=min(cutoffs) if cutoffs else None,
         )
         names.append(path.name)
-        accuracies = {name: r["metrics"]["test_acc"] for name, r in found.items()}
         path = figures.accuracy_bars(
-            accuracies, fig_dir / f"{setting.name}_test_acc.png", f"{setting.name}: test accuracy"
+            {name: r.metrics["test_acc"] for name, r in found.items()},
+            fig_dir / f"{setting.name}_test_acc.png",
+            f"{setting.name}: test accuracy",
         )
         names.append(path.name)
-        measured = {name: r["dynamics"] for name, r in found.items() if r.get("dynamics")}
-        if measured:
-            instruments = list(next(iter(measured.values()))["values"])
-            series = {
-                instrument: {
-                    variant: (d["steps"], np.asarray(d["values"][instrument]))
-                    for variant, d in measured.items()
-                }
-                for instrument in instruments
-            }
-            early_end = setting.dynamics.early_phase * next(iter(found.values()))["total_steps"]
+        measured = {name: r.dynamics for name, r in found.items() if r.dynamics is not None}
+        if measured and setting.dynamics is not None:
+            instruments = list(next(iter(measured.values())).values)
             path = figures.dynamics_panels(
-                series,
+                {
+                    instrument: {
+                        variant: (d.steps, np.asarray(d.values[instrument]))
+                        for variant, d in measured.items()
+                    }
+                    for instrument in instruments
+                },
                 fig_dir / f"{setting.name}_dynamics.png",
                 f"{setting.name}: training dynamics (mean ± s.e. over seeds)",
-                early_phase_end=early_end,
+                window_end=setting.dynamics.window,
+                titles=INSTRUMENT_TITLES,
+            )
+            names.append(path.name)
+        if curves.get(setting.name):
+            comparison = next(iter(curves[setting.name].values()))["comparison"]
+            path = figures.paired_difference_panels(
+                curves[setting.name],
+                fig_dir / f"{setting.name}_dynamics_difference.png",
+                f"{setting.name}: {comparison} per checkpoint (paired mean, 95% CI)",
+                window_end=setting.dynamics.window,
                 titles=INSTRUMENT_TITLES,
             )
             names.append(path.name)
@@ -196,8 +293,16 @@ def _figures(
     return made
 
 
-def _setting_section(setting: SettingSpec, figure_names: list[str]) -> list[str]:
+def _setting_section(
+    config: ExperimentConfig, setting: SettingSpec, figure_names: list[str]
+) -> list[str]:
     lines = [f"### {setting.name}", ""]
+    if setting.regime:
+        lines += [
+            f"Meant to be in the **{setting.regime}** regime, established by "
+            f"{setting.regime_claim}; the setting's other claims depend on it.",
+            "",
+        ]
     for variant in setting.variants:
         parts = []
         for kind, spec in (("dropout", variant.dropout), ("drop path", variant.drop_path)):
@@ -207,10 +312,90 @@ def _setting_section(setting: SettingSpec, figure_names: list[str]) -> list[str]
                 parts.append(f"{kind} {spec.kind}{shape} p={spec.p}{cutoff}")
         if variant.rdrop_alpha:
             parts.append(f"R-Drop alpha={variant.rdrop_alpha}")
+        if variant.double_batch:
+            parts.append("doubled batch [x; x], no KL (R-Drop's alpha = 0 control)")
         lines.append(f"- `{variant.name}`: " + ("; ".join(parts) or "no dropout"))
+    if setting.dynamics is not None:
+        d = setting.dynamics
+        lines += [
+            "",
+            f"Dynamics of {', '.join(d.variants)}: checkpoints every {d.every} steps up to "
+            f"step {d.until}, |G| = {d.n_batches} mini-batch gradients each, ĝ over the whole "
+            f"training set with dropout off; claims average the checkpoints in (0, {d.window}].",
+        ]
     lines.append("")
     lines += [f"![{name}](figures/{name})" for name in figure_names]
     lines.append("")
+    return lines
+
+
+def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[str]:
+    """For claims with the paper's effect as a target: did the interval get narrower than it?"""
+    targets = {c.id: c.target for c in config.claims if c.target is not None}
+    lines = []
+    for c in claims:
+        target = targets.get(c.id)
+        if target is None:
+            continue
+        if c.effect is None:
+            lines.append(f"- {c.id}: {c.verdict}, so not powered here: {c.reason}.")
+            continue
+        scale, unit = _scaled(c.metric)
+        half = (c.ci_high - c.ci_low) / 2
+        sd = half / t_quantile(0.95, c.n_seeds - 1) * math.sqrt(c.n_seeds)
+        if half < target:
+            lines.append(
+                f"- {c.id}: half-width {half * scale:.3g}{unit} < the paper's effect "
+                f"{target * scale:.3g}{unit} (powered)."
+            )
+        else:
+            need = seeds_needed(sd, target)
+            lines.append(
+                f"- {c.id}: half-width {half * scale:.3g}{unit} ≥ the paper's effect "
+                f"{target * scale:.3g}{unit}: **not powered**; about {need} seeds would bring "
+                f"it below (here {c.n_seeds})."
+            )
+    return lines
+
+
+def _held_paragraph(
+    config: ExperimentConfig,
+    claims: list[ClaimResult],
+    curves: Mapping[str, Mapping[str, dict[str, Any]]],
+) -> list[str]:
+    """What held here, read from the verdicts and the dynamics curves (no hand-written hopes)."""
+    by_verdict: dict[str, list[str]] = {}
+    for c in claims:
+        by_verdict.setdefault(c.verdict, []).append(c.id)
+    lines = [
+        "Verdicts: "
+        + "; ".join(f"{verdict} {', '.join(ids)}" for verdict, ids in by_verdict.items())
+        + "."
+    ]
+    for setting in config.settings:
+        if not setting.regime_claim:
+            continue
+        regime = next(c for c in claims if c.id == setting.regime_claim)
+        held = "established" if regime.confirmed else "not established"
+        lines.append(
+            f"`{setting.name}`: the {setting.regime} regime is {held} ({regime.id} "
+            f"{regime.verdict}, {_effect_text(regime)})."
+        )
+    for name, instruments in curves.items():
+        parts = []
+        for instrument, curve in instruments.items():
+            sign = "below" if curve["mean"][0] < 0 else "above"
+            flip = curve["crossover_step"]
+            parts.append(
+                f"{INSTRUMENT_TITLES.get(instrument, instrument)} starts {sign} zero"
+                + (
+                    f" and crosses for good at step {flip}"
+                    if flip is not None
+                    else " and does not cross for good"
+                )
+            )
+        comparison = next(iter(instruments.values()))["comparison"]
+        lines.append(f"`{name}` dynamics ({comparison}): " + "; ".join(parts) + ".")
     return lines
 
 
@@ -223,48 +408,66 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     config = parse_config(read_json(config_path)["config"])
     results = load_results(run_dir, config)
     claims = evaluate_claims(config, results)
-    figure_names = _figures(run_dir, config, results)
-    wall = sum(r.get("wall_s", 0.0) for rs in results.values() for r in rs.values())
+    curves = {
+        s.name: c for s in config.settings if (c := paired_curves(s, results.get(s.name, {})))
+    }
+    figure_names = _figures(run_dir, config, results, curves)
+    wall = sum(r.wall_s for rs in results.values() for r in rs.values())
     report = {
         "name": config.name,
         "seeds": config.seeds,
         "claims": [c.to_json() for c in claims],
         "settings": {
             s.name: {
-                v: {"seeds": r["seeds"], "metrics": r["metrics"], "wall_s": r.get("wall_s")}
-                for v, r in results.get(s.name, {}).items()
+                "regime": s.regime,
+                "regime_claim": s.regime_claim,
+                "variants": {
+                    v: {"seeds": r.seeds, "metrics": r.metrics, "wall_s": r.wall_s}
+                    for v, r in results.get(s.name, {}).items()
+                },
             }
             for s in config.settings
         },
+        "dynamics": curves,
         "training_wall_s": wall,
     }
+    tested = [c for c in claims if c.verdict not in ("not applicable", "not measured")]
     lines = [
         f"# dropkit report: {config.name}",
         "",
-        f"{config.seeds} seeds per variant, paired by seed across variants; training time "
-        f"{wall:.0f} s. Effects are mean paired differences (A − B) over seeds with 95% "
-        "Student-t intervals; a claim is confirmed only when the interval clears the claimed "
-        "direction (for `>=`, when its low end is above minus the stated margin). Not confirmed "
-        "is *inconclusive* when the interval straddles the line (with few seeds: not shown here, "
-        "not refuted) and *opposite* when it lies wholly on the wrong side (the data here "
-        "contradict the claim).",
+        "This run **tests** the papers' claims at a small scale; it does not assume them. Each "
+        "claim compares two variants of one setting seed by seed (variants share seeds); the "
+        "effect is the mean paired difference A − B with a 95% Student-t interval. "
+        "*Superiority* claims (the paper's direction) are **confirmed** only when the interval "
+        "lies wholly on the paper's side of 0, **opposite** when it lies wholly on the other "
+        "side, *inconclusive* otherwise. *Non-inferiority* rows (a margin well below the paper's "
+        "effect) read *non-inferior* when only the margin is cleared: improvement not shown. "
+        "A claim whose setting's regime claim is not confirmed is *not applicable*. "
+        "MDE: the smallest true effect these seeds would show 80% of the time at this spread.",
+        "",
+        f"Multiplicity: {len(tested)} claims are tested here, each at 95%; with no real effects "
+        f"about {0.05 * len(tested):.1f} of them would still clear their line by chance, so read "
+        "single confirmations near the line with care.",
         "",
         "## Claims",
         "",
-        "| id | claim | comparison | metric | effect | 95% CI | seeds | verdict |",
+        "| id | claim | the paper | test | ours: effect [95% CI] | MDE | seeds | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in claims:
-        metric = METRIC_LABELS.get(c.metric) or INSTRUMENT_TITLES.get(
-            c.metric.removeprefix("dynamics:"), c.metric
-        )
+        note = f" — {c.reason}" if c.reason else ""
         lines.append(
-            f"| {c.id} | {c.statement} | `{c.comparison}` | {metric} | {_fmt(c.effect)} | "
-            f"[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}] | {c.n_seeds} | {_verdict(c)} |"
+            f"| {c.id} | {c.statement} | {c.paper or '–'} | {c.test}: `{c.comparison}` | "
+            f"{_effect_text(c)} | {_mde_text(c)} | {c.n_seeds} | "
+            f"{VERDICT_WORDS[c.verdict]}{note} |"
         )
+    power = _power_lines(config, claims)
+    if power:
+        lines += ["", "## Power against the paper's effect", "", *power]
+    lines += ["", "## What held here", "", *_held_paragraph(config, claims, curves)]
     lines += ["", "## Results", "", summary_table(config, results), "## Settings and figures", ""]
     for setting in config.settings:
-        lines += _setting_section(setting, figure_names.get(setting.name, []))
+        lines += _setting_section(config, setting, figure_names.get(setting.name, []))
     write_atomic(run_dir / "report.md", "\n".join(lines))
     write_atomic(run_dir / "report.json", json.dumps(report, indent=2))
     return report

@@ -27,6 +27,7 @@ from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpe
 from dropkit.experiments.dynamics import DynamicsProbe
 from dropkit.experiments.io import read_json, write_json, write_jsonl
 from dropkit.experiments.models import model_factory
+from dropkit.experiments.record import Curve, DynamicsSeries, RunRecord
 from dropkit.experiments.report import build_report, load_results, summary_table
 from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
 from dropkit.schedules import cutoff_steps
@@ -40,6 +41,7 @@ def _train_variant_spec(spec: VariantSpec) -> Variant:
         dropout=None if spec.dropout is None else spec.dropout.build(),
         drop_path=None if spec.drop_path is None else spec.drop_path.build(),
         rdrop_alpha=spec.rdrop_alpha,
+        double_batch=spec.double_batch,
     )
 
 
@@ -60,49 +62,46 @@ def _inconsistency_kl(population: Population, data: datasets.Dataset, passes: in
     ]
 
 
-def _result_record(
+def _run_record(
     setting: SettingSpec,
     spec: VariantSpec,
     result: TrainResult,
     inconsistency: list[float],
-    dynamics: dict[str, Any] | None,
-) -> dict[str, Any]:
-    curve = torch.tensor(result.train_loss).T.tolist()  # [seed][window]
-    return {
-        "setting": setting.name,
-        "variant": spec.name,
-        "seeds": result.seeds,
-        "total_steps": result.total_steps,
-        "cutoff_step": _cutoff_step(spec, result.total_steps),
-        "metrics": {
+    dynamics: DynamicsSeries | None,
+) -> RunRecord:
+    return RunRecord(
+        setting=setting.name,
+        variant=spec.name,
+        seeds=result.seeds,
+        total_steps=result.total_steps,
+        cutoff_step=_cutoff_step(spec, result.total_steps),
+        metrics={
             "train_loss": result.final_train_loss,
             "train_acc": result.final_train_acc,
             "test_loss": result.test_loss,
             "test_acc": result.test_acc,
             "inconsistency_kl": inconsistency,
         },
-        "curve": {"steps": result.log_steps, "train_loss": curve, "rates": result.rates},
-        "dynamics": dynamics,
-        "wall_s": result.seconds,
-    }
+        curve=Curve(result.log_steps, result.train_loss, result.rates),
+        dynamics=dynamics,
+        wall_s=result.seconds,
+    )
 
 
-def _metrics_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _metrics_rows(record: RunRecord) -> list[dict[str, Any]]:
     rows = []
-    for i, seed in enumerate(record["seeds"]):
-        for k, step in enumerate(record["curve"]["steps"]):
+    for i, seed in enumerate(record.seeds):
+        for k, step in enumerate(record.curve.steps):
             rows.append(
                 {
-                    "variant": record["variant"],
+                    "variant": record.variant,
                     "seed": seed,
                     "step": step,
-                    "train_loss": record["curve"]["train_loss"][i][k],
+                    "train_loss": record.curve.train_loss[i][k],
                 }
             )
-        final = {name: values[i] for name, values in record["metrics"].items() if values}
-        rows.append(
-            {"variant": record["variant"], "seed": seed, "step": record["total_steps"], **final}
-        )
+        final = {name: values[i] for name, values in record.metrics.items() if values}
+        rows.append({"variant": record.variant, "seed": seed, "step": record.total_steps, **final})
     return rows
 
 
@@ -142,13 +141,13 @@ def _run_job(job: _Job, report_progress: Callable[[str, int, int], None]) -> flo
         model_fn, dataset, _train_variant_spec(spec), seeds, setting.train, on_step=on_step
     )
     inconsistency = _inconsistency_kl(result.population, dataset, setting.mc_passes)
-    record = _result_record(
+    record = _run_record(
         setting, spec, result, inconsistency, None if probe is None else probe.series()
     )
     write_jsonl(job.run_dir / "metrics.jsonl", _metrics_rows(record))
     if probe is not None:
         write_jsonl(job.run_dir / "records.jsonl", probe.records)
-    write_json(job.run_dir / "result.json", record)  # last: marks the run finished
+    write_json(job.run_dir / "result.json", record.to_dict())  # last: marks the run finished
     return result.seconds
 
 
@@ -250,9 +249,10 @@ def run_experiment(
         )
     write_json(config_file, {"config": config.to_dict()})
     cache = None if cache_dir is None else Path(cache_dir)
-    seeds = tuple(range(config.seeds))
     jobs = [
-        _Job(setting, spec, seeds, out / "runs" / setting.name / spec.name, cache)
+        _Job(
+            setting, spec, config.seeds_of(setting), out / "runs" / setting.name / spec.name, cache
+        )
         for setting in config.settings
         for spec in setting.variants
     ]

@@ -58,13 +58,20 @@ class Variant:
     A schedule is anything :class:`dropkit.DropoutScheduler` accepts (``dropkit.schedules``
     objects, a float, an array of per-step rates); ``None`` leaves those sites at the rate the
     model was built with. ``rdrop_alpha > 0`` trains with R-Drop (paper Eq. 4, two passes as one
-    forward on ``[x; x]``) at the same number of optimizer steps.
+    forward on ``[x; x]``) at the same number of optimizer steps; ``double_batch=True`` with
+    ``rdrop_alpha=0`` is its control, the same doubled forward and summed CEs without the KL.
     """
 
     name: str
     dropout: ScheduleLike | None = None
     drop_path: ScheduleLike | None = None
     rdrop_alpha: float = 0.0
+    double_batch: bool = False
+
+    @property
+    def doubled(self) -> bool:
+        """Whether each step trains on ``[x; x]`` (R-Drop, or its alpha = 0 control)."""
+        return self.rdrop_alpha > 0 or self.double_batch
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -77,6 +84,7 @@ class Variant:
             "dropout": repr(self.dropout),
             "drop_path": repr(self.drop_path),
             "rdrop_alpha": repr(self.rdrop_alpha),
+            "double_batch": repr(self.double_batch),
         }
 
 
@@ -227,9 +235,10 @@ class Population:
 class TrainResult:
     """What a variant's population run produced; ``to_dict()`` is JSON-serialisable.
 
-    Per-seed lists are in the order of ``seeds``. ``train_loss[k][s]`` is seed ``s``'s mean
-    mini-batch cross-entropy over the window ending at step ``log_steps[k]`` (steps done; with
-    R-Drop the mean CE of the two passes, without the KL term). ``rates[kind][k]`` is the rate
+    Per-seed lists are in the order of ``seeds``; every per-seed table is indexed seed first.
+    ``train_loss[s][k]`` is seed ``s``'s mean mini-batch cross-entropy over the window ending at
+    step ``log_steps[k]`` (steps done; with a doubled batch the mean CE of the two passes,
+    without the KL term). ``rates[kind][k]`` is the rate
     the schedule applied at the last step of that window (only scheduled kinds appear).
     ``final_train_*`` are measured with dropout off on the training set (or its first
     ``train_eval_samples``), ``test_*`` on the test set with dropout off.
@@ -304,14 +313,17 @@ def _mask_seed(seeds: list[int]) -> int:
     return value
 
 
-def objective(logits: Tensor, target: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+def objective(
+    logits: Tensor, target: Tensor, alpha: float, doubled: bool | None = None
+) -> tuple[Tensor, Tensor]:
     """Training loss and the logged cross-entropy for one member's logits.
 
-    Plain training: both are ``cross_entropy(logits, target)``. R-Drop (``alpha > 0``): the
-    logits are those of ``[x; x]``; the loss is ``ce1 + ce2 + alpha/2 (KL12 + KL21)``
-    (:func:`dropkit.rdrop_terms`) and the logged value is ``(ce1 + ce2) / 2``.
+    Plain training: both are ``cross_entropy(logits, target)``. Doubled (R-Drop, the default
+    when ``alpha > 0``, or its control): the logits are those of ``[x; x]``; the loss is
+    ``ce1 + ce2 + alpha/2 (KL12 + KL21)`` (:func:`dropkit.rdrop_terms`; ``alpha = 0`` leaves the
+    summed CEs) and the logged value is ``(ce1 + ce2) / 2``.
     """
-    if alpha == 0:
+    if not (alpha > 0 if doubled is None else doubled):
         ce = F.cross_entropy(logits, target)
         return ce, ce
     first, second = logits.chunk(2)
@@ -341,12 +353,13 @@ class _Log:
                 self.rates.setdefault(kind, []).append(rate)
 
     def windows(self) -> tuple[list[int], list[list[float]]]:
+        """Window end steps and the window means, ``means[seed][window]``."""
         ends = [*range(self.every, self.total + 1, self.every)]
         if not ends or ends[-1] != self.total:
             ends.append(self.total)
         starts = [0, *ends[:-1]]
-        means = [self.losses[a:b].mean(0).tolist() for a, b in zip(starts, ends)]
-        return ends, means
+        means = torch.stack([self.losses[a:b].mean(0) for a, b in zip(starts, ends)], dim=1)
+        return ends, means.tolist()
 
 
 def train_variant(
@@ -443,15 +456,14 @@ def _train_population(
     scheduler = _scheduler(base, total, variant)
     params = list(population.params.values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    alpha = variant.rdrop_alpha
-    doubled = alpha > 0
+    alpha, doubled = variant.rdrop_alpha, variant.doubled
     steps_per_epoch = total // config.epochs
 
     def member_objective(
         params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> tuple[Tensor, Tensor]:
         inputs = torch.cat([x, x]) if doubled else x
-        return objective(functional_call(base, (params, buffers), (inputs,)), y, alpha)
+        return objective(functional_call(base, (params, buffers), (inputs,)), y, alpha, doubled)
 
     batched_objective = vmap(member_objective, randomness="different")
     log = _Log(stop, len(seeds), config.log_every)
@@ -489,7 +501,7 @@ def _train_lockstep(
         torch.optim.AdamW(m.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         for m in members
     ]
-    alpha = variant.rdrop_alpha
+    alpha, doubled = variant.rdrop_alpha, variant.doubled
     steps_per_epoch = total // config.epochs
     log = _Log(stop, len(seeds), config.log_every)
     for step, index in _batch_indices(seeds, len(data.x), config.batch_size, steps_per_epoch, stop):
@@ -498,7 +510,7 @@ def _train_lockstep(
             x, y = data.x[index[s]], data.y[index[s]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, config)
-            loss, ce = objective(model(torch.cat([x, x]) if alpha else x), y, alpha)
+            loss, ce = objective(model(torch.cat([x, x]) if doubled else x), y, alpha, doubled)
             logged[s] = ce.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

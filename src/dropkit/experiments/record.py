@@ -1,0 +1,64 @@
+"""The record one (setting, variant) run passes from training to the report: ``result.json``.
+
+One typed structure with one axis order: every per-seed table is indexed ``[seed][point]``, in
+the order of ``seeds``, from :class:`~dropkit.experiments.train.TrainResult` through the file to
+the figures, so nothing is transposed on the way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Curve", "DynamicsSeries", "RunRecord"]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Training loss ``train_loss[seed][window]`` at window ends ``steps``; rates per kind."""
+
+    steps: list[int]
+    train_loss: list[list[float]]
+    rates: dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class DynamicsSeries:
+    """``values[instrument][seed][checkpoint]`` measured at optimizer ``steps``."""
+
+    steps: list[int]
+    values: dict[str, list[list[float]]]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a finished run produced: final metrics per seed, curves and dynamics."""
+
+    setting: str
+    variant: str
+    seeds: list[int]
+    total_steps: int
+    cutoff_step: int | None
+    metrics: dict[str, list[float]]  # metric -> one value per seed
+    curve: Curve
+    dynamics: DynamicsSeries | None
+    wall_s: float
+
+    def per_seed(self, metric: str) -> dict[int, float]:
+        """``{seed: value}`` of a final metric (empty when the run did not measure it)."""
+        return dict(zip(self.seeds, self.metrics.get(metric, [])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        dynamics = data.get("dynamics")
+        return cls(
+            **{k: data[k] for k in ("setting", "variant", "seeds", "total_steps", "metrics")},
+            cutoff_step=data.get("cutoff_step"),
+            curve=Curve(**data["curve"]),
+            dynamics=None if dynamics is None else DynamicsSeries(**dynamics),
+            wall_s=float(data.get("wall_s", 0.0)),
+        )

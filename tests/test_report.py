@@ -1,0 +1,149 @@
+"""The report's logic on hand-made run records: regime gating, window means, crossover, power."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dropkit.experiments.claims import not_applicable
+from dropkit.experiments.config import parse_config
+from dropkit.experiments.record import Curve, DynamicsSeries, RunRecord
+from dropkit.experiments.report import _power_lines, evaluate_claims, paired_curves
+
+T_975_2 = 4.302652729749462  # t quantile (0.975, 2 dof): (2p - 1) / sqrt(2p(1 - p))
+
+RAW = {
+    "name": "hand",
+    "seeds": 3,
+    "settings": {
+        "s": {
+            "data": "digits",
+            "model": {"kind": "mlp"},
+            "train": {"epochs": 1},
+            "regime": "overfitting",
+            "regime_claim": "R",
+            "variants": {"none": {}, "dropout": {"dropout": {"p": 0.1}}},
+            "dynamics": {"variants": ["none", "dropout"], "every": 1, "window": 8, "until": 10},
+        }
+    },
+    "claims": [
+        {"id": "R", "statement": "Dropout raises accuracy", "setting": "s", "metric": "test_acc",
+         "a": "dropout", "b": "none", "direction": ">", "target": 0.5},
+        {"id": "D", "statement": "Dropout lowers GDE", "setting": "s", "metric": "dynamics:gde",
+         "a": "dropout", "b": "none", "direction": "<"},
+    ],
+}  # fmt: skip
+
+
+def record(variant: str, test_acc: list[float], gde: list[list[float]]) -> RunRecord:
+    return RunRecord(
+        setting="s",
+        variant=variant,
+        seeds=[0, 1, 2],
+        total_steps=100,
+        cutoff_step=None,
+        metrics={"test_acc": test_acc},
+        curve=Curve([100], [[1.0], [1.0], [1.0]], {}),
+        dynamics=DynamicsSeries(list(range(11)), {"gde": gde}),
+        wall_s=1.0,
+    )
+
+
+def gde_rows(offsets: list[float]) -> list[list[float]]:
+    """Per seed: 0.5 at step 0, then 0.3 + offset in the window (1..8) and 0.6 at steps 9, 10."""
+    return [[0.5] + [0.3 + o] * 8 + [0.6, 0.6] for o in offsets]
+
+
+def test_a_failed_regime_makes_the_dependent_claims_not_applicable() -> None:
+    config = parse_config(RAW)
+    results = {
+        "s": {
+            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1, 0.1, 0.1])),
+            "dropout": record("dropout", [0.5, 0.8, 0.6], gde_rows([0.0, 0.0, 0.0])),
+        }
+    }
+    regime, dependent = evaluate_claims(config, results)
+    # diffs 0, 0.2, -0.1: mean 1/30, sd sqrt(7/300); the interval straddles 0
+    half = T_975_2 * math.sqrt(7 / 300) / math.sqrt(3)
+    assert regime.verdict == "inconclusive"
+    assert regime.ci_low == pytest.approx(1 / 30 - half) and regime.ci_high == pytest.approx(
+        1 / 30 + half
+    )
+    assert dependent.verdict == "not applicable" and dependent.confirmed is False
+    assert "overfitting regime is not established" in dependent.reason and "R" in dependent.reason
+    assert dependent.effect is None
+
+
+def test_an_established_regime_lets_the_window_mean_decide() -> None:
+    config = parse_config(RAW)
+    results = {
+        "s": {
+            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1, 0.15, 0.2])),
+            "dropout": record("dropout", [0.6, 0.8, 0.9], gde_rows([0.0, 0.0, 0.0])),
+        }
+    }
+    regime, dependent = evaluate_claims(config, results)
+    assert regime.verdict == "confirmed"  # diffs 0.1, 0.2, 0.2: all positive, small spread
+    # the window (0, 8] excludes step 0 (0.5 in both arms) and steps 9-10 (0.6 in both)
+    assert dependent.effect == pytest.approx(-0.15)
+    half = T_975_2 * 0.05 / math.sqrt(3)  # diffs -0.1, -0.15, -0.2: sd 0.05
+    assert (dependent.ci_low, dependent.ci_high) == (
+        pytest.approx(-0.15 - half),
+        pytest.approx(-0.15 + half),
+    )
+    assert dependent.verdict == "confirmed"
+
+
+def test_paired_curves_report_the_crossover_step() -> None:
+    config = parse_config(RAW)
+    none = [[0.5] * 11 for _ in range(3)]
+    dropout = [[0.5] + [0.4] * 4 + [0.5] + [0.55] * 5 for _ in range(3)]  # step 5: a tie
+    results = {
+        "s": {
+            "none": record("none", [0.5] * 3, none),
+            "dropout": record("dropout", [0.5] * 3, dropout),
+        }
+    }
+    curve = paired_curves(config.settings[0], results["s"])["gde"]
+    assert curve["comparison"] == "dropout - none"
+    assert curve["steps"] == list(range(1, 11))  # step 0 left out
+    assert curve["mean"][:4] == pytest.approx([-0.1] * 4)
+    assert curve["crossover_step"] == 6  # from 6 on the sign stays flipped; a tie is no flip
+    for seed in dropout:  # a one-checkpoint dip at step 2 is not a crossover
+        seed[2] = 0.6
+    assert paired_curves(config.settings[0], results["s"])["gde"]["crossover_step"] == 6
+    for seed in dropout:  # a flip that does not last to the end of the curve is none
+        seed[10] = 0.3
+    assert paired_curves(config.settings[0], results["s"])["gde"]["crossover_step"] is None
+
+
+def test_power_lines_say_which_claims_are_not_powered() -> None:
+    config = parse_config(RAW)
+    results = {
+        "s": {
+            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1] * 3)),
+            "dropout": record("dropout", [0.6, 0.8, 0.9], gde_rows([0.0] * 3)),
+        }
+    }
+    claims = evaluate_claims(config, results)
+    (line,) = _power_lines(config, claims)
+    # half-width T * 0.0577 / sqrt(3) = 0.143 < the target 0.5 (in points: 14.3 vs 50)
+    assert line.startswith("- R: half-width 14.3 pt < the paper's effect 50 pt")
+
+
+def test_non_finite_seeds_are_failures_and_unmeasured_claims_are_named_in_power() -> None:
+    config = parse_config(RAW)
+    results = {
+        "s": {
+            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1] * 3)),
+            "dropout": record("dropout", [math.nan, 0.8, 0.9], gde_rows([0.0] * 3)),
+        }
+    }
+    regime, _ = evaluate_claims(config, results)
+    assert regime.failed_seeds == [0] and regime.n_seeds == 2  # listed, not silently dropped
+    assert "1 of 3 seeds failed" in regime.reason
+    gated = not_applicable(config.claims[0], "the regime is not established")
+    assert _power_lines(config, [gated]) == [
+        "- R: not applicable, so not powered here: the regime is not established."
+    ]
