@@ -55,14 +55,21 @@ def gde_rows(offsets: list[float]) -> list[list[float]]:
     return [[0.5] + [0.3 + o] * 8 + [0.6, 0.6] for o in offsets]
 
 
-def test_a_failed_regime_makes_the_dependent_claims_not_applicable() -> None:
-    config = parse_config(RAW)
-    results = {
+def two_arms(
+    none_acc: list[float], dropout_acc: list[float], none_gde: list[float]
+) -> dict[str, dict[str, RunRecord]]:
+    """The setting's results: dropout's GDE offsets are 0, none's are ``none_gde``."""
+    return {
         "s": {
-            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1, 0.1, 0.1])),
-            "dropout": record("dropout", [0.5, 0.8, 0.6], gde_rows([0.0, 0.0, 0.0])),
+            "none": record("none", none_acc, gde_rows(none_gde)),
+            "dropout": record("dropout", dropout_acc, gde_rows([0.0] * len(dropout_acc))),
         }
     }
+
+
+def test_a_failed_regime_makes_the_dependent_claims_not_applicable() -> None:
+    config = parse_config(RAW)
+    results = two_arms([0.5, 0.6, 0.7], [0.5, 0.8, 0.6], [0.1, 0.1, 0.1])
     regime, dependent = evaluate_claims(config, results)
     # diffs 0, 0.2, -0.1: mean 1/30, sd sqrt(7/300); the interval straddles 0
     half = T_975_2 * math.sqrt(7 / 300) / math.sqrt(3)
@@ -77,12 +84,7 @@ def test_a_failed_regime_makes_the_dependent_claims_not_applicable() -> None:
 
 def test_an_established_regime_lets_the_window_mean_decide() -> None:
     config = parse_config(RAW)
-    results = {
-        "s": {
-            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1, 0.15, 0.2])),
-            "dropout": record("dropout", [0.6, 0.8, 0.9], gde_rows([0.0, 0.0, 0.0])),
-        }
-    }
+    results = two_arms([0.5, 0.6, 0.7], [0.6, 0.8, 0.9], [0.1, 0.15, 0.2])
     regime, dependent = evaluate_claims(config, results)
     assert regime.verdict == "confirmed"  # diffs 0.1, 0.2, 0.2: all positive, small spread
     # the window (0, 8] excludes step 0 (0.5 in both arms) and steps 9-10 (0.6 in both)
@@ -120,12 +122,7 @@ def test_paired_curves_report_the_crossover_step() -> None:
 
 def test_power_lines_say_which_claims_are_not_powered() -> None:
     config = parse_config(RAW)
-    results = {
-        "s": {
-            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1] * 3)),
-            "dropout": record("dropout", [0.6, 0.8, 0.9], gde_rows([0.0] * 3)),
-        }
-    }
+    results = two_arms([0.5, 0.6, 0.7], [0.6, 0.8, 0.9], [0.1] * 3)
     claims = evaluate_claims(config, results)
     (line,) = _power_lines(config, claims)
     # half-width T * 0.0577 / sqrt(3) = 0.143 < the target 0.5 (in points: 14.3 vs 50)
@@ -134,12 +131,7 @@ def test_power_lines_say_which_claims_are_not_powered() -> None:
 
 def test_non_finite_seeds_are_failures_and_unmeasured_claims_are_named_in_power() -> None:
     config = parse_config(RAW)
-    results = {
-        "s": {
-            "none": record("none", [0.5, 0.6, 0.7], gde_rows([0.1] * 3)),
-            "dropout": record("dropout", [math.nan, 0.8, 0.9], gde_rows([0.0] * 3)),
-        }
-    }
+    results = two_arms([0.5, 0.6, 0.7], [math.nan, 0.8, 0.9], [0.1] * 3)
     regime, _ = evaluate_claims(config, results)
     assert regime.failed_seeds == [0] and regime.n_seeds == 2  # listed, not silently dropped
     assert "1 of 3 seeds failed" in regime.reason
