@@ -154,6 +154,17 @@ def test_advisor_agrees_with_the_full_runs_on_reduced_settings(name):
     assert quick.confidence == "low" or quick.regime == expected[0]  # never confidently wrong
 
 
+def test_a_probe_inside_the_warm_up_is_never_confident(digits):
+    model_fn = model_factory({"kind": "mlp", "width": 32, "depth": 1}, 64, 10)
+    inside = advise(model_fn, digits, TrainConfig(epochs=4, batch_size=64, warmup_frac=0.5),
+                    budget=0.2)  # fmt: skip
+    assert inside.confidence == "low"
+    assert any("inside the learning-rate warm-up" in reason for reason in inside.reasons)
+    after = advise(model_fn, digits, TrainConfig(epochs=4, batch_size=64, warmup_frac=0.1),
+                   budget=0.2)  # fmt: skip
+    assert not any("warm-up" in reason for reason in after.reasons)
+
+
 class DropPathOnly(nn.Module):
     """A residual classifier whose only site is stochastic depth."""
 

@@ -12,6 +12,8 @@ from the training data (the test split is never touched):
   validation loss. Above ``threshold`` the model is heading for overfitting; below it the run
   ends before overfitting sets in. Its 95% t-interval over seeds sets the confidence.
 - **dropout's effect so far**: validation loss and gap with standard dropout minus without.
+- a probe that ends inside the learning-rate warm-up never trained at the peak rate: its
+  confidence is capped at *low*.
 - **gradient direction error** (the paper's mechanism) at the end of the probe, with and without
   dropout: lower with dropout supports early dropout.
 
@@ -245,6 +247,14 @@ def advise(
         reasons.append(
             f"The interval straddles {threshold:g}: the regime is not settled at this budget. "
             "Rerun with a larger budget or more seeds before acting on this."
+        )
+    warmup_steps = round(train.warmup_frac * total)
+    if probe_steps < warmup_steps:  # the rest of the run is unlike the probe: confidence low
+        confidence = "low"
+        reasons.append(
+            f"The probe ended inside the learning-rate warm-up (step {probe_steps} of "
+            f"{warmup_steps}): the model never trained at its peak rate, so its gap is no guide "
+            f"to the run's. Rerun with a budget above the warm-up ({train.warmup_frac:.3g})."
         )
     recommendation, schedule = _recommend(regime, kinds, p, drop_path_p)
     if recommendation == "no_dropout":
