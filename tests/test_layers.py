@@ -81,3 +81,14 @@ def test_modules_built_at_zero_can_be_switched_on() -> None:
     drop.eval()
     assert torch.equal(drop(x), x)
     assert "p=0.5" in repr(drop) and "drop_prob=0.5" in repr(path)
+
+
+def test_modules_at_rate_zero_return_their_input_and_track_active() -> None:
+    x = torch.randn(4, 3)
+    drop, path = Dropout(0.0), DropPath(0.0)
+    assert drop.train()(x) is x and path.train()(x) is x  # eager: no mask drawn, no multiply
+    assert (drop.active, path.active) == (False, False)
+    drop.p, path.drop_prob = 0.2, 1.0
+    assert (drop.active, path.active) == (True, True)
+    drop.p = 0.0
+    assert drop.active is False

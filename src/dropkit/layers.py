@@ -5,7 +5,12 @@ on later by a schedule (unlike models that substitute ``nn.Identity`` when a rat
 
 Under ``torch.compile`` the modules read their rate from a 0-dim tensor buffer instead of a Python
 float: Dynamo guards on float attributes and would recompile at every new rate, whereas a tensor's
-value is an input of the compiled graph, so a schedule can change it every step for free.
+value is an input of the compiled graph, so a schedule can change it every step for free. Beside
+it they keep one Python bool, ``active`` (rate > 0), which Dynamo does guard on: while it is
+False the compiled graph is the graph without the site (no random numbers drawn, nothing
+multiplied), so a model pays nothing for dropout once a schedule has turned it off. The bool
+flips only when a rate crosses 0, so any schedule compiles at most two graphs per model (one
+with the sites active, one without), never one per rate.
 """
 
 from __future__ import annotations
@@ -84,7 +89,8 @@ class Dropout(nn.Module):
     """Inverted dropout whose rate ``p`` may be changed at any time (validated on write).
 
     The rate is mirrored in the non-persistent 0-dim buffer ``p_tensor``, which the forward reads
-    under ``torch.compile`` so that a changing rate causes no recompilation.
+    under ``torch.compile`` so that a changing rate causes no recompilation, and in ``active``
+    (rate > 0), so that a compiled site at rate 0 is no op at all.
     """
 
     p_tensor: Tensor
@@ -101,11 +107,14 @@ class Dropout(nn.Module):
     @p.setter
     def p(self, value: float) -> None:
         self._p = check_rate(value, "Dropout.p")
+        self.active = self._p > 0.0  # guarded by Dynamo: flips only when the rate crosses 0
         self.p_tensor.fill_(self._p)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling():
-            return dropout(x, self.p_tensor, self.training)
+            if not (self.active and self.training):
+                return x  # the graph without the site: no random op, no multiply
+            return dropout(x, self.p_tensor)
         return dropout(x, self._p, self.training)
 
     def extra_repr(self) -> str:
@@ -117,8 +126,8 @@ class DropPath(nn.Module):
 
     The attribute is named ``drop_prob`` as in timm, so code written for timm's ``DropPath``
     (including the official early-dropout scheduler) works on it unchanged. Like
-    :class:`Dropout`, it mirrors the rate in a 0-dim buffer (``drop_prob_tensor``) read under
-    ``torch.compile``.
+    :class:`Dropout`, it mirrors the rate in a 0-dim buffer (``drop_prob_tensor``) and in
+    ``active``, read under ``torch.compile``.
     """
 
     drop_prob_tensor: Tensor
@@ -135,11 +144,14 @@ class DropPath(nn.Module):
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
         self._drop_prob = check_rate(value, "DropPath.drop_prob")
+        self.active = self._drop_prob > 0.0  # guarded by Dynamo: flips only when the rate crosses 0
         self.drop_prob_tensor.fill_(self._drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling():
-            return drop_path(x, self.drop_prob_tensor, self.training)
+            if not (self.active and self.training):
+                return x  # the graph without the site: no random op, no multiply
+            return drop_path(x, self.drop_prob_tensor)
         return drop_path(x, self._drop_prob, self.training)
 
     def extra_repr(self) -> str:
