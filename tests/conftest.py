@@ -1,4 +1,7 @@
+import contextlib
 import os
+import signal
+import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,3 +24,55 @@ def _isolate() -> None:
     saved = list(sites._user_rules)
     yield
     sites._user_rules[:] = saved
+
+
+_MARKER = "DROPKIT_TEST_MARKER"
+
+
+def _own_resource_tracker(pid: str) -> bool:
+    """multiprocessing's resource tracker of this very process: one per process, it lives as
+    long as the process does (not a leak while its parent is alive)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        command = handle.read()
+    return parent == os.getpid() and b"multiprocessing.resource_tracker" in command
+
+
+def _marked_processes(marker: str) -> list[int]:
+    """Live processes (other than this one and its resource tracker) carrying ``marker``."""
+    needle = f"{_MARKER}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0") and not _own_resource_tracker(entry):
+                    found.append(int(entry))
+        except OSError:  # gone already, or not ours to read
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a test whose child processes (workers, subprocesses, their children) outlive it.
+
+    Every process a test starts inherits a marker in its environment; a few seconds after the
+    test, any live process still carrying it is killed and reported.
+    """
+    if not os.path.isdir("/proc"):
+        yield
+        return
+    marker = f"{os.getpid()}-{os.urandom(6).hex()}"
+    monkeypatch.setenv(_MARKER, marker)
+    yield
+    deadline = time.monotonic() + 5.0
+    while (left := _marked_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail(f"processes {left} outlived the test that started them", pytrace=False)

@@ -47,6 +47,7 @@ def record(variant: str, test_acc: list[float], gde: list[list[float]]) -> RunRe
         curve=Curve([100], [[1.0], [1.0], [1.0]], {}),
         dynamics=DynamicsSeries(list(range(11)), {"gde": gde}),
         wall_s=1.0,
+        diverged_at=[None, None, None],
     )
 
 

@@ -16,6 +16,8 @@ WORKERS_HELP = f"runs trained at once, in separate processes (default {DEFAULT_W
 
 
 def _load_factory(spec: str):
+    """A zero-argument builder for ``MODULE:FACTORY``: it calls the factory and checks that it
+    returned an ``nn.Module``; every failure is ``SystemExit("dropkit sites: ...")``."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(
@@ -24,9 +26,33 @@ def _load_factory(spec: str):
     if os.getcwd() not in sys.path:  # like `python -m`: modules of the current project import
         sys.path.insert(0, os.getcwd())
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise SystemExit(f"dropkit sites: cannot load {spec!r}: {err}") from err
+    if not callable(factory):
+        raise SystemExit(
+            f"dropkit sites: {spec!r} is a {type(factory).__name__}, not a callable; FACTORY must "
+            "be a class or function that builds the model with no arguments"
+        )
+
+    def build():
+        from torch import nn
+
+        try:
+            model = factory()
+        except Exception as err:  # the user's code: report it, no traceback
+            raise SystemExit(
+                f"dropkit sites: calling {spec!r} with no arguments raised "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        if not isinstance(model, nn.Module):
+            raise SystemExit(
+                f"dropkit sites: {spec!r} returned a {type(model).__name__}, not a "
+                "torch.nn.Module; FACTORY must build and return the model"
+            )
+        return model
+
+    return build
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dropkit.experiments.config import ConfigError, builtin_config, load_config
     from dropkit.experiments.report import build_report
-    from dropkit.experiments.runner import run_experiment
+    from dropkit.experiments.runner import Interrupted, run_experiment
 
     try:
         if args.command == "advise":
@@ -99,8 +125,19 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("runs") / config.name
         report = run_experiment(config, out, workers=args.workers)
         print(f"report: {out / 'report.md'} ({report['wall_s_this_invocation']:.0f} s)")
+    except Interrupted as err:
+        print(f"dropkit {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"dropkit {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full disk: name the path, keep what was finished
+        where = err.filename or "the run folder"
+        print(
+            f"dropkit {args.command}: cannot write {where}: {err.strerror or err}; free space or "
+            "pick a writable --out, then run the same command again (finished runs are kept)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -111,12 +148,23 @@ def _advise(args: argparse.Namespace) -> int:
     from dropkit.experiments.data import load_dataset
     from dropkit.experiments.io import write_atomic, write_json
     from dropkit.experiments.models import model_factory
+    from dropkit.experiments.preflight import preflight_settings
 
+    # every refusal comes before the first folder is made
+    if not 0.0 < args.budget <= 1.0:
+        raise ConfigError(
+            f"--budget {args.budget}: give the fraction of the run to probe, in (0, 1]"
+        )
+    if args.seeds < 2:
+        raise ConfigError(f"--seeds {args.seeds}: give >= 2 seeds, the confidence needs a spread")
+    if not 0.0 <= args.p <= 1.0:
+        raise ConfigError(f"--p {args.p}: the dropout rate to probe must lie in [0, 1]")
     settings = load_settings(args.config)
     if args.setting is not None:
         settings = tuple(s for s in settings if s.name == args.setting)
         if not settings:
             raise ConfigError(f"--setting {args.setting!r} is not a setting of {args.config}")
+    preflight_settings(settings)  # data, batch size, model, scipy / matplotlib
     for setting in settings:
         out = args.out or Path("runs") / f"advise-{setting.name}"
         out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,27 +56,86 @@ class Dataset:
         )
 
 
+_SPLITS = (("train", "x", "y"), ("test", "x_test", "y_test"))
+NUMERIC_KINDS = "biuf"  # bool, signed / unsigned int, float
+
+
+def _check_numeric(name: str, key: str, array: np.ndarray) -> None:
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise ValueError(
+            f"dataset {name!r}: {key} holds {array.dtype} values, not numbers; features and "
+            "labels must be numeric arrays (convert strings or objects with "
+            "np.asarray(values, dtype=np.float32) for features, class indices 0..C-1 for labels)"
+        )
+
+
+def _check_features(name: str, split: str, key: str, inputs: np.ndarray) -> None:
+    """Features must be finite once cast to float32 (what training sees)."""
+    nan = int(np.isnan(inputs).sum())
+    inf = int(np.isinf(inputs).sum())
+    if nan or inf:
+        found = " and ".join(
+            text for count, text in ((nan, f"{nan} NaN"), (inf, f"{inf} infinite")) if count
+        )
+        raise ValueError(
+            f"dataset {name!r}: the {split} features ({key}) hold {found} value(s) of "
+            f"{inputs.size} (as float32, whose range ends at ±3.4e38); drop those samples or fill "
+            f"them in before saving, e.g. keep = np.isfinite({key}).reshape(len({key}), -1)"
+            f".all(axis=1), or np.nan_to_num({key})"
+        )
+
+
+def _check_labels(name: str, split: str, key: str, labels: np.ndarray) -> None:
+    """Labels must be class indices: finite, integer-valued, >= 0 (``n_classes`` is max + 1)."""
+    if labels.dtype.kind == "f":
+        finite = np.isfinite(labels)
+        if not finite.all():
+            raise ValueError(
+                f"dataset {name!r}: the {split} labels ({key}) hold {int((~finite).sum())} NaN or "
+                "infinite value(s); labels must be class indices 0, 1, ..., C-1"
+            )
+        fractional = labels != np.round(labels)
+        if fractional.any():
+            raise ValueError(
+                f"dataset {name!r}: the {split} labels ({key}) hold {int(fractional.sum())} "
+                f"non-integer value(s), e.g. {labels[fractional][0].item()!r}; labels must be "
+                "class indices 0, 1, ..., C-1 (1.0 is fine, 1.5 is not)"
+            )
+    negative = labels < 0
+    if negative.any():
+        raise ValueError(
+            f"dataset {name!r}: the {split} labels ({key}) hold {int(negative.sum())} negative "
+            f"value(s), e.g. {labels[negative][0].item()!r}; labels must be class indices >= 0 "
+            "(0, 1, ..., C-1)"
+        )
+
+
 def _as_dataset(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
-    x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32))
-    x_test = torch.as_tensor(np.asarray(arrays["x_test"], dtype=np.float32))
-    y = torch.as_tensor(np.asarray(arrays["y"]).astype(np.int64))
-    y_test = torch.as_tensor(np.asarray(arrays["y_test"]).astype(np.int64))
-    for split, inputs, labels in (("train", x, y), ("test", x_test, y_test)):
+    """Validate ``x, y, x_test, y_test`` (shapes, numeric, finite features, class-index labels)."""
+    raw = {key: np.asarray(arrays[key]) for key in NPZ_KEYS}
+    for key in NPZ_KEYS:
+        _check_numeric(name, key, raw[key])
+    for split, x_key, y_key in _SPLITS:
+        inputs, labels = raw[x_key], raw[y_key]
         if inputs.ndim < 2 or labels.ndim != 1 or len(inputs) != len(labels) or len(labels) == 0:
             raise ValueError(
                 f"dataset {name!r}: {split} inputs have shape {tuple(inputs.shape)} and labels "
                 f"{tuple(labels.shape)}; expected inputs (N, features...) and labels (N,) "
                 "with the same N > 0"
             )
-    if x.shape[1:] != x_test.shape[1:]:
+    if raw["x"].shape[1:] != raw["x_test"].shape[1:]:
         raise ValueError(
-            f"dataset {name!r}: train inputs are {tuple(x.shape[1:])} per sample but test inputs "
-            f"are {tuple(x_test.shape[1:])}; both splits need the same feature shape"
+            f"dataset {name!r}: train inputs are {tuple(raw['x'].shape[1:])} per sample but test "
+            f"inputs are {tuple(raw['x_test'].shape[1:])}; both splits need the same feature shape"
         )
-    labels = torch.cat([y, y_test])
-    if labels.min() < 0:
-        raise ValueError(f"dataset {name!r}: labels must be class indices >= 0")
-    return Dataset(name, x, y, x_test, y_test, int(labels.max()) + 1)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf: refused below
+        features = {key: raw[key].astype(np.float32) for key in ("x", "x_test")}
+    for split, x_key, y_key in _SPLITS:
+        _check_features(name, split, x_key, features[x_key])
+        _check_labels(name, split, y_key, raw[y_key])
+    x, x_test = (torch.as_tensor(features[key]) for key in ("x", "x_test"))
+    y, y_test = (torch.as_tensor(raw[key].astype(np.int64)) for key in ("y", "y_test"))
+    return Dataset(name, x, y, x_test, y_test, int(torch.cat([y, y_test]).max()) + 1)
 
 
 def default_cache_dir() -> Path:
@@ -158,12 +219,38 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return _as_dataset("digits", {"x": x, "y": y, "x_test": x_test, "y_test": y_test})
 
 
+def _not_npz(path: Path, reason: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a readable .npz of arrays x, y, x_test, y_test ({reason}); write one "
+        "with np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)"
+    )
+
+
 def load_npz(path: str | Path) -> Dataset:
-    """A user dataset: an ``.npz`` holding arrays ``x``, ``y``, ``x_test``, ``y_test``."""
+    """A user dataset: an ``.npz`` holding arrays ``x``, ``y``, ``x_test``, ``y_test``.
+
+    Raises ``FileNotFoundError`` if it does not exist, ``KeyError`` if an array is missing and
+    ``ValueError`` for anything else: a file that is not a (complete) zip of ``.npy`` arrays, an
+    array of pickled objects (never unpickled), or data :func:`_as_dataset` refuses.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file {path} does not exist")
-    with np.load(path, allow_pickle=False) as stored:
+    try:
+        stored = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        # numpy reads a file that is neither a zip nor .npy as a pickle and refuses it
+        # ("pickled (object) data"): random bytes, a text file, a truncated download.
+        if "pickle" in str(err):
+            reason = "neither a zip archive nor an .npy file"
+        elif isinstance(err, zipfile.BadZipFile):
+            reason = f"a truncated or damaged zip archive: {err}"
+        else:
+            reason = f"{type(err).__name__}: {err}"
+        raise _not_npz(path, reason) from err
+    if not isinstance(stored, np.lib.npyio.NpzFile):
+        raise _not_npz(path, "a single .npy array, not an archive of named arrays")
+    with stored:
         missing = [key for key in NPZ_KEYS if key not in stored.files]
         if missing:
             raise KeyError(
@@ -171,7 +258,19 @@ def load_npz(path: str | Path) -> Dataset:
                 f"y_test (found {sorted(stored.files)}), e.g. np.savez(path, x=x, y=y, "
                 "x_test=x_test, y_test=y_test)"
             )
-        arrays = {key: stored[key] for key in NPZ_KEYS}
+        arrays = {}
+        for key in NPZ_KEYS:
+            try:
+                arrays[key] = stored[key]
+            except ValueError as err:
+                if "allow_pickle" in str(err) or "Object arrays" in str(err):
+                    raise ValueError(
+                        f"{path}: array {key!r} holds pickled objects; save plain numeric arrays "
+                        "with np.savez (e.g. np.asarray(values, dtype=np.float32))"
+                    ) from err
+                raise _not_npz(path, f"array {key!r}: {err}") from err
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise _not_npz(path, f"array {key!r}: {type(err).__name__}: {err}") from err
     return _as_dataset(path.stem, arrays)
 
 

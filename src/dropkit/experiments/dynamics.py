@@ -14,9 +14,11 @@ library's ``grad_norm``, the norm of the training step's ``.grad``); ``bias_sq``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from dropkit import diagnostics as dd
@@ -66,21 +68,10 @@ class DynamicsProbe:
 
     def _measure(self, index: int, step: int, model: nn.Module) -> None:
         seed = self.seeds[index]
-        stream = dd.step_seed(seed, step)
-        batches = dd.sample_batches(
-            self.data.x, self.data.y, self.spec.n_batches, self.batch_size, seed=stream
-        )
-        stats = dd.measure_gradient_set(model, batches, self.full_batches, seed=stream)
-        values = {
-            "batch_grad_norm": stats.mean_batch_grad_norm,
-            "distance": dd.parameter_distance(
-                dict(model.named_parameters()), self.initial_params[index]
-            ),
-            "gdv": stats.gdv,
-            "gde": stats.gde,
-            "bias_sq": stats.unit_bias_sq,
-            "variance": stats.unit_variance,
-        }
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # it diverged
+            values = dict.fromkeys(INSTRUMENTS, math.nan)
+        else:
+            values = self._values(index, step, model)
         for instrument, value in values.items():
             self.records.append(
                 {
@@ -91,6 +82,23 @@ class DynamicsProbe:
                     "value": value,
                 }
             )
+
+    def _values(self, index: int, step: int, model: nn.Module) -> dict[str, float | None]:
+        stream = dd.step_seed(self.seeds[index], step)
+        batches = dd.sample_batches(
+            self.data.x, self.data.y, self.spec.n_batches, self.batch_size, seed=stream
+        )
+        stats = dd.measure_gradient_set(model, batches, self.full_batches, seed=stream)
+        return {
+            "batch_grad_norm": stats.mean_batch_grad_norm,
+            "distance": dd.parameter_distance(
+                dict(model.named_parameters()), self.initial_params[index]
+            ),
+            "gdv": stats.gdv,
+            "gde": stats.gde,
+            "bias_sq": stats.unit_bias_sq,
+            "variance": stats.unit_variance,
+        }
 
     def series(self) -> DynamicsSeries:
         """Every instrument as ``values[instrument][seed][checkpoint]``."""

@@ -25,11 +25,17 @@ def _pyplot():
 
 
 def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and a mean +- one standard error band over the seed axis (axis 0)."""
-    mean = values.mean(axis=0)
-    if len(values) < 2:
-        return mean, mean, mean
-    sem = values.std(axis=0, ddof=1) / np.sqrt(len(values))
+    """Mean and a mean +- one standard error band over the seed axis (axis 0), over the finite
+    values only: a diverged seed drops out, a point no seed has is left as a gap (NaN)."""
+    values = np.where(np.isfinite(values), values, np.nan)
+    count = np.sum(np.isfinite(values), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(values, axis=0) / np.where(count > 0, count, np.nan)
+        if len(values) < 2:
+            return mean, mean, mean
+        centred = np.where(np.isfinite(values), values - mean, 0.0)
+        sd = np.sqrt(np.sum(centred**2, axis=0) / np.where(count > 1, count - 1, np.nan))
+        sem = np.where(count > 1, sd / np.sqrt(np.maximum(count, 1)), 0.0)
     return mean, mean - sem, mean + sem
 
 
@@ -52,7 +58,9 @@ def loss_curves(
                     xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (mean ± s.e. over seeds)")
-    ax.set_yscale("log")
+    drawn = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for _, v in curves.values()])
+    if np.any(np.isfinite(drawn) & (drawn > 0)):  # a log axis needs a positive finite value
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -147,6 +155,9 @@ def accuracy_bars(accuracies: Mapping[str, Sequence[float]], path: Path, title: 
     fig, ax = plt.subplots(figsize=(1.2 * len(variants) + 2, 3.6))
     for i, variant in enumerate(variants):
         values = np.asarray(accuracies[variant], dtype=np.float64) * 100
+        values = values[np.isfinite(values)]  # a diverged seed has no accuracy
+        if len(values) == 0:
+            continue
         half = 0.0
         if len(values) > 1:
             half = t_quantile(0.95, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
@@ -155,7 +166,9 @@ def accuracy_bars(accuracies: Mapping[str, Sequence[float]], path: Path, title: 
     ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy % (mean, 95% CI)")
     all_values = np.concatenate([np.asarray(v, dtype=np.float64) for v in accuracies.values()])
-    ax.set_ylim(max(0.0, all_values.min() * 100 - 3), min(100.0, all_values.max() * 100 + 2))
+    all_values = all_values[np.isfinite(all_values)]
+    if len(all_values):
+        ax.set_ylim(max(0.0, all_values.min() * 100 - 3), min(100.0, all_values.max() * 100 + 2))
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

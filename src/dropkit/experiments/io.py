@@ -20,6 +20,9 @@ def write_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.replace(tmp, path)
+    except OSError as err:  # full or read-only disk: nothing half-written, and the path named
+        os.unlink(tmp)
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         os.unlink(tmp)
         raise

@@ -44,6 +44,7 @@ class RunRecord:
     curve: Curve
     dynamics: DynamicsSeries | None
     wall_s: float
+    diverged_at: list[int | None]  # per seed: the step its loss became non-finite, or None
 
     def per_seed(self, metric: str) -> dict[int, float]:
         """``{seed: value}`` of a final metric (empty when the run did not measure it)."""
@@ -61,4 +62,5 @@ class RunRecord:
             curve=Curve(**data["curve"]),
             dynamics=None if dynamics is None else DynamicsSeries(**dynamics),
             wall_s=float(data.get("wall_s", 0.0)),
+            diverged_at=data.get("diverged_at", [None] * len(data["seeds"])),
         )

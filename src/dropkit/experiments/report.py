@@ -40,8 +40,15 @@ def load_results(run_dir: Path, config: ExperimentConfig) -> dict[str, dict[str,
         found = {}
         for name in [v.name for v in setting.variants]:
             path = run_dir / "runs" / setting.name / name / "result.json"
-            if path.exists():
+            if not path.exists():
+                continue
+            try:
                 found[name] = RunRecord.from_dict(read_json(path))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{path} is damaged ({type(err).__name__}: {err}); run the experiment again "
+                    "on this folder, which trains that run anew"
+                ) from err
         results[setting.name] = found
     return results
 
@@ -230,8 +237,22 @@ def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, R
                 failed = f" ({lost} non-finite)" if lost else ""
                 cells.append(f"{finite.mean():.{digits}f} ± {sd:.{digits}f}{failed}")
             lines.append(f"| {variant.name} | {len(record.seeds)} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *_divergence_lines(found)]
     return "\n".join(lines)
+
+
+def _divergence_lines(found: Mapping[str, RunRecord]) -> list[str]:
+    """One line per run with seeds whose loss became non-finite: which, and at which step."""
+    lines = []
+    for name, record in found.items():
+        diverged = [(s, t) for s, t in zip(record.seeds, record.diverged_at) if t is not None]
+        if diverged:
+            where = ", ".join(f"seed {s} at step {t}" for s, t in diverged)
+            lines.append(
+                f"- `{name}`: **{len(diverged)} of {len(record.seeds)} seeds diverged** ({where}); "
+                "their metrics are NaN and every claim on this run is computed on the rest."
+            )
+    return [*lines, ""] if lines else []
 
 
 def _figures(

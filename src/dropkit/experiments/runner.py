@@ -8,13 +8,18 @@ where it stopped and the report comes out the same.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,13 @@ from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpe
 from dropkit.experiments.dynamics import DynamicsProbe
 from dropkit.experiments.io import read_json, write_json, write_jsonl
 from dropkit.experiments.models import model_factory
+from dropkit.experiments.preflight import preflight
 from dropkit.experiments.record import Curve, DynamicsSeries, RunRecord
 from dropkit.experiments.report import build_report, load_results, summary_table
 from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
 from dropkit.schedules import cutoff_steps
 
-__all__ = ["run_experiment"]
+__all__ = ["Interrupted", "RunFolderBusy", "run_experiment"]
 
 
 def _train_variant_spec(spec: VariantSpec) -> Variant:
@@ -52,10 +58,14 @@ def _cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
     return None
 
 
-def _inconsistency_kl(population: Population, data: datasets.Dataset, passes: int) -> list[float]:
-    """Per seed: KL(average of ``passes`` MC-dropout predictions || deterministic) on test data."""
+def _inconsistency_kl(result: TrainResult, data: datasets.Dataset, passes: int) -> list[float]:
+    """Per seed: KL(average of ``passes`` MC-dropout predictions || deterministic) on test data
+    (NaN for a seed that diverged: it has no predictions to compare)."""
+    population = result.population
     return [
-        train_test_inconsistency(
+        math.nan
+        if result.diverged_at[i] is not None
+        else train_test_inconsistency(
             population.member(i).train(), data.x_test, data.y_test, passes=passes, seed=seed
         ).kl
         for i, seed in enumerate(population.seeds)
@@ -85,6 +95,7 @@ def _run_record(
         curve=Curve(result.log_steps, result.train_loss, result.rates),
         dynamics=dynamics,
         wall_s=result.seconds,
+        diverged_at=result.diverged_at,
     )
 
 
@@ -103,6 +114,19 @@ def _metrics_rows(record: RunRecord) -> list[dict[str, Any]]:
         final = {name: values[i] for name, values in record.metrics.items() if values}
         rows.append({"variant": record.variant, "seed": seed, "step": record.total_steps, **final})
     return rows
+
+
+def _finished(job: _Job) -> bool:
+    """Whether ``job`` has a readable result for its seeds; a damaged one is trained again."""
+    path = job.run_dir / "result.json"
+    if not path.exists():
+        return False
+    try:
+        record = RunRecord.from_dict(read_json(path))
+    except (ValueError, KeyError, TypeError) as err:  # truncated or not a result: retrain
+        print(f"{path} is damaged ({type(err).__name__}); training it again", file=sys.stderr)
+        return False
+    return record.seeds == list(job.seeds)
 
 
 @dataclass(frozen=True)
@@ -140,7 +164,7 @@ def _run_job(job: _Job, report_progress: Callable[[str, int, int], None]) -> flo
     result = train_variant(
         model_fn, dataset, _train_variant_spec(spec), seeds, setting.train, on_step=on_step
     )
-    inconsistency = _inconsistency_kl(result.population, dataset, setting.mc_passes)
+    inconsistency = _inconsistency_kl(result, dataset, setting.mc_passes)
     record = _run_record(
         setting, spec, result, inconsistency, None if probe is None else probe.series()
     )
@@ -151,9 +175,31 @@ def _run_job(job: _Job, report_progress: Callable[[str, int, int], None]) -> flo
     return result.seconds
 
 
-def _run_job_in_worker(job: _Job, queue: Any) -> float:
+_progress_queue: Any = None  # a worker's channel for progress, set by _init_worker
+
+
+def _init_worker(queue: Any, parent: int) -> None:
+    """In each worker: one thread, progress to ``queue``, and exit when the parent is gone.
+
+    A worker ignores SIGINT (Ctrl-C reaches the whole process group; the parent decides), and a
+    watchdog thread ends it at once, writing nothing, when its parent process dies (even by
+    SIGKILL), so no worker outlives the command that started it.
+    """
+    global _progress_queue
     torch.set_num_threads(1)  # two workers on two cores: one thread each
-    return _run_job(job, lambda label, done, total: queue.put((label, done, total)))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _progress_queue = queue
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _run_job_in_worker(job: _Job) -> float:
+    return _run_job(job, lambda label, done, total: _progress_queue.put((label, done, total)))
 
 
 class _Bars:
@@ -210,10 +256,20 @@ def _run_jobs(jobs: list[_Job], workers: int, bars: _Bars) -> None:
         for job in jobs:
             bars.finish(job.label, _run_job(job, bars.update))
         return
+    if not jobs:
+        return
+    # workers > 1 always trains in worker processes, one thread each, even when a single run is
+    # left (a resume): a run's numbers then never depend on how many runs remained
     context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        queue = manager.Queue()
-        pending = {pool.submit(_run_job_in_worker, job, queue): job for job in jobs}
+    queue = context.Queue()
+    pool = ProcessPoolExecutor(
+        min(workers, len(jobs)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(queue, os.getpid()),
+    )
+    try:
+        pending = {pool.submit(_run_job_in_worker, job): job for job in jobs}
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             while not queue.empty():
@@ -221,6 +277,85 @@ def _run_jobs(jobs: list[_Job], workers: int, bars: _Bars) -> None:
             for future in done:
                 seconds = future.result()  # re-raises a worker's error here
                 bars.finish(pending.pop(future).label, seconds)
+    except BaseException:  # interrupted or failed: stop the workers now, finished runs stay
+        processes = list((pool._processes or {}).values())
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        queue.close()
+        queue.cancel_join_thread()
+
+
+class Interrupted(Exception):
+    """The command got SIGINT / SIGTERM; finished runs are kept, the rest resumes on rerun."""
+
+    def __init__(self, signum: int, out: Path, finished: int, total: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name}: {finished} of {total} runs finished and are kept in {out}; "
+            "run the same command again to resume"
+        )
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM (and SIGINT) into an exception in the main thread, then restore."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise _Signal(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Signal(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _one_writer(out: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``out/.lock`` (released by the OS if the holder is killed)."""
+    path = out / ".lock"
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderBusy(
+            f"{out} is being written by another dropkit command (pid {holder}); wait for it to "
+            "finish, or pass another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class RunFolderBusy(ValueError):
+    """Another command holds the run folder's lock."""
 
 
 def run_experiment(
@@ -240,7 +375,19 @@ def run_experiment(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers={workers!r} must be a positive int")
     out = Path(out_dir)
+    preflight(config, cache_dir)  # every check that can fail before training: nothing on disk yet
     out.mkdir(parents=True, exist_ok=True)
+    with _one_writer(out):
+        return _run_locked(config, out, cache_dir, workers, progress)
+
+
+def _run_locked(
+    config: ExperimentConfig,
+    out: Path,
+    cache_dir: str | Path | None,
+    workers: int,
+    progress: bool,
+) -> dict[str, Any]:
     config_file = out / "config.json"
     if config_file.exists() and read_json(config_file)["config"] != config.to_dict():
         raise ValueError(
@@ -256,13 +403,17 @@ def run_experiment(
         for setting in config.settings
         for spec in setting.variants
     ]
-    todo = [job for job in jobs if not (job.run_dir / "result.json").exists()]
+    todo = [job for job in jobs if not _finished(job)]
     for data in dict.fromkeys(job.setting.data for job in todo):
         datasets.load_dataset(data, cache_dir=cache)  # generate and cache once, before workers
     started = time.perf_counter()
     bars = _Bars(len(jobs), len(jobs) - len(todo), progress)
     try:
-        _run_jobs(todo, min(workers, max(1, len(todo))), bars)
+        with _signals_raise():
+            _run_jobs(todo, workers, bars)
+    except _Signal as signalled:
+        finished = sum((job.run_dir / "result.json").exists() for job in jobs)
+        raise Interrupted(signalled.signum, out, finished, len(jobs)) from None
     finally:
         bars.close()
     _gather_records(out, config)

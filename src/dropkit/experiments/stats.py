@@ -6,7 +6,7 @@
   (clear 0) with a given probability, from the noncentral t distribution;
 - :func:`seeds_needed`: how many seeds bring the interval's half-width below a target.
 
-scipy is imported inside the functions: the experiments depend on scikit-learn, which brings it.
+scipy (the ``data`` extra) is imported inside the functions, so importing this module is cheap.
 """
 
 from __future__ import annotations

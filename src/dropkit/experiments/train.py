@@ -241,7 +241,9 @@ class TrainResult:
     without the KL term). ``rates[kind][k]`` is the rate
     the schedule applied at the last step of that window (only scheduled kinds appear).
     ``final_train_*`` are measured with dropout off on the training set (or its first
-    ``train_eval_samples``), ``test_*`` on the test set with dropout off.
+    ``train_eval_samples``), ``test_*`` on the test set with dropout off. ``diverged_at[s]`` is
+    the step at which seed ``s``'s loss first became non-finite (None if it never did); such a
+    seed's final metrics are NaN, and when every seed has diverged training stops there.
     """
 
     variant: str
@@ -255,6 +257,7 @@ class TrainResult:
     final_train_acc: list[float]
     test_loss: list[float]
     test_acc: list[float]
+    diverged_at: list[int | None]
     seconds: float
     vectorized: bool
     spec: dict[str, str] = field(default_factory=dict)
@@ -338,19 +341,28 @@ def _scheduler(model: nn.Module, total: int, variant: Variant) -> DropoutSchedul
 
 
 class _Log:
-    """Window means of the per-step, per-member training loss, and the rates at window ends."""
+    """Window means of the per-step, per-member training loss, the rates at window ends, and
+    the step at which each member's loss first became non-finite (it diverged)."""
 
     def __init__(self, total: int, size: int, every: int) -> None:
-        self.losses = torch.zeros(total, size, dtype=torch.float64)
+        self.losses = torch.full((total, size), math.nan, dtype=torch.float64)  # NaN: not run
         self.every = every
         self.total = total
         self.rates: dict[str, list[float]] = {}
+        self.diverged_at: list[int | None] = [None] * size
 
     def record(self, step: int, loss: Tensor, rates: dict[str, float]) -> None:
         self.losses[step] = loss.detach()
+        for member in torch.nonzero(~torch.isfinite(loss.detach())).flatten().tolist():
+            if self.diverged_at[member] is None:
+                self.diverged_at[member] = step
         if (step + 1) % self.every == 0 or step + 1 == self.total:
             for kind, rate in rates.items():
                 self.rates.setdefault(kind, []).append(rate)
+
+    @property
+    def all_diverged(self) -> bool:
+        return all(step is not None for step in self.diverged_at)
 
     def windows(self) -> tuple[list[int], list[list[float]]]:
         """Window end steps and the window means, ``means[seed][window]``."""
@@ -406,6 +418,9 @@ def train_variant(
     n_eval = config.train_eval_samples or n_train
     train_loss, train_acc = population.evaluate(data.x[:n_eval], data.y[:n_eval], config.eval_batch)
     test_loss, test_acc = population.evaluate(data.x_test, data.y_test, config.eval_batch)
+    diverged = torch.tensor([step is not None for step in log.diverged_at])
+    for metric in (train_loss, train_acc, test_loss, test_acc):  # a diverged seed has no result
+        metric[diverged] = math.nan
     log_steps, window_losses = log.windows()
     return TrainResult(
         variant=variant.name,
@@ -419,6 +434,7 @@ def train_variant(
         final_train_acc=train_acc.tolist(),
         test_loss=test_loss.tolist(),
         test_acc=test_acc.tolist(),
+        diverged_at=log.diverged_at,
         seconds=time.perf_counter() - start,
         vectorized=vectorize,
         spec=variant.describe(),
@@ -477,6 +493,8 @@ def _train_population(
         losses.sum().backward()  # members are independent: each gets its own gradient
         optimizer.step()
         log.record(step, logged, scheduler.get_last_p() if scheduler else {})
+        if log.all_diverged:  # nothing left to learn: don't burn the remaining steps
+            break
         if scheduler is not None:
             scheduler.step()
         if on_step is not None:
@@ -516,6 +534,8 @@ def _train_lockstep(
             loss.backward()
             optimizer.step()
         log.record(step, logged, schedulers[0].get_last_p() if schedulers[0] else {})
+        if log.all_diverged:
+            break
         for scheduler in schedulers:
             if scheduler is not None:
                 scheduler.step()

@@ -1,0 +1,192 @@
+"""The fault table, part two: faults while an experiment runs (``test_faults.py`` has the inputs).
+
+SIGTERM / a killed parent, two writers on one folder, divergence, a damaged result, a full disk,
+a changed config; the README's table lists what dropkit does for each. The autouse fixture in
+``conftest.py`` fails any of these tests whose processes outlive it.
+"""
+
+import errno
+import fcntl
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dropkit.cli import main
+
+# --- faults while an experiment runs ------------------------------------------------------------
+
+TINY_RUN = {
+    "name": "tiny",
+    "seeds": 2,
+    "settings": {
+        "digits": {
+            "data": "digits",
+            "model": {"kind": "mlp", "width": 16, "depth": 1},
+            "train": {"epochs": 2, "batch_size": 64, "log_every": 5},
+            "variants": {"none": {}, "dropout": {"dropout": {"schedule": "standard", "p": 0.2}}},
+        }
+    },
+    "claims": [
+        {"id": "T", "statement": "dropout vs none", "setting": "digits", "metric": "test_acc",
+         "a": "dropout", "b": "none", "direction": ">"},
+    ],
+}  # fmt: skip
+
+
+def _write_config(path: Path, raw: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump(raw or TINY_RUN))
+    return path
+
+
+def _slow(raw: dict, epochs: int = 60) -> dict:
+    """The tiny config, trained long enough to be interrupted part-way."""
+    slow = json.loads(json.dumps(raw))
+    slow["settings"]["digits"]["train"]["epochs"] = epochs
+    return slow
+
+
+def _results(out: Path) -> set[str]:
+    runs = out / "runs"
+    return {p.parent.name for p in runs.rglob("result.json")} if runs.exists() else set()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dropkit.cli", *args]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_the_workers_keeps_finished_runs_and_says_how_to_resume(tmp_path, workers):
+    raw = _slow(TINY_RUN)
+    raw["settings"]["digits"]["variants"]["none"] = {}  # the quick arm, which finishes first
+    config = _write_config(tmp_path / "c.yaml", raw)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        _cli("run", str(config), "--out", str(out), "--workers", workers),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # training is under way
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM" in err and "run the same command again to resume" in err
+    assert not list(out.rglob("*.tmp"))  # no partial file left behind
+    assert not (out / "report.json").exists()
+    # (the autouse fixture fails this test if a worker or the resource tracker is still alive)
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    config = _write_config(tmp_path / "c.yaml", _slow(TINY_RUN, epochs=200))
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        _cli("run", str(config), "--out", str(out), "--workers", "2"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / "config.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.kill()
+    process.wait()
+    assert _results(out) == set()  # killed before any run finished: nothing written as a result
+    # the watchdog ends each worker within a fraction of a second; the fixture checks it
+
+
+def test_a_second_command_on_the_same_folder_is_refused_with_the_holders_pid(tmp_path, capsys):
+    config = _write_config(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".lock").open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write("4242")
+        handle.flush()
+        assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 2
+        assert "pid 4242" in capsys.readouterr().err and not (out / "runs").exists()
+    # the lock is advisory and held by an open file: once released, the folder is usable
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path, capsys):
+    raw = json.loads(json.dumps(TINY_RUN))
+    raw["settings"]["digits"]["train"]["lr"] = 1e6  # trains to NaN within a few steps
+    out = tmp_path / "out"
+    assert main(["run", str(_write_config(tmp_path / "c.yaml", raw)), "--out", str(out),
+                 "--workers", "1"]) == 0  # fmt: skip
+    result = json.loads((out / "runs" / "digits" / "none" / "result.json").read_text())
+    total = result["total_steps"]
+    assert all(step is not None and step < total for step in result["diverged_at"])
+    assert all(math.isnan(v) for v in result["metrics"]["test_acc"])
+    report = json.loads((out / "report.json").read_text())
+    (claim,) = report["claims"]
+    assert claim["verdict"] == "not measured" and claim["failed_seeds"] == [0, 1]
+    text = (out / "report.md").read_text()
+    assert "2 of 2 seeds diverged" in text
+    assert (out / "figures" / "digits_train_loss.png").exists()  # figures skip non-finite points
+
+
+def test_a_truncated_result_is_trained_again_on_resume(tmp_path, capsys):
+    config = _write_config(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    whole = json.loads((out / "report.json").read_text())["claims"]
+    result = out / "runs" / "digits" / "none" / "result.json"
+    result.write_text(result.read_text()[:100])  # a disk that lost the end of the file
+    assert main(["report", str(out)]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    assert "training it again" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["claims"] == whole
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
+    config = _write_config(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("result.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "result.json" in err
+    assert _results(out) == set() and not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(os, "replace", real_replace)  # space freed: the same command resumes
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    assert _results(out) == {"none", "dropout"}
+
+
+def test_a_config_changed_between_a_crash_and_the_resume_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(_write_config(tmp_path / "a.yaml")), "--out", str(out),
+                 "--workers", "1"]) == 0  # fmt: skip
+    changed = json.loads(json.dumps(TINY_RUN))
+    changed["settings"]["digits"]["train"]["lr"] = 0.01
+    assert main(["run", str(_write_config(tmp_path / "b.yaml", changed)), "--out", str(out),
+                 "--workers", "1"]) == 2  # fmt: skip
+    assert "holds a run of a different config" in capsys.readouterr().err
+
+
+def test_the_process_fixture_sees_a_child_that_would_outlive_its_test():
+    from tests.conftest import _MARKER, _marked_processes
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in _marked_processes(os.environ[_MARKER])
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in _marked_processes(os.environ[_MARKER])
