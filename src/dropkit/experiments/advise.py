@@ -37,7 +37,7 @@ from torch import nn
 from dropkit import diagnostics as dd
 from dropkit import schedules
 from dropkit.experiments.data import Dataset, load_dataset
-from dropkit.experiments.stats import paired_t_interval
+from dropkit.experiments.stats import mean_interval
 from dropkit.experiments.train import TrainConfig, TrainResult, Variant, train_variant
 from dropkit.sites import find_sites
 
@@ -109,7 +109,7 @@ def split_validation(data: Dataset, fraction: float) -> Dataset:
 
 def _summary(values: list[float]) -> dict[str, float]:
     """Mean over seeds and its 95% t-interval."""
-    mean, low, high = paired_t_interval(values, [0.0] * len(values))
+    mean, low, high = mean_interval(values)
     return {"mean": mean, "ci_low": low, "ci_high": high}
 
 

@@ -314,9 +314,7 @@ def _figures(
     return made
 
 
-def _setting_section(
-    config: ExperimentConfig, setting: SettingSpec, figure_names: list[str]
-) -> list[str]:
+def _setting_section(setting: SettingSpec, figure_names: list[str]) -> list[str]:
     lines = [f"### {setting.name}", ""]
     if setting.regime:
         lines += [
@@ -488,7 +486,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     lines += ["", "## What held here", "", *_held_paragraph(config, claims, curves)]
     lines += ["", "## Results", "", summary_table(config, results), "## Settings and figures", ""]
     for setting in config.settings:
-        lines += _setting_section(config, setting, figure_names.get(setting.name, []))
+        lines += _setting_section(setting, figure_names.get(setting.name, []))
     write_atomic(run_dir / "report.md", "\n".join(lines))
     write_atomic(run_dir / "report.json", json.dumps(report, indent=2))
     return report

@@ -403,9 +403,7 @@ def _run_locked(
         for setting in config.settings
         for spec in setting.variants
     ]
-    todo = [job for job in jobs if not _finished(job)]
-    for data in dict.fromkeys(job.setting.data for job in todo):
-        datasets.load_dataset(data, cache_dir=cache)  # generate and cache once, before workers
+    todo = [job for job in jobs if not _finished(job)]  # preflight generated and cached the data
     started = time.perf_counter()
     bars = _Bars(len(jobs), len(jobs) - len(todo), progress)
     try:
