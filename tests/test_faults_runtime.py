@@ -100,7 +100,7 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path):
     process.kill()
     process.wait()
     assert _results(out) == set()  # killed before any run finished: nothing written as a result
-    # the watchdog ends each worker within a fraction of a second; the fixture checks it
+    # the watchdog ends each worker once it runs; the autouse fixture checks none outlives this
 
 
 def test_a_second_command_on_the_same_folder_is_refused_with_the_holders_pid(tmp_path, capsys):

@@ -259,3 +259,79 @@ def test_integrations_package_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _fused_run(tmp_path: Path, fused: bool, tie: bool) -> tuple[dict, list[dict]]:
+    torch.manual_seed(0)
+    model = _llama(attention_dropout=0.2)
+    if tie:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    args = _args(
+        tmp_path / f"fused{fused}{tie}",
+        max_steps=2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        learning_rate=0.5,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+    )
+    trainer = RDropTrainer(
+        model=model,
+        args=args,
+        train_dataset=_lm_data(8),
+        rdrop_alpha=0.7,
+        rdrop_fused_linear=fused,
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, logs
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_fused_linear_rdrop_matches_the_unfused_loss_and_update(tmp_path: Path, tie: bool) -> None:
+    fused_params, fused_logs = _fused_run(tmp_path, fused=True, tie=tie)
+    params, logs = _fused_run(tmp_path, fused=False, tie=tie)
+    assert [e["loss"] for e in fused_logs] == pytest.approx([e["loss"] for e in logs], rel=1e-5)
+    assert [e["rdrop/kl"] for e in fused_logs] == pytest.approx(
+        [e["rdrop/kl"] for e in logs],
+        rel=1e-4,  # a small KL: float32 round-off is relative
+    )
+    assert all(e["rdrop/kl"] > 0 for e in logs)  # dropout was on: the passes differed
+    initial = {name: p.detach() for name, p in _seeded_llama().named_parameters()}
+    for name, value in params.items():
+        if not tie:
+            assert not torch.equal(value, initial[name]), name  # every parameter trained
+        torch.testing.assert_close(fused_params[name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_linear_refuses_logit_soft_capping_and_names_the_fallback(tmp_path: Path) -> None:
+    config = transformers.Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=SEQ,
+        final_logit_softcapping=5.0,
+        attn_implementation="eager",
+    )
+    model = transformers.Gemma2ForCausalLM(config)
+    trainer = RDropTrainer(
+        model=model, args=_args(tmp_path), train_dataset=_lm_data(8), rdrop_fused_linear=True
+    )
+    with pytest.raises(ValueError, match=r"soft-capping.*rdrop_fused_linear=False"):
+        trainer.train()
+
+
+def test_fused_linear_refuses_a_model_without_a_linear_output_layer(tmp_path: Path) -> None:
+    trainer = RDropTrainer(
+        model=_bert(),
+        args=_args(tmp_path),
+        train_dataset=_classification_data(8),
+        rdrop_fused_linear=True,
+    )
+    with pytest.raises(TypeError, match=r"plain nn\.Linear.*rdrop_fused_linear=False"):
+        trainer.train()

@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -58,3 +60,16 @@ def test_advise_config_example_is_a_valid_setting(tmp_path) -> None:
     (tmp_path / "mine.yaml").write_text(example)
     (setting,) = load_settings(tmp_path / "mine.yaml")
     assert (setting.data, setting.model["kind"], setting.train.epochs) == ("digits", "mlp", 40)
+
+
+def test_rdrop_linear_example_runs() -> None:
+    pytest.importorskip("transformers")
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "rdrop_linear_loss(hidden1, hidden2, model" in b)
+    assert len(example.strip().splitlines()) <= 12
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert namespace["loss"].item() > 0
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    assert namespace["hidden1"].shape == (4, 63, 64)

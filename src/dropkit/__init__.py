@@ -17,6 +17,7 @@ from dropkit.rdrop import (
     rdrop_terms,
     symmetric_kl,
 )
+from dropkit.rdrop_linear import rdrop_linear_loss, rdrop_linear_terms
 from dropkit.scheduler import DropoutScheduler
 from dropkit.schedules import drop_schedule
 from dropkit.sites import (
@@ -57,6 +58,8 @@ __all__ = [
     "find_sites",
     "mean_pairwise_kl",
     "rdrop_forward",
+    "rdrop_linear_loss",
+    "rdrop_linear_terms",
     "rdrop_loss",
     "rdrop_regression_loss",
     "rdrop_terms",

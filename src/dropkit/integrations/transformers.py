@@ -14,6 +14,8 @@ is built changes nothing, and the ``model.train()`` the Trainer calls every step
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 try:
@@ -28,8 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from dropkit.integrations import GlobalStepSchedule
-from dropkit.rdrop import rdrop_forward, rdrop_terms
+from dropkit.rdrop import RDropLoss, rdrop_forward, rdrop_terms
+from dropkit.rdrop_linear import rdrop_linear_terms
 from dropkit.scheduler import DropoutScheduler, ScheduleLike
+from dropkit.sites import unwrap
 
 __all__ = ["DropoutScheduleCallback", "RDropTrainer"]
 
@@ -113,18 +117,39 @@ class RDropTrainer(Trainer):
     last log and over processes, and the rates of any :class:`DropoutScheduleCallback`.
     Evaluation uses the model's ordinary loss.
 
+    With ``rdrop_fused_linear=True`` (causal LMs with large vocabularies) the model runs once on
+    the doubled batch with its output layer passed through, and the loss comes from the final
+    hidden states and ``model.get_output_embeddings()`` by :func:`dropkit.rdrop_linear_loss`, so
+    neither pass's logits are ever held in full; the value and gradients are the unfused ones.
+    The first training batch checks, in eval mode on one sample, that the model's logits are
+    exactly its output layer applied to those hidden states, and refuses models that change them
+    afterwards (logit soft-capping, scaling, an extra bias). Under DDP set
+    ``ddp_find_unused_parameters=False`` unless the output layer is tied to the embeddings (the
+    forward does not reach it, the loss does).
+
     Args:
         rdrop_alpha: weight of the KL term (the paper uses 0.5 to 5).
+        rdrop_fused_linear: compute the loss chunked from hidden states (see above).
         *args, **kwargs: as for ``transformers.Trainer``.
     """
 
-    def __init__(self, *args: Any, rdrop_alpha: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        rdrop_alpha: float = 1.0,
+        rdrop_fused_linear: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if isinstance(rdrop_alpha, bool) or not isinstance(rdrop_alpha, (int, float)):
             raise TypeError(f"rdrop_alpha must be a float >= 0, got {rdrop_alpha!r}")
         if rdrop_alpha < 0:
             raise ValueError(f"rdrop_alpha={rdrop_alpha} must be >= 0 (the paper uses 0.5 to 5)")
+        if not isinstance(rdrop_fused_linear, bool):
+            raise TypeError(f"rdrop_fused_linear must be True or False, got {rdrop_fused_linear!r}")
         super().__init__(*args, **kwargs)
         self.rdrop_alpha = float(rdrop_alpha)
+        self.rdrop_fused_linear = rdrop_fused_linear
+        self._head_checked = False
         self._rdrop_sums: Tensor | None = None  # (ce, kl) summed over micro-batches since a log
         self._rdrop_count = 0
 
@@ -141,21 +166,20 @@ class RDropTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         shift_labels = inputs.pop("shift_labels", None)
-        outputs = rdrop_forward(model, **inputs)
-        logits = tuple(out["logits"] if isinstance(out, dict) else out[0] for out in outputs)
-        target = labels
-        if shift_labels is not None:
-            target = shift_labels
-        elif self._loss_shifts_labels:  # causal LM: position t predicts token t + 1
-            logits = tuple(z[..., :-1, :] for z in logits)
-            target = labels[..., 1:]
-        terms = rdrop_terms(
-            logits,
-            target,
-            alpha=self.rdrop_alpha,
-            ignore_index=-100,
-            label_smoothing=self.args.label_smoothing_factor,
-        )
+        if self.rdrop_fused_linear:
+            terms, target = self._fused_terms(model, inputs, labels, shift_labels)
+            outputs = None  # the passes' "logits" were hidden states: nothing to hand back
+        else:
+            outputs = rdrop_forward(model, **inputs)
+            logits = tuple(out["logits"] if isinstance(out, dict) else out[0] for out in outputs)
+            logits, target = self._scored(logits, labels, shift_labels)
+            terms = rdrop_terms(
+                logits,
+                target,
+                alpha=self.rdrop_alpha,
+                ignore_index=-100,
+                label_smoothing=self.args.label_smoothing_factor,
+            )
         self._accumulate_parts(terms.ce, terms.kl)
         loss = terms.loss
         if num_items_in_batch is not None:
@@ -166,7 +190,46 @@ class RDropTrainer(Trainer):
             self.loss_is_scaled_for_ga = True
         else:
             self.loss_is_scaled_for_ga = False  # the Trainer divides by the accumulation steps
-        return (loss, outputs[0]) if return_outputs else loss
+        if return_outputs:
+            return loss, None if outputs is None else outputs[0]
+        return loss
+
+    def _scored(
+        self, per_pass: tuple[Tensor, ...], labels: Tensor, shift_labels: Tensor | None
+    ) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Each pass's logits (or hidden states) at the scored positions, and their targets."""
+        if shift_labels is not None:
+            return per_pass, shift_labels
+        if self._loss_shifts_labels:  # causal LM: position t predicts token t + 1
+            return tuple(z[..., :-1, :] for z in per_pass), labels[..., 1:]
+        return per_pass, labels
+
+    def _fused_terms(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        labels: Tensor,
+        shift_labels: Tensor | None,
+    ) -> tuple[RDropLoss, Tensor]:
+        head = _linear_head(unwrap(model))
+        if not self._head_checked:
+            _check_logits_are_the_head(unwrap(model), head, inputs)
+            self._head_checked = True
+        with _passed_through(head):
+            outputs = rdrop_forward(model, **inputs)
+        hidden = tuple(out["logits"] if isinstance(out, dict) else out[0] for out in outputs)
+        hidden, target = self._scored(hidden, labels, shift_labels)
+        terms = rdrop_linear_terms(
+            hidden[0],
+            hidden[1],
+            head.weight,
+            target,
+            self.rdrop_alpha,
+            bias=head.bias,
+            ignore_index=-100,
+            label_smoothing=self.args.label_smoothing_factor,
+        )
+        return terms, target
 
     def _accumulate_parts(self, ce: tuple[Tensor, ...], kl: Tensor) -> None:
         parts = torch.stack([(ce[0] + ce[1]).detach() / 2, kl.detach()])
@@ -184,3 +247,57 @@ class RDropTrainer(Trainer):
                 if isinstance(callback, DropoutScheduleCallback):
                     logs.update(callback.rates())
         super().log(logs, start_time)
+
+
+_FALLBACK = "use RDropTrainer(..., rdrop_fused_linear=False), which scores the model's own logits"
+
+
+def _linear_head(model: nn.Module) -> nn.Linear:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if type(head) is not nn.Linear:
+        raise TypeError(
+            f"rdrop_fused_linear=True needs an output layer that is a plain nn.Linear "
+            f"(model.get_output_embeddings()), but {type(model).__name__} has "
+            f"{type(head).__name__}; {_FALLBACK}"
+        )
+    return head
+
+
+@contextlib.contextmanager
+def _passed_through(head: nn.Linear) -> Iterator[None]:
+    """Make ``head`` return its input, so the model's "logits" are its final hidden states."""
+    head.forward = lambda hidden: hidden  # an instance attribute shadows nn.Linear.forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _check_logits_are_the_head(model: nn.Module, head: nn.Linear, inputs: dict[str, Any]) -> None:
+    """Refuse models whose logits are not ``head(final hidden states)`` (checked on one sample)."""
+    one = {k: v[:1] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(**one)["logits"]
+            with _passed_through(head):
+                hidden = model(**one)["logits"]
+            if hidden.shape[-1] != head.in_features:
+                raise TypeError(
+                    f"{type(model).__name__} does not return its output layer's result as its "
+                    f"logits (their last dim is {hidden.shape[-1]} when the layer is skipped, not "
+                    f"the hidden size {head.in_features}); {_FALLBACK}"
+                )
+            recomputed = head(hidden).to(logits.dtype)
+    finally:
+        model.train(was_training)
+    gap = (recomputed - logits).abs().max().item()
+    scale = logits.abs().max().item()
+    if gap > 1e-4 * max(scale, 1.0):
+        raise ValueError(
+            f"{type(model).__name__}'s logits are not its output layer applied to the final "
+            f"hidden states (they differ by up to {gap:.3g}): the model transforms them after "
+            f"the layer (e.g. logit soft-capping, scaling, an extra bias); {_FALLBACK}"
+        )

@@ -1,0 +1,257 @@
+"""R-Drop straight from hidden states and the output projection, chunked over rows.
+
+``rdrop_linear_loss(h1, h2, W, y, alpha)`` is ``rdrop_loss(h1 @ W.T + b, h2 @ W.T + b, y, alpha)``
+without ever holding the logits of all rows: rows are processed ``chunk_size`` at a time, and
+each chunk's gradients with respect to its logits are formed in the forward, in closed form, then
+pushed through the projection at once (``∂/∂h = g @ W``, ``∂/∂W += gᵀ h``), so neither pass keeps
+more than a chunk of logits alive and the backward is a multiplication by the incoming scalar.
+
+Per row, with ``p``, ``q`` the two passes' softmax, ``d = log p - log q`` and ``n`` the number of
+non-ignored rows (paper Eq. 4: ``ce1 + ce2 + alpha/2 * (KL(p||q) + KL(q||p))``, mean over rows):
+
+    ∂ce/∂z1 = p - (1 - ε) onehot(y) - ε / V                (ε: label smoothing)
+    ∂(KL(p||q) + KL(q||p))/∂z1 = p ⊙ (d - KL(p||q)) + (p - q)
+
+and symmetrically for ``z2``; ``∂loss/∂z1 = (∂ce/∂z1 + alpha/2 ∂KL/∂z1) / n``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from dropkit.rdrop import RDropLoss
+
+__all__ = ["default_chunk_size", "rdrop_linear_loss", "rdrop_linear_terms"]
+
+# per pass, a chunk holds at most this many logits (32 MiB in float32)
+_CHUNK_LOGITS = 1 << 23
+
+
+def default_chunk_size(rows: int, vocab: int, hidden: int) -> int:
+    """Rows per chunk when ``chunk_size=None``: a power of two, ``<= hidden``, ``<= 2**23 / vocab``.
+
+    The first bound keeps a chunk's logits no larger than the projection itself (``V x H``), the
+    second caps them at 32 MiB per pass in float32; at least 1 row and at most ``rows``. H = 512:
+    V = 32 000 gives 256 rows, V = 128 000 gives 64.
+    """
+    cap = max(1, min(hidden, _CHUNK_LOGITS // max(vocab, 1)))
+    return max(1, min(rows, 1 << int(math.log2(cap))))
+
+
+def _check(
+    hidden1: Tensor,
+    hidden2: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    alpha: float,
+    label_smoothing: float,
+    chunk_size: int | None,
+) -> None:
+    if hidden1.shape != hidden2.shape:
+        raise ValueError(
+            f"hidden1 has shape {tuple(hidden1.shape)} but hidden2 has {tuple(hidden2.shape)}; "
+            "both passes must come from the same inputs (see dropkit.rdrop_forward)"
+        )
+    if hidden1.dim() not in (2, 3):
+        raise ValueError(
+            f"hidden states must be (N, H) or (N, T, H), got shape {tuple(hidden1.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden1.shape[-1]:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)} but the hidden size is "
+            f"{hidden1.shape[-1]}; pass the output projection's weight, shaped (V, H) like "
+            "nn.Linear(H, V).weight"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"bias has shape {tuple(bias.shape)}; it must be ({weight.shape[0]},), one per class"
+        )
+    if tuple(target.shape) != tuple(hidden1.shape[:-1]):
+        raise ValueError(
+            f"target has shape {tuple(target.shape)} but the hidden states have "
+            f"{tuple(hidden1.shape)}; target must be their shape without the hidden dimension "
+            "(class indices, ignore_index for padding)"
+        )
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive int, or None to choose")
+
+
+class _RDropLinear(torch.autograd.Function):
+    """Loss and CE/KL parts in the forward; the gradients, formed there too, scaled in backward."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        hidden1: Tensor,
+        hidden2: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        target: Tensor,
+        alpha: float,
+        ignore_index: int,
+        label_smoothing: float,
+        chunk_size: int | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        need_h1, need_h2, need_w, need_b = ctx.needs_input_grad[:4]
+        compute = torch.promote_types(weight.dtype, torch.float32)
+        hidden_size, vocab = hidden1.shape[-1], weight.shape[0]
+        flat1 = hidden1.reshape(-1, hidden_size)
+        flat2 = hidden2.reshape(-1, hidden_size)
+        rows = target.reshape(-1).ne(ignore_index).nonzero().squeeze(1)  # padding is skipped
+        n = rows.numel()
+        chunk = chunk_size or default_chunk_size(max(n, 1), vocab, hidden_size)
+        weight_c = weight.to(compute)
+        bias_c = None if bias is None else bias.to(compute)
+        half, eps = alpha / 2.0, label_smoothing
+
+        sums = torch.zeros(3, dtype=compute, device=weight.device)  # ce1, ce2, kl (row sums)
+        grad_flat1 = torch.zeros_like(flat1, dtype=compute) if need_h1 else None
+        grad_flat2 = torch.zeros_like(flat2, dtype=compute) if need_h2 else None
+        grad_w = torch.zeros_like(weight_c) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=compute, device=weight.device) if need_b else None
+        any_grad = need_h1 or need_h2 or need_w or need_b
+        for start in range(0, n, chunk):
+            idx = rows[start : start + chunk]
+            c = idx.numel()
+            h = torch.cat((flat1.index_select(0, idx), flat2.index_select(0, idx))).to(compute)
+            y = target.reshape(-1).index_select(0, idx).to(torch.long)
+            both_targets = torch.cat((y, y)).unsqueeze(1)
+            z = h @ weight_c.T if bias_c is None else torch.addmm(bias_c, h, weight_c.T)
+            z -= torch.logsumexp(z, dim=1, keepdim=True)  # log-probabilities of both passes
+            log_p, log_q = z[:c], z[c:]
+            nll = -z.gather(1, both_targets).squeeze(1)
+            ce = (1.0 - eps) * nll - eps * z.mean(dim=1) if eps else nll
+            d = log_p - log_q
+            z.exp_()  # probabilities, in place
+            p, q = z[:c], z[c:]
+            kl_pq = (p * d).sum(dim=1)
+            kl_qp = -(q * d).sum(dim=1)
+            sums += torch.stack((ce[:c].sum(), ce[c:].sum(), ((kl_pq + kl_qp) / 2).sum()))
+            if not any_grad:
+                continue
+            # g = dloss/dz (times n): CE part and KL part, pass 1 on top of pass 2
+            g = torch.empty_like(z)
+            g1, g2 = g[:c], g[c:]
+            torch.sub(d, kl_pq.unsqueeze(1), out=g1).mul_(p).mul_(half)
+            g1.add_(p, alpha=1.0 + half).sub_(q, alpha=half)
+            d.neg_().sub_(kl_qp.unsqueeze(1))
+            torch.mul(d, q, out=g2).mul_(half)
+            g2.add_(q, alpha=1.0 + half).sub_(p, alpha=half)
+            del d
+            if eps:
+                g.sub_(eps / vocab)
+            g.scatter_add_(
+                1, both_targets, torch.full((2 * c, 1), eps - 1.0, dtype=compute, device=g.device)
+            )
+            g.div_(n)
+            if grad_flat1 is not None or grad_flat2 is not None:
+                gh = g @ weight_c
+                if grad_flat1 is not None:
+                    grad_flat1.index_copy_(0, idx, gh[:c])
+                if grad_flat2 is not None:
+                    grad_flat2.index_copy_(0, idx, gh[c:])
+            if grad_w is not None:
+                grad_w.addmm_(g.T, h)
+            if grad_b is not None:
+                grad_b += g.sum(dim=0)
+        ce1, ce2, kl = (sums / max(n, 1)).unbind()
+        loss = ce1 + ce2 + alpha * kl
+        ctx.mark_non_differentiable(ce1, ce2, kl)
+        grads = (
+            None if grad_flat1 is None else grad_flat1.view_as(hidden1).to(hidden1.dtype),
+            None if grad_flat2 is None else grad_flat2.view_as(hidden2).to(hidden2.dtype),
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+        )
+        ctx.present = tuple(g is not None for g in grads)
+        ctx.save_for_backward(*(g for g in grads if g is not None))  # freed after backward
+        return loss, ce1, ce2, kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_loss: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        saved = iter(ctx.saved_tensors)
+        grads = tuple(next(saved) * grad_loss if present else None for present in ctx.present)
+        return (*grads, None, None, None, None, None)
+
+
+def rdrop_linear_terms(
+    hidden1: Tensor,
+    hidden2: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+) -> RDropLoss:
+    """:func:`rdrop_linear_loss` with its parts: CE of each pass and the mean pairwise KL.
+
+    The gradient flows through ``loss``; ``ce`` and ``kl`` are detached values for logging.
+    """
+    _check(hidden1, hidden2, weight, bias, target, alpha, label_smoothing, chunk_size)
+    loss, ce1, ce2, kl = _RDropLinear.apply(
+        hidden1,
+        hidden2,
+        weight,
+        bias,
+        target,
+        float(alpha),
+        int(ignore_index),
+        float(label_smoothing),
+        chunk_size,
+    )
+    return RDropLoss(loss=loss, ce=(ce1, ce2), kl=kl)
+
+
+def rdrop_linear_loss(
+    hidden1: Tensor,
+    hidden2: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    alpha: float = 1.0,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """R-Drop's loss (paper Eq. 4) from two passes' hidden states and the output projection.
+
+    Equal to ``rdrop_loss(hidden1 @ weight.T + bias, hidden2 @ weight.T + bias, target, alpha,
+    ignore_index, label_smoothing)``, with gradients for ``hidden1``, ``hidden2``, ``weight`` and
+    ``bias``, but computed ``chunk_size`` rows at a time so at most a chunk of logits per pass is
+    alive, in forward and backward: use it where ``N x V`` logits do not fit (vocabularies over
+    ~10k). ``hidden*`` are ``(N, H)`` or ``(N, T, H)``, ``weight`` is ``(V, H)`` (an
+    ``nn.Linear(H, V).weight``, tied embeddings included), ``target`` the hidden shape without H.
+    Rows equal to ``ignore_index`` are skipped. Logits, log-sum-exp, softmax and every reduction
+    run in float32 (float64 stays float64); bf16 / fp16 inputs are upcast chunk by chunk, and the
+    weight once (plus a float32 gradient accumulator of the weight's size). ``chunk_size=None``
+    picks :func:`default_chunk_size`.
+    """
+    return rdrop_linear_terms(
+        hidden1,
+        hidden2,
+        weight,
+        target,
+        alpha,
+        bias=bias,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        chunk_size=chunk_size,
+    ).loss
