@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip install --quiet -c constraints.txt
-EXTRAS := dev,plot,data,lightning,hf
+EXTRAS := dev,plot,data,lightning,hf,docs
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test docs lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +25,14 @@ demo: install
 	$(VENV)/bin/dropkit demo
 
 test: install
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src/dropkit
 	$(VENV)/bin/python -m pytest -n 2 -q
+
+# The documentation site, into site/; strict: a broken reference or any warning fails.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -35,4 +42,4 @@ bench: install
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import dropkit
 from dropkit.cli import main
 
 
@@ -18,6 +19,13 @@ def test_sites_command_prints_the_table(capsys) -> None:
 def test_sites_command_bad_factory(spec: str) -> None:
     with pytest.raises(SystemExit, match="dropkit sites"):
         main(["sites", spec])
+
+
+def test_version_flag_prints_the_package_version(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"dropkit {dropkit.__version__}\n"
 
 
 def test_demo_refuses_fewer_than_two_seeds(capsys) -> None:

@@ -59,7 +59,7 @@ def test_tensor_rate_output_is_zero_or_scaled_input(p: float, seed: int) -> None
     torch.manual_seed(seed)
     x = torch.randn(6, 5, dtype=torch.float64)
     rate = torch.tensor(p, dtype=torch.float64)  # so 1 / (1 - p) is exact to float64 near p = 1
-    for out, per_sample in ((dropout(x, rate), False), (drop_path(x, rate), True)):
+    for out, per_sample in ((dropout(x, rate), False), (drop_path(x, rate, True), True)):
         kept = out != 0
         if p == 1.0:
             assert not kept.any()
@@ -74,7 +74,7 @@ def test_tensor_rate_drops_at_the_rate_like_the_float_form(p: float) -> None:
     n = 200_000
     x = torch.ones(n)
     for fn in (dropout, drop_path):
-        as_tensor, as_float = fn(x, torch.tensor(p)), fn(x, p)
+        as_tensor, as_float = fn(x, torch.tensor(p), True), fn(x, p, True)
         for out in (as_tensor, as_float):
             assert abs((out == 0).float().mean().item() - p) < _five_se(p, n)
         assert torch.allclose(as_tensor[as_tensor != 0], torch.tensor(1 / (1 - p)))
@@ -85,7 +85,7 @@ def test_tensor_rate_drops_at_the_rate_like_the_float_form(p: float) -> None:
 def test_tensor_rate_one_gives_exact_zeros_and_zero_gradients() -> None:
     special = torch.tensor([[1.0, float("inf"), float("nan")]], requires_grad=True)
     for fn in (dropout, drop_path):
-        out = fn(special, torch.tensor(1.0))
+        out = fn(special, torch.tensor(1.0), True)
         assert torch.equal(out, torch.zeros_like(out))
         (grad,) = torch.autograd.grad(out.sum(), special)
         assert torch.equal(grad, torch.zeros_like(grad))
@@ -194,9 +194,11 @@ def test_compile_levels_scan_a_custom_schedule_for_its_peak() -> None:
     assert sched.get_last_p() == {"dropout": 0.3}  # the peak (mid-run) is a level
 
 
-@pytest.mark.parametrize("levels", [1, True, 2.5])
-def test_invalid_compile_levels_are_rejected(levels: object) -> None:
-    with pytest.raises(ValueError, match="compile_levels"):
+@pytest.mark.parametrize(
+    ("levels", "error"), [(1, ValueError), (True, TypeError), (2.5, TypeError)]
+)
+def test_invalid_compile_levels_are_rejected(levels: object, error: type) -> None:
+    with pytest.raises(error, match="compile_levels"):
         DropoutScheduler(nn.Dropout(), 10, dropout=0.1, compile_levels=levels)
 
 

@@ -84,11 +84,11 @@ def all_instruments_recorder(model, data, path, **kwargs):
     return dd.DynamicsRecorder(
         model,
         dd.INSTRUMENTS,
-        schedule=dd.every(2),
+        cadence=dd.every(2),
         path=path,
         run="mlp",
         batches=DataLoader(data, batch_size=16, shuffle=True),  # draws from the RNG as it goes
-        num_batches=4,
+        n_batches=4,
         full_batches=DataLoader(data, batch_size=32),
         heldout=data[:32],
         passes=3,
@@ -175,9 +175,9 @@ def test_instruments_can_have_their_own_schedules_and_steps_can_be_counted():
     rec = dd.DynamicsRecorder(
         model,
         {"distance": None, "gdv": dd.at([1, 3])},
-        schedule=2,
+        cadence=2,
         batches=lambda: (data[i : i + 8] for i in itertools.count(0, 8)),  # endless
-        num_batches=3,
+        n_batches=3,
     )
     seen = [(r["step"], r["instrument"]) for _ in range(5) for r in rec.step()]
     assert seen == [(0, "distance"), (1, "gdv"), (2, "distance"), (3, "gdv"), (4, "distance")]
@@ -215,7 +215,7 @@ def test_recorder_arguments_are_validated():
     with pytest.raises(ValueError, match="pass heldout="):
         dd.DynamicsRecorder(model, ["inconsistency"])
     with pytest.raises(TypeError, match="every n steps"):
-        dd.DynamicsRecorder(model, ["grad_norm"], schedule="often")
+        dd.DynamicsRecorder(model, ["grad_norm"], cadence="often")
     with pytest.raises(ValueError, match="tensorboard=True"):
         dd.DynamicsRecorder(model, ["grad_norm"], tensorboard=True)
     rec = dd.DynamicsRecorder(model, ["grad_norm"])

@@ -58,22 +58,22 @@ def test_sample_batches_is_deterministic_per_seed_and_leaves_the_global_rng_alon
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"n_batches": 0}, "n_batches"),
-        ({"batch_size": -1}, "batch_size"),
-        ({"batch_size": True}, "batch_size"),
-        ({"seed": 1.5}, "seed"),
-        ({"seed": None}, "seed"),
-        ({"y": torch.zeros(3, dtype=torch.long)}, "pair up"),
-        ({"x": torch.zeros(0, 6), "y": torch.zeros(0, dtype=torch.long)}, "no samples"),
-        ({"x": [[0.0]]}, "tensors"),
+        ({"n_batches": 0}, ValueError, "n_batches"),
+        ({"batch_size": -1}, ValueError, "batch_size"),
+        ({"batch_size": True}, TypeError, "batch_size"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"seed": None}, TypeError, "seed"),
+        ({"y": torch.zeros(3, dtype=torch.long)}, ValueError, "pair up"),
+        ({"x": torch.zeros(0, 6), "y": torch.zeros(0, dtype=torch.long)}, ValueError, "no samples"),
+        ({"x": [[0.0]]}, ValueError, "tensors"),
     ],
 )
-def test_sample_batches_validates_its_arguments(kwargs, message):
+def test_sample_batches_validates_its_arguments(kwargs, error, message):
     x, y = random_data()
     args = {"x": x, "y": y, "n_batches": 2, "batch_size": 4, "seed": 0, **kwargs}
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         dd.sample_batches(**args)
 
 

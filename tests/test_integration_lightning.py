@@ -233,7 +233,7 @@ class IndependentDynamics(pl.Callback):
 def test_dynamics_callback_logs_the_instruments_on_their_schedule(tmp_path: Path) -> None:
     loader = _data()
     dynamics = DynamicsCallback(
-        ("grad_norm", "distance", "gdv"), schedule=2, batches=list(loader), num_batches=3
+        ("grad_norm", "distance", "gdv"), cadence=2, batches=list(loader), n_batches=3
     )
     independent = IndependentDynamics()
     trainer = _trainer(

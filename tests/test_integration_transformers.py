@@ -237,6 +237,37 @@ def test_rdrop_trainer_normalises_over_tokens_of_the_accumulated_batch(tmp_path:
         torch.testing.assert_close(value, plain_trainer[name], rtol=1e-4, atol=1e-6)
 
 
+class _TrainerWithoutShiftFlag(RDropTrainer):
+    """RDropTrainer on a Trainer without the private ``_loss_shifts_labels`` (transformers < 5.10
+    or a later one that drops it)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        del self._loss_shifts_labels
+
+
+@pytest.mark.filterwarnings("ignore:R-Drop. the model has no active dropout")
+def test_rdrop_trainer_without_the_private_shift_flag_scores_the_same_loss(tmp_path) -> None:
+    from dropkit.integrations.transformers import _shifts_labels
+
+    assert _shifts_labels(_llama()) and not _shifts_labels(_bert())
+    t5 = transformers.T5Config(
+        vocab_size=VOCAB, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2
+    )  # its loss_type maps to the causal loss, but an encoder-decoder scores unshifted targets
+    assert not _shifts_labels(transformers.T5ForConditionalGeneration(t5))
+    # one accumulation step: without the flag the Trainer cannot count num_items_in_batch either
+    # (it falls back to the micro-batch mean), which is the same normalisation here
+    lr = 0.5
+    with_flag = _one_step(tmp_path, RDropTrainer, 4, 1, lr)
+    without = _one_step(tmp_path, _TrainerWithoutShiftFlag, 4, 1, lr)
+    plain_trainer = _one_step(tmp_path, transformers.Trainer, 4, 1, 2 * lr)
+    initial = {name: p.detach() for name, p in _seeded_llama().named_parameters()}
+    for name, value in without.items():
+        assert not torch.equal(value, initial[name]), name
+        torch.testing.assert_close(value, with_flag[name], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(value, plain_trainer[name], rtol=1e-4, atol=1e-6)
+
+
 def _seeded_llama() -> "transformers.PreTrainedModel":
     torch.manual_seed(0)
     return _llama()

@@ -64,12 +64,12 @@ def test_rate_out_of_range_is_rejected(bad: float) -> None:
 @pytest.mark.parametrize("p", [0.2, 0.6])
 def test_drop_path_drops_whole_samples(p: float) -> None:
     x = torch.randn(20_000, 3, 4)
-    out = drop_path(x, p)
+    out = drop_path(x, p, training=True)
     dropped = (out == 0).flatten(1).all(1)
     assert abs(dropped.float().mean().item() - p) < _tolerance(p, 20_000)
     assert torch.allclose(out[~dropped], x[~dropped] / (1 - p))
     assert drop_path(x, p, training=False) is x
-    assert torch.equal(drop_path(x, 1.0), torch.zeros_like(x))
+    assert torch.equal(drop_path(x, 1.0, training=True), torch.zeros_like(x))
 
 
 def test_modules_built_at_zero_can_be_switched_on() -> None:

@@ -4,8 +4,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -47,29 +45,13 @@ def test_every_dropkit_import_in_the_readme_resolves() -> None:
         for node in ast.walk(ast.parse(block))
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropkit")
     ]
-    assert len(imports) >= 3  # diagnostics, Lightning, Hugging Face
+    assert imports  # the diagnostics example
     for node in imports:
         exec(compile(ast.Module([node], type_ignores=[]), "README.md", "exec"), {})
 
 
-def test_advise_config_example_is_a_valid_setting(tmp_path) -> None:
-    from dropkit.experiments.config import load_settings
-
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
-    example = next(b for b in blocks if b.startswith("# mine.yaml"))
-    (tmp_path / "mine.yaml").write_text(example)
-    (setting,) = load_settings(tmp_path / "mine.yaml")
-    assert (setting.data, setting.model["kind"], setting.train.epochs) == ("digits", "mlp", 40)
-
-
-def test_rdrop_linear_example_runs() -> None:
-    pytest.importorskip("transformers")
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    example = next(b for b in blocks if "rdrop_linear_loss(hidden1, hidden2, model" in b)
-    assert len(example.strip().splitlines()) <= 12
-    namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)
-    model = namespace["model"]
-    assert namespace["loss"].item() > 0
-    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
-    assert namespace["hidden1"].shape == (4, 63, 64)
+def test_readme_links_to_pages_that_exist() -> None:
+    links = re.findall(r"\]\((docs/[^)#]+)", README.read_text())
+    assert "docs/index.md" in links and len(links) >= 10
+    for link in links:
+        assert (README.parent / link).is_file(), link

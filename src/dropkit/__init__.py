@@ -5,10 +5,14 @@ PyTorch model, through the sites where dropout and stochastic depth happen, and 
 consistency regularization (Liang et al., NeurIPS 2021).
 """
 
+import importlib
+
 from dropkit import schedules
+from dropkit._deprecation import renamed_attribute
+from dropkit.dropout_scheduler import DropoutScheduler
 from dropkit.layers import Dropout, DropPath, drop_path, dropout
 from dropkit.rdrop import (
-    RDropLoss,
+    RDropTerms,
     consistency_mse,
     mean_pairwise_kl,
     rdrop_forward,
@@ -18,7 +22,6 @@ from dropkit.rdrop import (
     symmetric_kl,
 )
 from dropkit.rdrop_linear import rdrop_linear_loss, rdrop_linear_terms
-from dropkit.scheduler import DropoutScheduler
 from dropkit.schedules import drop_schedule
 from dropkit.sites import (
     Site,
@@ -30,23 +33,30 @@ from dropkit.sites import (
 )
 
 __version__ = "0.1.0"
+"""The version of dropkit."""
 
 
-def __getattr__(name: str):
-    # ``dropkit.advise`` lives in the experiments tier (it trains probes); it is imported on first
-    # use so that ``import dropkit`` stays light and the core never loads the experiments.
+_SUBPACKAGES = frozenset({"diagnostics", "experiments", "integrations"})
+
+
+def __getattr__(name: str) -> object:
+    # The subpackages and ``dropkit.advise`` (experiments tier: it trains probes) load on first
+    # use, as torch's do, so ``import dropkit`` stays light and the core never loads the tiers
+    # above it.
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"dropkit.{name}")
     if name == "advise":
         from dropkit.experiments.advise import advise
 
         return advise
-    raise AttributeError(f"module 'dropkit' has no attribute {name!r}")
+    return renamed_attribute(__name__, name, {"RDropLoss": ("RDropTerms", lambda: RDropTerms)})
 
 
 __all__ = [
     "DropPath",
     "Dropout",
     "DropoutScheduler",
-    "RDropLoss",
+    "RDropTerms",
     "Site",
     "__version__",
     "advise",

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from dropkit import __version__
+from dropkit._optional import MissingDependency
 from dropkit.sites import describe
 
 DEMO_BUDGETS = {"quick": "demo-quick", "default": "demo", "full": "demo-full"}
@@ -57,6 +59,7 @@ def _load_factory(spec: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropkit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dropkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"dropkit {args.command}: {err}", file=sys.stderr)
         return err.exit_code
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, MissingDependency, FileNotFoundError, ValueError) as err:
         print(f"dropkit {args.command}: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only or full disk: name the path, keep what was finished

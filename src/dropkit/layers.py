@@ -15,17 +15,20 @@ with the sites active, one without), never one per rate.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
+
+from dropkit._checks import check_real
+from dropkit._deprecation import renamed_keyword
 
 __all__ = ["DropPath", "Dropout", "check_rate", "drop_path", "dropout"]
 
 
 def check_rate(p: float, name: str = "p") -> float:
     """Return ``p`` as a float, or raise if it is not a probability."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1], got {type(p).__name__} {p!r}")
-    p = float(p)
+    p = check_real(p, name, " in [0, 1]")
     if not 0.0 <= p <= 1.0:  # also rejects NaN
         raise ValueError(f"{name}={p} is not a probability: pass a rate in [0, 1]")
     return p
@@ -66,22 +69,39 @@ def dropout(x: Tensor, p: float | Tensor, training: bool = True) -> Tensor:
     return x * keep
 
 
-def drop_path(x: Tensor, p: float | Tensor, training: bool = True) -> Tensor:
-    """Stochastic depth, "row" mode: drop a whole sample's residual branch with probability ``p``.
+def drop_path(
+    x: Tensor,
+    drop_prob: float | Tensor = 0.0,
+    training: bool | None = None,
+    *,
+    p: float | Tensor | None = None,
+) -> Tensor:
+    """Stochastic depth, "row" mode: drop a whole sample's residual branch with ``drop_prob``.
 
-    One Bernoulli draw per sample (dimension 0), survivors scaled by 1/(1-p), as in timm's
-    ``DropPath`` and torchvision's ``StochasticDepth(mode="row")``. ``p`` may be a 0-dim tensor,
-    as for :func:`dropout`.
+    One Bernoulli draw per sample (dimension 0), survivors scaled by 1/(1-drop_prob), as in
+    timm's ``drop_path`` and torchvision's ``StochasticDepth(mode="row")``; the rate may be a
+    0-dim tensor, as for :func:`dropout`. The names are timm's, whose ``training`` defaults to
+    False: dropkit's defaulted to True, so leaving it out warns (and still drops) until 0.3,
+    when the default becomes False. ``p`` is the deprecated name of ``drop_prob``.
     """
+    drop_prob = renamed_keyword("drop_path", "p", "drop_prob", p, drop_prob)
+    if training is None:
+        warnings.warn(
+            "drop_path(x, drop_prob) without training=: the default is True here but False in "
+            "timm, and becomes False in dropkit 0.3; pass training=True (or module.training)",
+            FutureWarning,
+            stacklevel=2,
+        )
+        training = True
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    if isinstance(p, Tensor):
-        return _keep_with_tensor_rate(x, p, shape) if training else x
-    p = check_rate(p)
-    if not training or p == 0.0:
+    if isinstance(drop_prob, Tensor):
+        return _keep_with_tensor_rate(x, drop_prob, shape) if training else x
+    rate = check_rate(drop_prob, "drop_prob")
+    if not training or rate == 0.0:
         return x
-    if p == 1.0:
+    if rate == 1.0:
         return _zeros_keeping_graph(x)
-    keep = x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+    keep = x.new_empty(shape).bernoulli_(1.0 - rate).div_(1.0 - rate)
     return x * keep
 
 
@@ -102,6 +122,7 @@ class Dropout(nn.Module):
 
     @property
     def p(self) -> float:
+        """The dropout rate in [0, 1]; a new value is validated and used from the next forward."""
         return self._p
 
     @p.setter
@@ -111,6 +132,8 @@ class Dropout(nn.Module):
         self.p_tensor.fill_(self._p)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Zero each element with probability ``p`` and scale survivors by ``1 / (1 - p)``
+        in training; the identity in eval mode or at rate 0."""
         if torch.compiler.is_compiling():
             if not (self.active and self.training):
                 return x  # the graph without the site: no random op, no multiply
@@ -118,6 +141,7 @@ class Dropout(nn.Module):
         return dropout(x, self._p, self.training)
 
     def extra_repr(self) -> str:
+        """The rate, shown in ``print(model)``."""
         return f"p={self._p}"
 
 
@@ -139,6 +163,7 @@ class DropPath(nn.Module):
 
     @property
     def drop_prob(self) -> float:
+        """The probability of dropping the branch per sample, in [0, 1]; validated on write."""
         return self._drop_prob
 
     @drop_prob.setter
@@ -148,11 +173,14 @@ class DropPath(nn.Module):
         self.drop_prob_tensor.fill_(self._drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Zero the whole branch of each sample with probability ``drop_prob`` and scale the
+        kept ones by ``1 / (1 - drop_prob)`` in training; the identity in eval mode or at 0."""
         if torch.compiler.is_compiling():
             if not (self.active and self.training):
                 return x  # the graph without the site: no random op, no multiply
-            return drop_path(x, self.drop_prob_tensor)
+            return drop_path(x, self.drop_prob_tensor, True)
         return drop_path(x, self._drop_prob, self.training)
 
     def extra_repr(self) -> str:
+        """The rate, shown in ``print(model)``."""
         return f"drop_prob={self._drop_prob}"

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dropkit._checks import check_int
+from dropkit._deprecation import renamed_attribute
 from dropkit.sites import Site, find_sites, unwrap
 
 __all__ = [
-    "RDropLoss",
+    "RDropTerms",
     "consistency_mse",
     "mean_pairwise_kl",
     "rdrop_forward",
@@ -36,12 +38,20 @@ __all__ = [
 ]
 
 
-class RDropLoss(NamedTuple):
-    """The R-Drop loss and its parts, for logging without recomputing (parts keep their graph)."""
+class RDropTerms(NamedTuple):
+    """The R-Drop loss and its parts, for logging without recomputing (parts keep their graph).
+
+    Returned by :func:`rdrop_terms` (and :func:`dropkit.rdrop_linear_terms`); formerly
+    ``RDropLoss``.
+    """
 
     loss: Tensor
     ce: tuple[Tensor, ...]  # task loss of each pass
     kl: Tensor  # mean pairwise KL: (KL12 + KL21) / 2 for two passes
+
+
+def __getattr__(name: str) -> object:
+    return renamed_attribute(__name__, name, {"RDropLoss": ("RDropTerms", lambda: RDropTerms)})
 
 
 def _log_probs(logits: Tensor) -> Tensor:
@@ -132,7 +142,7 @@ def rdrop_terms(
     alpha: float = 1.0,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
-) -> RDropLoss:
+) -> RDropTerms:
     """R-Drop loss over ``m >= 2`` passes with its parts: ``sum_i CE_i + alpha * mean pairwise KL``.
 
     ``target`` has the logits' shape without the class dimension; positions equal to
@@ -159,7 +169,7 @@ def rdrop_terms(
     )
     m = len(logits)
     kl = _masked_mean(_pairwise_kl_rows(log_probs) / (m * (m - 1)), valid)
-    return RDropLoss(loss=sum(ce) + alpha * kl, ce=ce, kl=kl)
+    return RDropTerms(loss=sum(ce) + alpha * kl, ce=ce, kl=kl)
 
 
 def rdrop_loss(
@@ -269,7 +279,7 @@ def _warn_if_no_active_dropout(model: nn.Module) -> None:
         return
     if model not in _site_cache:
         _site_cache[model] = [s for s in find_sites(model) if s.module is not None]
-    active = any(s.p > 0 and s.module.training for s in _site_cache[model])
+    active = any(s.p > 0 and s.module is not None and s.module.training for s in _site_cache[model])
     if not active:
         _warned_inactive.add(model)
         warnings.warn(
@@ -308,8 +318,7 @@ def rdrop_forward(model: nn.Module, *args: Any, passes: int = 2, **kwargs: Any) 
     ``ModelOutput``) come back as one object per pass. In eval mode the model runs once and the
     same output is returned for every pass. BatchNorm statistics see the repeated batch.
     """
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 2:
-        raise ValueError(f"passes={passes!r} must be an int >= 2")
+    passes = check_int(passes, "passes", 2)
     if isinstance(model, nn.DataParallel):
         raise TypeError(
             "nn.DataParallel splits the repeated batch [x; x] across devices, so a pair's "

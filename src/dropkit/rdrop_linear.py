@@ -18,12 +18,14 @@ and symmetrically for ``z2``; ``∂loss/∂z1 = (∂ce/∂z1 + alpha/2 ∂KL/∂
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
-from dropkit.rdrop import RDropLoss
+from dropkit._checks import check_int
+from dropkit.rdrop import RDropTerms
 
 __all__ = ["default_chunk_size", "rdrop_linear_loss", "rdrop_linear_terms"]
 
@@ -83,10 +85,8 @@ def _check(
         raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive int, or None to choose")
+    if chunk_size is not None:
+        check_int(chunk_size, "chunk_size", 1, " (rows per chunk), or None to choose")
 
 
 class _RDropLinear(torch.autograd.Function):
@@ -94,7 +94,7 @@ class _RDropLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
+        ctx: Any,  # FunctionCtx, plus the attributes set here (present)
         hidden1: Tensor,
         hidden2: Tensor,
         weight: Tensor,
@@ -174,7 +174,7 @@ class _RDropLinear(torch.autograd.Function):
             None if grad_flat1 is None else grad_flat1.view_as(hidden1).to(hidden1.dtype),
             None if grad_flat2 is None else grad_flat2.view_as(hidden2).to(hidden2.dtype),
             None if grad_w is None else grad_w.to(weight.dtype),
-            None if grad_b is None else grad_b.to(bias.dtype),
+            None if grad_b is None or bias is None else grad_b.to(bias.dtype),
         )
         ctx.present = tuple(g is not None for g in grads)
         ctx.save_for_backward(*(g for g in grads if g is not None))  # freed after backward
@@ -182,7 +182,7 @@ class _RDropLinear(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad_loss: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         saved = iter(ctx.saved_tensors)
         grads = tuple(next(saved) * grad_loss if present else None for present in ctx.present)
         return (*grads, None, None, None, None, None)
@@ -199,7 +199,7 @@ def rdrop_linear_terms(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     chunk_size: int | None = None,
-) -> RDropLoss:
+) -> RDropTerms:
     """:func:`rdrop_linear_loss` with its parts: CE of each pass and the mean pairwise KL.
 
     The gradient flows through ``loss``; ``ce`` and ``kl`` are detached values for logging.
@@ -216,7 +216,7 @@ def rdrop_linear_terms(
         float(label_smoothing),
         chunk_size,
     )
-    return RDropLoss(loss=loss, ce=(ce1, ce2), kl=kl)
+    return RDropTerms(loss=loss, ce=(ce1, ce2), kl=kl)
 
 
 def rdrop_linear_loss(

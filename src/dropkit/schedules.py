@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from dropkit._checks import check_int
 from dropkit.layers import check_rate
 
 __all__ = [
@@ -40,15 +41,14 @@ __all__ = [
 ]
 
 Schedule = Callable[[int, int], float]
+"""A dropout schedule: any callable ``(step, total_steps) -> rate``."""
 Shape = Literal["constant", "linear"]
 SHAPES: tuple[str, ...] = ("constant", "linear")
 
 
 def _check_step(step: int, total_steps: int) -> None:
-    if not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r} must be a positive int (optimizer steps)")
-    if not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step={step!r} must be a non-negative int (the optimizer step index)")
+    check_int(total_steps, "total_steps", 1, " (optimizer steps)")
+    check_int(step, "step", 0, " (the optimizer step index)")
 
 
 def _check_cutoff(cutoff: float | int) -> None:
@@ -180,12 +180,6 @@ def from_array(rates: Sequence[float] | np.ndarray) -> ArraySchedule:
     return ArraySchedule(tuple(float(r) for r in np.asarray(rates, dtype=float).ravel()))
 
 
-def _check_count(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    return int(value)
-
-
 def drop_schedule(
     drop_rate: float,
     epochs: int,
@@ -200,9 +194,9 @@ def drop_schedule(
     mishandles or crashes on raise a ``ValueError`` saying what to change.
     """
     drop_rate = check_rate(drop_rate, "drop_rate")
-    epochs = _check_count(epochs, "epochs", 1)
-    iters_per_epoch = _check_count(iters_per_epoch, "iters_per_epoch", 1)
-    cutoff_epoch = _check_count(cutoff_epoch, "cutoff_epoch", 0)
+    epochs = check_int(epochs, "epochs", 1)
+    iters_per_epoch = check_int(iters_per_epoch, "iters_per_epoch", 1)
+    cutoff_epoch = check_int(cutoff_epoch, "cutoff_epoch", 0)
     if mode not in ("standard", "early", "late"):
         raise ValueError(f"mode={mode!r} must be 'standard', 'early' or 'late'")
     if schedule not in SHAPES:
@@ -235,7 +229,7 @@ def depth_profile(n_blocks: int, rule: Literal["linear", "uniform"] = "linear") 
     ``linear``: block ``i`` of ``L`` gets ``i / (L - 1)`` (timm's rule; block 0 always 0);
     ``uniform``: every block gets 1.
     """
-    n_blocks = _check_count(n_blocks, "n_blocks", 1)
+    n_blocks = check_int(n_blocks, "n_blocks", 1)
     if rule == "uniform":
         return [1.0] * n_blocks
     if rule != "linear":

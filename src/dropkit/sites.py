@@ -61,13 +61,14 @@ class Site:
 
     @property
     def p(self) -> float:
+        """The site's current rate, read from the module at each access (0 if not controllable)."""
         if not self.controllable or self.module is None or self.attr is None:
             return 0.0
         return float(getattr(self.module, self.attr))
 
     def set_p(self, rate: float) -> None:
         """Write ``rate`` into the module (raises for a site that is not controllable)."""
-        if not self.controllable:
+        if not self.controllable or self.module is None or self.attr is None:
             raise RuntimeError(f"site {self.name!r} is not controllable: {self.note}")
         setattr(self.module, self.attr, check_rate(rate, f"rate for {self.name}"))
 
@@ -132,14 +133,14 @@ def unregister_site(cls: type) -> None:
 def unwrap(model: nn.Module) -> nn.Module:
     """Strip DDP / DataParallel / ``torch.compile`` and similar wrappers to reach the model."""
     while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or (
-            type(model).__name__ in _WRAPPER_NAMES and isinstance(model.module, nn.Module)
-        ):
-            model = model.module
-        else:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile
+        if not isinstance(inner, nn.Module):
+            wrapped = isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+            wrapped = wrapped or type(model).__name__ in _WRAPPER_NAMES
+            inner = getattr(model, "module", None) if wrapped else None
+        if not isinstance(inner, nn.Module):
             return model
+        model = inner
 
 
 # Wrappers that keep the real model in ``.module`` (FSDP v1, DeepSpeed, Lightning's wrapper).

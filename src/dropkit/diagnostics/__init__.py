@@ -2,7 +2,7 @@
 
 Pure functions over flattened gradients (streamed, O(|θ|) memory), helpers that produce those
 gradients from ``(model, loss_fn, batches)`` without disturbing training, and a recorder that
-runs them on tracking schedules::
+runs them on cadences (``step -> bool``: every n steps, log-spaced, at given steps)::
 
     from dropkit import diagnostics as dd
     dd.gradient_direction_variance(grads)             # GDV in [0, 1]
@@ -10,6 +10,7 @@ runs them on tracking schedules::
     dd.measure_gradient_set(model, batches, full)     # all of G's statistics in one pass
 """
 
+from dropkit._deprecation import renamed_attribute
 from dropkit.diagnostics.bias_variance import (
     BiasVariance,
     BiasVarianceAccumulator,
@@ -39,13 +40,14 @@ from dropkit.diagnostics.gradients import (
 )
 from dropkit.diagnostics.inconsistency import Inconsistency, train_test_inconsistency
 from dropkit.diagnostics.recorder import INSTRUMENTS, DynamicsRecorder
-from dropkit.diagnostics.tracking import At, Every, Schedule, at, every, log_spaced
+from dropkit.diagnostics.tracking import At, Cadence, Every, at, every, log_spaced
 
 __all__ = [
     "INSTRUMENTS",
     "At",
     "BiasVariance",
     "BiasVarianceAccumulator",
+    "Cadence",
     "DirectionAccumulator",
     "DistanceFromInit",
     "DynamicsRecorder",
@@ -53,7 +55,6 @@ __all__ = [
     "GradientSetStats",
     "Inconsistency",
     "LossFn",
-    "Schedule",
     "VmapFallbackWarning",
     "at",
     "cross_entropy_loss",
@@ -73,3 +74,7 @@ __all__ = [
     "train_test_inconsistency",
     "whole_data_batches",
 ]
+
+
+def __getattr__(name: str) -> object:
+    return renamed_attribute(__name__, name, {"Schedule": ("Cadence", lambda: Cadence)})

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dropkit._checks import check_int
 from dropkit.diagnostics.bias_variance import BiasVarianceAccumulator
 from dropkit.diagnostics.direction import DirectionAccumulator, checked_norm
 from dropkit.diagnostics.gradients import (
@@ -47,16 +48,8 @@ def step_seed(seed: int, step: int) -> int:
     Mixed by numpy's ``SeedSequence``, so nearby (seed, step) pairs give unrelated streams and
     no two pairs collide the way ``a * seed + step`` would.
     """
-    for value, name in ((seed, "seed"), (step, "step")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}={value!r} must be a non-negative int")
-    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-    return value
+    seed, step = check_int(seed, "seed", 0), check_int(step, "step", 0)
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _check_pair(x: object, y: object) -> int:
@@ -83,10 +76,9 @@ def sample_batches(
     RNG (what training draws next) is not touched.
     """
     n = _check_pair(x, y)
-    _positive_int(n_batches, "n_batches")
-    _positive_int(batch_size, "batch_size")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed={seed!r} must be an int: it is what makes G reproducible")
+    n_batches = check_int(n_batches, "n_batches", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", what=": it is what makes G reproducible")
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(n_batches):
@@ -102,7 +94,7 @@ def whole_data_batches(x: Tensor, y: Tensor, chunk: int = 8192) -> list[tuple[Te
     last, shorter chunk still gives the exact whole-data mean gradient.
     """
     _check_pair(x, y)
-    _positive_int(chunk, "chunk")
+    check_int(chunk, "chunk", 1)
     return list(zip(x.split(chunk), y.split(chunk), strict=True))
 
 
@@ -127,14 +119,19 @@ class GradientSetStats(NamedTuple):
     @property
     def error(self) -> float | None:
         """Mean squared error of the raw gradients against ĝ (``bias_sq + variance``)."""
-        return None if self.bias_sq is None else self.bias_sq + self.variance
+        if self.bias_sq is None or self.variance is None:
+            return None
+        return self.bias_sq + self.variance
 
     @property
     def unit_error(self) -> float | None:
         """The same on unit-normalised gradients (``unit_bias_sq + unit_variance``)."""
-        return None if self.unit_bias_sq is None else self.unit_bias_sq + self.unit_variance
+        if self.unit_bias_sq is None or self.unit_variance is None:
+            return None
+        return self.unit_bias_sq + self.unit_variance
 
     def to_dict(self) -> dict[str, Any]:
+        """The statistics as a plain dict (for JSON records)."""
         return self._asdict()
 
 
@@ -171,7 +168,7 @@ def measure_gradient_set(
         raise ValueError("measure_gradient_set got no batches: G needs at least one mini-batch")
     gdv = direction.variance() if count >= 2 else None
     gde = bias_sq = variance = unit_bias_sq = unit_variance = None
-    if spread is not None:
+    if spread is not None and full_batches is not None:
         full = full_gradient(model, full_batches, loss_fn, seed=seed)
         gde = direction.error(full)
         bias_sq, variance, _ = spread.result(full)

@@ -25,12 +25,13 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dropkit._checks import check_int
 from dropkit.diagnostics._state import (
     DiagnosticRNG,
     dropout_off,
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+"""``loss_fn(model, batch) -> mean loss``: how the gradient helpers score a batch."""
 Method = Literal["auto", "vmap", "loop"]
 METHODS: tuple[str, ...] = ("auto", "vmap", "loop")
 
@@ -94,16 +96,14 @@ def _check_loss(loss: object) -> Tensor:
     return loss.reshape(())
 
 
-def check_method(method: str) -> str:
+def check_method(method: str) -> Method:
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
-    return method
+    return cast(Method, method)
 
 
 def check_chunk_size(chunk_size: int) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
-    return chunk_size
+    return check_int(chunk_size, "chunk_size", 1)
 
 
 def _loop_gradient(model: nn.Module, loss_fn: LossFn, params: list[nn.Parameter], batch: Any):
@@ -132,8 +132,8 @@ def _stack(batches: list[Any]) -> tuple[Any, Any]:
         pairs = [_stack([b[i] for b in batches]) for i in range(len(first))]
         return tuple(s for s, _ in pairs), tuple(d for _, d in pairs)
     if isinstance(first, Mapping):
-        pairs = {k: _stack([b[k] for b in batches]) for k in first}
-        return {k: s for k, (s, _) in pairs.items()}, {k: d for k, (_, d) in pairs.items()}
+        by_key = {k: _stack([b[k] for b in batches]) for k in first}
+        return {k: s for k, (s, _) in by_key.items()}, {k: d for k, (_, d) in by_key.items()}
     return first, None
 
 
@@ -254,6 +254,7 @@ def _generate(
             chunk = reader.next_chunk()
             if not chunk:
                 return
+            rows: Tensor | list[Tensor] = []
             if use_vmap:
                 try:
                     rows = _vmap_gradients(model, loss_fn, names, params, chunk)

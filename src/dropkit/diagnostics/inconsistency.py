@@ -22,12 +22,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dropkit._checks import check_int
 from dropkit.diagnostics._state import DiagnosticRNG, dropout_off, kept_buffers_and_modes
 
 __all__ = ["Inconsistency", "train_test_inconsistency"]
 
 
 class Inconsistency(NamedTuple):
+    """What :func:`train_test_inconsistency` measured; the accuracies are None without targets."""
+
     kl: float
     disagreement: float
     accuracy_gap: float | None
@@ -59,11 +62,11 @@ def train_test_inconsistency(
     ``forward(model, inputs)`` returns logits (default ``model(inputs)``). Rows whose target is
     ``ignore_index`` are left out. Training state (buffers, modes, rates, RNG) is untouched.
     """
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise ValueError(f"passes={passes!r} must be a positive int (Monte-Carlo passes)")
+    passes = check_int(passes, "passes", 1, " (Monte-Carlo passes)")
     run = forward or (lambda m, x: m(x))
     with torch.no_grad(), DiagnosticRNG(seed), kept_buffers_and_modes(model):
-        mc_probs = sum(_rows(run(model, inputs)).softmax(dim=-1) for _ in range(passes)) / passes
+        probs = (_rows(run(model, inputs)).softmax(dim=-1) for _ in range(passes))
+        mc_probs = sum(probs, torch.zeros(())) / passes  # a 0-d start: the sum is a Tensor
         with dropout_off(model):
             det_log_probs = _rows(run(model, inputs)).log_softmax(dim=-1)
     keep = torch.ones(mc_probs.shape[0], dtype=torch.bool, device=mc_probs.device)

@@ -1,7 +1,7 @@
-"""DynamicsRecorder: run chosen instruments on tracking schedules, write JSON Lines.
+"""DynamicsRecorder: run chosen instruments on their cadences, write JSON Lines.
 
 One recorder per run. Call ``rec.step(step)`` once per optimizer step, after ``loss.backward()``
-(``grad_norm`` reads ``.grad``, so before ``optimizer.zero_grad()``); instruments whose schedule
+(``grad_norm`` reads ``.grad``, so before ``optimizer.zero_grad()``); instruments whose cadence
 is due run and each writes one JSON object per (step, instrument)::
 
     {"run": "vit-early", "step": 100, "instrument": "gdv", "value": 0.41, "seconds": 0.21,
@@ -11,7 +11,7 @@ Instruments (``INSTRUMENTS``):
 
 - ``grad_norm``: ‖g‖₂ from ``.grad`` (free);
 - ``distance``: ‖W_t - W_0‖₂, W_0 snapshotted when the recorder is built;
-- ``gdv``, ``gde``, ``bias_variance``: over ``num_batches`` mini-batch gradients from ``batches``
+- ``gdv``, ``gde``, ``bias_variance``: over ``n_batches`` mini-batch gradients from ``batches``
   and ĝ from ``full_batches`` (dropout off), one shared :func:`measure_gradient_set` per step;
 - ``inconsistency``: deterministic vs Monte-Carlo dropout prediction on the ``heldout`` batch.
 
@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import Tensor, nn
 
+from dropkit._checks import check_int
+from dropkit._deprecation import renamed_keyword
+from dropkit._optional import import_optional, optional_imports
 from dropkit.diagnostics._state import DiagnosticRNG
 from dropkit.diagnostics.distance import DistanceFromInit
 from dropkit.diagnostics.grad_norm import gradient_norm
@@ -47,7 +50,7 @@ from dropkit.diagnostics.gradients import (
     cross_entropy_loss,
 )
 from dropkit.diagnostics.inconsistency import train_test_inconsistency
-from dropkit.diagnostics.tracking import Schedule, every
+from dropkit.diagnostics.tracking import Cadence, every
 
 __all__ = ["INSTRUMENTS", "DynamicsRecorder"]
 
@@ -59,6 +62,7 @@ INSTRUMENTS: tuple[str, ...] = (
     "bias_variance",
     "inconsistency",
 )
+"""The instruments a :class:`DynamicsRecorder` can run, by name."""
 _GRADIENT_SET = ("gdv", "gde", "bias_variance")
 _NEEDS_FULL = ("gde", "bias_variance")
 
@@ -77,14 +81,14 @@ class _Batches:
         return iter(batches if self.limit is None else itertools.islice(batches, self.limit))
 
 
-def _as_schedule(schedule: Schedule | int, name: str) -> Schedule:
-    if isinstance(schedule, int) and not isinstance(schedule, bool):
-        return every(schedule)
-    if callable(schedule):
-        return schedule
+def _as_cadence(cadence: Cadence | int, name: str) -> Cadence:
+    if isinstance(cadence, numbers.Integral) and not isinstance(cadence, bool):
+        return every(int(cadence))
+    if callable(cadence):
+        return cadence
     raise TypeError(
-        f"schedule for {name!r} must be an int (every n steps) or a callable step -> bool such "
-        f"as dropkit.diagnostics.log_spaced(...), got {schedule!r}"
+        f"cadence for {name!r} must be an int (every n steps) or a callable step -> bool such "
+        f"as dropkit.diagnostics.log_spaced(...), got {cadence!r}"
     )
 
 
@@ -93,48 +97,52 @@ def _step_seed(seed: int | None, step: int) -> int | None:
 
 
 class DynamicsRecorder:
-    """Runs diagnostic instruments on tracking schedules and records them (JSONL, TensorBoard).
+    """Runs diagnostic instruments on their cadences and records them (JSONL, TensorBoard).
 
     Args:
         model: the model being trained (``loss_fn`` receives it).
-        instruments: names from ``INSTRUMENTS``, or a mapping name -> schedule to give
-            instruments their own schedules (``None`` = the shared ``schedule``).
-        schedule: when instruments run: an int n (every n steps) or a callable ``step -> bool``
-            (``every(n)``, ``log_spaced(end, num)``, ``at([...])``).
+        instruments: names from ``INSTRUMENTS``, or a mapping name -> cadence to give
+            instruments their own cadences (``None`` = the shared ``cadence``).
+        cadence: when instruments run: an int n (every n steps) or a callable ``step -> bool``
+            (``every(n)``, ``log_spaced(end, num)``, ``at([...])``). Formerly ``schedule``.
         path: JSON Lines file, appended to (``None``: records are only kept in ``rec.records``).
         run: name written into every record, to tell runs apart in one file.
         loss_fn: ``loss_fn(model, batch) -> mean loss``; default cross-entropy on (inputs, targets).
         batches: where mini-batches for G come from: a re-iterable (a list of batches gives the
             same G at every step; a DataLoader gives fresh ones) or a callable returning an
-            iterable. ``num_batches`` caps how many are taken per step (|G|).
+            iterable. ``n_batches`` caps how many are taken per step (|G|); formerly
+            ``num_batches``.
         full_batches: the batches over which ĝ is taken (the training set or a fixed subset),
             in the same forms; needed by ``gde`` and ``bias_variance``.
         heldout: ``(inputs, targets)`` or ``inputs`` (or a callable returning one) for
             ``inconsistency``; ``forward(model, inputs) -> logits`` if ``model(inputs)`` is not.
         passes: Monte-Carlo dropout passes for ``inconsistency``.
-        method, chunk_size: how mini-batch gradients are taken (see ``mini_batch_gradients``).
+        method: how mini-batch gradients are taken (see ``mini_batch_gradients``).
+        chunk_size: mini-batches differentiated at once by ``method="vmap"``.
         seed: seeds the diagnostic dropout masks per step (``None``: derived from the training
             RNG state); training's own random stream is never advanced.
         snapshot_device: where W_0 lives (``"cpu"`` spares accelerator memory).
         init_params: W_0 as ``{name: tensor}`` for a resumed run, instead of a snapshot now.
         tensorboard: ``True`` writes scalars to ``<path without suffix>_tb/``, a path writes
             there; needs the ``tensorboard`` package.
+        schedule: deprecated name of ``cadence``.
+        num_batches: deprecated name of ``n_batches``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        instruments: Sequence[str] | Mapping[str, Schedule | int | None] = (
+        instruments: Sequence[str] | Mapping[str, Cadence | int | None] = (
             "grad_norm",
             "distance",
         ),
         *,
-        schedule: Schedule | int = 1,
+        cadence: Cadence | int = 1,
         path: str | os.PathLike[str] | None = None,
         run: str | None = None,
         loss_fn: LossFn = cross_entropy_loss,
         batches: BatchSource | None = None,
-        num_batches: int | None = None,
+        n_batches: int | None = None,
         full_batches: BatchSource | None = None,
         heldout: Any = None,
         forward: Callable[[nn.Module, Any], Tensor] | None = None,
@@ -145,7 +153,13 @@ class DynamicsRecorder:
         snapshot_device: str | None = None,
         init_params: Mapping[str, Tensor] | None = None,
         tensorboard: bool | str | os.PathLike[str] = False,
+        schedule: Cadence | int | None = None,
+        num_batches: int | None = None,
     ) -> None:
+        cadence = renamed_keyword("DynamicsRecorder", "schedule", "cadence", schedule, cadence)
+        n_batches = renamed_keyword(
+            "DynamicsRecorder", "num_batches", "n_batches", num_batches, n_batches
+        )
         if isinstance(instruments, str):
             instruments = [instruments]
         chosen = (
@@ -154,9 +168,8 @@ class DynamicsRecorder:
         unknown = [name for name in chosen if name not in INSTRUMENTS]
         if unknown or not chosen:
             raise ValueError(f"unknown instrument(s) {unknown}; choose from {INSTRUMENTS}")
-        self.schedules = {
-            name: _as_schedule(schedule if own is None else own, name)
-            for name, own in chosen.items()
+        self.cadences = {
+            name: _as_cadence(cadence if own is None else own, name) for name, own in chosen.items()
         }
         needs = {
             "batches": [n for n in chosen if n in _GRADIENT_SET and batches is None],
@@ -166,12 +179,12 @@ class DynamicsRecorder:
         for argument, names in needs.items():
             if names:
                 raise ValueError(f"instrument(s) {names} need data: pass {argument}=...")
-        if num_batches is not None and (isinstance(num_batches, bool) or num_batches < 1):
-            raise ValueError(f"num_batches={num_batches!r} must be a positive int or None")
+        if n_batches is not None:
+            n_batches = check_int(n_batches, "n_batches", 1, ", or None for every batch")
         self.model = model
         self.run = run
         self.loss_fn = loss_fn
-        self.batches = None if batches is None else _Batches(batches, num_batches)
+        self.batches = None if batches is None else _Batches(batches, n_batches)
         self.full_batches = None if full_batches is None else _Batches(full_batches, None)
         self.heldout = heldout
         self.forward = forward
@@ -201,12 +214,10 @@ class DynamicsRecorder:
             log_dir = self.path.with_name(self.path.stem + "_tb")
         else:
             log_dir = Path(tensorboard)
-        try:
+        purpose = "for DynamicsRecorder(tensorboard=...)"
+        import_optional("tensorboard", "tensorboard", purpose)  # torch's own error names no extra
+        with optional_imports("tensorboard", "tensorboard", purpose):
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise ImportError(
-                "tensorboard output needs the tensorboard package: pip install tensorboard"
-            ) from err
         return SummaryWriter(log_dir=str(log_dir))
 
     @property
@@ -215,8 +226,8 @@ class DynamicsRecorder:
         return sum(self.cost.values())
 
     def due(self, step: int) -> list[str]:
-        """The instruments whose schedule runs at ``step``."""
-        return [name for name, schedule in self.schedules.items() if schedule(step)]
+        """The instruments whose cadence runs at ``step``."""
+        return [name for name, cadence in self.cadences.items() if cadence(step)]
 
     def step(self, step: int | None = None) -> list[dict[str, Any]]:
         """Run the instruments due at ``step`` (default: one more than the last call's).
@@ -225,9 +236,7 @@ class DynamicsRecorder:
         """
         if step is None:
             step = self._counter
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"step={step!r} must be a non-negative int (the optimizer step)")
-        step = int(step)
+        step = check_int(step, "step", 0, " (the optimizer step)")
         self._counter = step + 1
         due = self.due(step)
         if not due:
@@ -305,7 +314,7 @@ class DynamicsRecorder:
         if "gdv" in names and stats.gdv is None:
             raise ValueError(
                 f"GDV needs at least 2 gradients, got {stats.num_grads}: give the recorder more "
-                "batches (or num_batches >= 2)"
+                "batches (or n_batches >= 2)"
             )
         for name in names:
             if name == "gdv":

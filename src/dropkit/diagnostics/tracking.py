@@ -1,8 +1,9 @@
-"""Tracking schedules: at which optimizer steps an instrument runs (Cockpit's habit).
+"""Cadences: at which optimizer steps an instrument runs (Cockpit's tracking schedules).
 
-A schedule is any callable ``step -> bool``. Cheap instruments (gradient norm) can run every
-step; the gradient-set instruments cost |G| extra backward passes, so log-spaced steps (dense
-early, where the early-dropout paper looks, sparse later) are the usual choice.
+A cadence is any callable ``step -> bool`` (not to be confused with a dropout schedule,
+``(step, total) -> rate``, in :mod:`dropkit.schedules`). Cheap instruments (gradient norm) can
+run every step; the gradient-set instruments cost |G| extra backward passes, so log-spaced steps
+(dense early, where the early-dropout paper looks, sparse later) are the usual choice.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["At", "Every", "Schedule", "at", "every", "log_spaced"]
+from dropkit._checks import check_int
+from dropkit._deprecation import renamed_attribute
 
-Schedule = Callable[[int], bool]
+__all__ = ["At", "Cadence", "Every", "at", "every", "log_spaced"]
+
+Cadence = Callable[[int], bool]
+"""When an instrument runs: any callable ``step -> bool`` (``every``, ``at``, ``log_spaced``)."""
 
 
-def _check_int(value: int, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    return int(value)
+def __getattr__(name: str) -> object:
+    return renamed_attribute(__name__, name, {"Schedule": ("Cadence", lambda: Cadence)})
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,8 @@ class Every:
     start: int = 0
 
     def __post_init__(self) -> None:
-        _check_int(self.n, "n", 1)
-        _check_int(self.start, "start", 0)
+        check_int(self.n, "n", 1)
+        check_int(self.start, "start", 0)
 
     def __call__(self, step: int) -> bool:
         return step >= self.start and (step - self.start) % self.n == 0
@@ -55,7 +58,7 @@ def every(n: int, start: int = 0) -> Every:
 
 def at(steps: Iterable[int]) -> At:
     """Run exactly at the given steps."""
-    checked = frozenset(_check_int(s, "step", 0) for s in steps)
+    checked = frozenset(check_int(s, "step", 0) for s in steps)
     if not checked:
         raise ValueError("at() needs at least one step")
     return At(checked)
@@ -66,8 +69,8 @@ def log_spaced(end: int, num: int = 20, start: int = 1, include_zero: bool = Tru
 
     Rounding merges close steps near ``start``, so fewer than ``num`` may come out.
     """
-    _check_int(start, "start", 1)
-    _check_int(end, "end", start)
-    _check_int(num, "num", 1)
+    check_int(start, "start", 1)
+    check_int(end, "end", start)
+    check_int(num, "num", 1)
     steps = {int(s) for s in np.unique(np.rint(np.geomspace(start, end, num)))}
     return at(steps | ({0} if include_zero else set()))

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ from torch import nn
 
 from dropkit import diagnostics as dd
 from dropkit import schedules
+from dropkit._checks import check_int
+from dropkit._deprecation import renamed_keyword
+from dropkit._optional import require
 from dropkit.experiments.data import Dataset, load_dataset
 from dropkit.experiments.stats import mean_interval
 from dropkit.experiments.train import TrainConfig, TrainResult, Variant, train_variant
@@ -61,9 +65,11 @@ class Advice:
     limits: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """The advice as plain data (what ``advice.json`` holds)."""
         return dataclasses.asdict(self)
 
     def to_markdown(self, figure: str | None = None) -> str:
+        """The advice as Markdown (``advice.md``), with ``figure`` embedded if given."""
         lines = [
             f"**Recommendation: {self.recommendation.replace('_', ' ')}**"
             + (f" — `{_schedule_text(self.schedule)}`" if self.schedule else ""),
@@ -119,12 +125,17 @@ def _gde(
     """Per seed: GDE of ``n_batches`` mini-batch gradients against the whole-data (dropout-off)
     gradient at ``step``, measured as everywhere else (``dd.step_seed`` seeds G and its masks)."""
     full_batches = dd.whole_data_batches(data.x, data.y)
+    population = result.population
+    if population is None:  # a result read back from JSON holds no models
+        raise ValueError(f"{result.variant}: the result holds no trained models to measure")
     values = []
     for i, seed in enumerate(result.seeds):
-        model = result.population.member(i).train()
+        model = population.member(i).train()
         stream = dd.step_seed(seed, step)
         batches = dd.sample_batches(data.x, data.y, n_batches, batch_size, seed=stream)
-        values.append(dd.measure_gradient_set(model, batches, full_batches, seed=stream).gde)
+        gde = dd.measure_gradient_set(model, batches, full_batches, seed=stream).gde
+        assert gde is not None  # measured whenever full batches are given
+        values.append(gde)
     return values
 
 
@@ -139,8 +150,9 @@ def advise(
     drop_path_p: float = 0.1,
     validation_fraction: float = 0.1,
     threshold: float = 0.1,
-    gde_batches: int = 8,
+    n_batches: int = 8,
     figure: str | Path | None = None,
+    gde_batches: int | None = None,
 ) -> Advice:
     """Probe ``model_fn()`` on ``data`` for ``budget`` of the run ``train`` lays out; advise.
 
@@ -149,15 +161,25 @@ def advise(
     ``drop_path_p``), for the first ``ceil(budget * total_steps)`` optimizer steps of
     the run ``train`` lays out (default ``TrainConfig()``). ``data`` is a
     :class:`~dropkit.experiments.data.Dataset` or a name / ``.npz`` path for ``load_dataset``.
+    GDE is measured over ``n_batches`` mini-batch gradients (formerly ``gde_batches``).
     ``figure`` writes the probes' training-loss curves there (needs matplotlib).
     """
+    n_batches = renamed_keyword("advise", "gde_batches", "n_batches", gde_batches, n_batches)
+    n_batches = check_int(n_batches, "n_batches", 2, " (mini-batch gradients for GDE)")
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget={budget} must lie in (0, 1]: the fraction of the run to probe")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if isinstance(seeds, bool) or len(seed_list) < 2:
+    if isinstance(seeds, (int, numbers.Integral)):  # bool is an int
+        seed_list = list(range(check_int(seeds, "seeds", 2)))
+    else:
+        seed_list = [check_int(s, "each seed", 0) for s in seeds]
+    if len(seed_list) < 2:
         raise ValueError(f"seeds={seeds!r}: give >= 2 seeds, the confidence needs a spread")
     if not threshold > 0:
         raise ValueError(f"threshold={threshold} must be > 0")
+    # the packages used after the probes have trained, checked before they start
+    require("scipy", "data", "for the advice's confidence intervals")
+    if figure is not None:
+        require("matplotlib", "plot", "for the probes' training-loss figure")
     train = train or TrainConfig()
     data = load_dataset(data) if isinstance(data, str) else data
     started = time.perf_counter()
@@ -229,8 +251,8 @@ def advise(
         )
         if regime == "overfitting" and evidence["effect_on_gap"]["ci_low"] > 0:
             contradictions += 1  # overfitting, yet the regulariser widened the gap
-        gde_none = _gde(results["none"], probe_data, train.batch_size, gde_batches, probe_steps)
-        gde_reg = _gde(results[regulariser], probe_data, train.batch_size, gde_batches, probe_steps)
+        gde_none = _gde(results["none"], probe_data, train.batch_size, n_batches, probe_steps)
+        gde_reg = _gde(results[regulariser], probe_data, train.batch_size, n_batches, probe_steps)
         d_gde = [a - b for a, b in zip(gde_reg, gde_none, strict=True)]
         evidence["gde"] = {"none": gde_none, regulariser: gde_reg}
         evidence["effect_on_gde"] = _summary(d_gde)
@@ -279,7 +301,7 @@ def advise(
 
 
 def _recommend(
-    regime: str, kinds: set[str], p: float, drop_path_p: float
+    regime: str, kinds: Set[str], p: float, drop_path_p: float
 ) -> tuple[str, dict[str, Any] | None]:
     if not kinds:
         return "no_dropout", None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -142,7 +142,9 @@ def _verdict(claim: Claim, low: float, high: float) -> str:
 
 
 def _result(claim: Claim, verdict: str, reason: str, **measured) -> ClaimResult:
-    fields = dict(effect=None, ci_low=None, ci_high=None, n_seeds=0, mde=None, failed_seeds=[])
+    fields: dict[str, Any] = dict(
+        effect=None, ci_low=None, ci_high=None, n_seeds=0, mde=None, failed_seeds=[]
+    )
     fields.update(measured)
     return ClaimResult(
         id=claim.id,

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal, cast, overload
 
-from dropkit import schedules
+from dropkit import _optional, schedules
 from dropkit.experiments.claims import DIRECTIONS, Claim
 from dropkit.experiments.train import TrainConfig
 
@@ -45,14 +46,15 @@ class ScheduleSpec:
     kind: str
     p: float
     cutoff: float | int | None = None
-    shape: str = "constant"
+    shape: schedules.Shape = "constant"
 
     def build(self) -> schedules.Schedule:
         if self.kind == "standard":
             return schedules.standard(self.p)
+        cutoff = cast("float | int", self.cutoff)  # the schedule's own check refuses None
         if self.kind == "early":
-            return schedules.early(self.p, self.cutoff, shape=self.shape)
-        return schedules.late(self.p, self.cutoff)
+            return schedules.early(self.p, cutoff, shape=self.shape)
+        return schedules.late(self.p, cutoff)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,12 @@ def _only(value: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
 
 
+@overload
+def _number(value: Any, where: str, *, integer: Literal[True], low: float = ...,
+            low_open: bool = ..., high: float | None = ...) -> int: ...  # fmt: skip
+@overload
+def _number(value: Any, where: str, *, integer: Literal[False] = ..., low: float = ...,
+            low_open: bool = ..., high: float | None = ...) -> float: ...  # fmt: skip
 def _number(value: Any, where: str, *, integer: bool = False, low: float = 0.0,
             low_open: bool = True, high: float | None = None) -> float:  # fmt: skip
     kind = int if integer else (int, float)
@@ -444,9 +452,12 @@ def parse_config(raw: Any) -> ExperimentConfig:
     )
 
 
-def _read_yaml(path: Path) -> Any:
-    import yaml
+def _yaml() -> ModuleType:
+    return _optional.import_optional("yaml", "data", "to read experiment configs")
 
+
+def _read_yaml(path: Path) -> Any:
+    yaml = _yaml()
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
@@ -473,8 +484,7 @@ def load_settings(path: str | Path) -> tuple[SettingSpec, ...]:
 
 def builtin_config(name: str) -> ExperimentConfig:
     """A config shipped with dropkit: ``demo``, ``demo-quick`` or ``demo-full``."""
-    import yaml
-
+    yaml = _yaml()
     files = resources.files("dropkit.experiments") / "configs"
     available = sorted(
         p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml")

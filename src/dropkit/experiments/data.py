@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dropkit._checks import check_int
+from dropkit._optional import optional_imports
+
 __all__ = [
     "Dataset",
     "default_cache_dir",
@@ -150,7 +153,7 @@ def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # the stub lets ** reach allow_pickle
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -158,12 +161,8 @@ def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
-    try:
+    with optional_imports("mnist1d", "data", "to generate MNIST-1D"):
         from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as err:  # optional dependency
-        raise ImportError(
-            "MNIST-1D needs the mnist1d package: pip install 'dropkit[data]'"
-        ) from err
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = seed
@@ -187,8 +186,7 @@ def load_mnist1d(
     underfitting regime. Generated arrays are cached in ``cache_dir`` (default
     :func:`default_cache_dir`) as ``mnist1d_n{num_samples}_seed{seed}.npz``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 20:
-        raise ValueError(f"num_samples={num_samples!r} must be an int >= 20 (10 classes)")
+    num_samples = check_int(num_samples, "num_samples", 20, " (10 classes)")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"mnist1d_n{num_samples}_seed{seed}.npz"
     if path.exists():
@@ -204,13 +202,9 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """sklearn's 8x8 digits (1 797 samples, 64 features scaled to [0, 1]), stratified split."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction={test_fraction} must lie in (0, 1)")
-    try:
+    with optional_imports("sklearn", "data", "(scikit-learn) for the digits dataset"):
         from sklearn.datasets import load_digits as sklearn_digits
         from sklearn.model_selection import train_test_split
-    except ImportError as err:  # optional dependency
-        raise ImportError(
-            "the digits dataset needs scikit-learn: pip install 'dropkit[data]'"
-        ) from err
     bunch = sklearn_digits()
     x = bunch.data / 16.0
     x, x_test, y, y_test = train_test_split(

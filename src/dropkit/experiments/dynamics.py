@@ -68,6 +68,7 @@ class DynamicsProbe:
 
     def _measure(self, index: int, step: int, model: nn.Module) -> None:
         seed = self.seeds[index]
+        values: dict[str, float | None]
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # it diverged
             values = dict.fromkeys(INSTRUMENTS, math.nan)
         else:

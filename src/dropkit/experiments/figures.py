@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from dropkit._optional import import_optional
 
 __all__ = ["accuracy_bars", "dynamics_panels", "loss_curves", "paired_difference_panels"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _pyplot() -> Any:
+    import_optional("matplotlib", "plot", "for figures").use("Agg")
+    return import_optional("matplotlib.pyplot", "plot", "for figures")
 
 
 def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dropkit._checks import check_int
 from dropkit.layers import DropPath
 from dropkit.schedules import depth_profile
 
@@ -29,8 +30,7 @@ __all__ = ["MLP", "Mixer1D", "ResMLP", "ViT1D", "build_model", "model_factory"]
 
 def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive int")
+        check_int(value, name, 1)
 
 
 class PatchEmbed1D(nn.Module):

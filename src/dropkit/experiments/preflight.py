@@ -12,13 +12,13 @@ the setting and field (``settings.overfit.data: ...``), so the CLI answers them 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from dropkit import _optional
 from dropkit.experiments.config import ConfigError, ExperimentConfig, SettingSpec
 from dropkit.experiments.data import Dataset, load_dataset
 from dropkit.experiments.models import model_factory
@@ -28,10 +28,12 @@ from dropkit.sites import find_sites
 __all__ = ["MissingDependency", "preflight", "preflight_settings", "require"]
 
 
-class MissingDependency(ConfigError, ImportError):
+class MissingDependency(ConfigError, _optional.MissingDependency):
     """An optional package a command needs is not installed; the message gives the pip line.
 
-    A :class:`ConfigError` (so the CLI answers it without a traceback) and an ``ImportError``.
+    A :class:`ConfigError` (so the CLI answers it without a traceback) and a
+    :class:`dropkit._optional.MissingDependency` (an ``ImportError``), the error every lazy
+    import of an optional package raises.
     """
 
 
@@ -42,15 +44,11 @@ def require(module: str, extra: str, purpose: str) -> None:
     installed; dropkit needs it for the report's figures: pip install 'dropkit[plot]'".
     """
     try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module without a spec
-        found = False
-    if not found:
-        error = MissingDependency(
-            f"{module} is not installed; dropkit needs it {purpose}: pip install 'dropkit[{extra}]'"
-        )
-        error.name = module
-        raise error
+        _optional.require(module, extra, purpose)
+    except _optional.MissingDependency as err:
+        error = MissingDependency(str(err))
+        error.name = err.name
+        raise error from None
 
 
 def _require_common(need_plots: bool, figures: str) -> None:
@@ -135,7 +133,7 @@ def _check_variants(setting: SettingSpec, model: nn.Module, total_steps: int) ->
                     f"site (it has: {sorted(kinds) or 'none'}); schedule a kind it has, or pick "
                     "a model with drop-path sites (resmlp, vit, mixer) for drop_path"
                 )
-            if schedule.kind in ("early", "late"):
+            if schedule.kind in ("early", "late") and schedule.cutoff is not None:
                 try:
                     cutoff_steps(schedule.cutoff, total_steps)
                 except ValueError as err:

@@ -170,7 +170,7 @@ def _scaled(metric: str) -> tuple[float, str]:
 
 
 def _effect_text(c: ClaimResult) -> str:
-    if c.effect is None:
+    if c.effect is None or c.ci_low is None or c.ci_high is None:
         return "–"
     scale, unit = _scaled(c.metric)
     return (
@@ -300,7 +300,7 @@ def _figures(
                 titles=INSTRUMENT_TITLES,
             )
             names.append(path.name)
-        if curves.get(setting.name):
+        if curves.get(setting.name) and setting.dynamics is not None:
             comparison = next(iter(curves[setting.name].values()))["comparison"]
             path = figures.paired_difference_panels(
                 curves[setting.name],
@@ -356,7 +356,7 @@ def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[st
         target = targets.get(c.id)
         if target is None:
             continue
-        if c.effect is None:
+        if c.effect is None or c.ci_low is None or c.ci_high is None:
             lines.append(f"- {c.id}: {c.verdict}, so not powered here: {c.reason}.")
             continue
         scale, unit = _scaled(c.metric)
@@ -428,7 +428,9 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     results = load_results(run_dir, config)
     claims = evaluate_claims(config, results)
     curves = {
-        s.name: c for s in config.settings if (c := paired_curves(s, results.get(s.name, {})))
+        s.name: found
+        for s in config.settings
+        if (found := paired_curves(s, results.get(s.name, {})))
     }
     figure_names = _figures(run_dir, config, results, curves)
     wall = sum(r.wall_s for rs in results.values() for r in rs.values())

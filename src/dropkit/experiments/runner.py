@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from dropkit._checks import check_int
+from dropkit._optional import import_optional
 from dropkit.diagnostics import train_test_inconsistency
 from dropkit.experiments import data as datasets
 from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpec
@@ -53,7 +55,7 @@ def _train_variant_spec(spec: VariantSpec) -> Variant:
 
 def _cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
     for schedule in (spec.dropout, spec.drop_path):
-        if schedule is not None and schedule.kind in ("early", "late"):
+        if schedule is not None and schedule.kind != "standard" and schedule.cutoff is not None:
             return cutoff_steps(schedule.cutoff, total_steps)
     return None
 
@@ -62,6 +64,8 @@ def _inconsistency_kl(result: TrainResult, data: datasets.Dataset, passes: int) 
     """Per seed: KL(average of ``passes`` MC-dropout predictions || deterministic) on test data
     (NaN for a seed that diverged: it has no predictions to compare)."""
     population = result.population
+    if population is None:  # a result read back from JSON holds no models
+        raise ValueError(f"{result.variant}: the result holds no trained models to measure")
     return [
         math.nan
         if result.diverged_at[i] is not None
@@ -202,6 +206,10 @@ def _run_job_in_worker(job: _Job) -> float:
     return _run_job(job, lambda label, done, total: _progress_queue.put((label, done, total)))
 
 
+def _tqdm() -> Any:
+    return import_optional("tqdm", "data", "for the progress bars").tqdm
+
+
 class _Bars:
     """A bar for the grid and one per run in flight (plain lines when stderr is not a terminal)."""
 
@@ -213,8 +221,7 @@ class _Bars:
         self.started = 0  # runs begun in this invocation
         self.grid = None
         if self.enabled:
-            from tqdm import tqdm
-
+            tqdm = _tqdm()
             self.grid = tqdm(total=total_runs, initial=finished, desc="runs", position=0)
 
     def update(self, label: str, done: int, total: int) -> None:
@@ -225,10 +232,8 @@ class _Bars:
                 print(f"[run {self.finished + self.started}/{self.total_runs}] {label}: "
                       f"{total} steps", file=sys.stderr, flush=True)  # fmt: skip
             return
-        from tqdm import tqdm
-
         if label not in self.runs:
-            self.runs[label] = tqdm(
+            self.runs[label] = _tqdm()(
                 total=total, desc=label, leave=False, position=len(self.runs) + 1
             )
         bar = self.runs[label]
@@ -372,8 +377,7 @@ def run_experiment(
     thread each. A run's numbers do not depend on which worker trains it; between different
     thread counts they agree up to floating-point summation order (~1e-8 relative).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers={workers!r} must be a positive int")
+    workers = check_int(workers, "workers", 1)
     out = Path(out_dir)
     preflight(config, cache_dir)  # every check that can fail before training: nothing on disk yet
     out.mkdir(parents=True, exist_ok=True)

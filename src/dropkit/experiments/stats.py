@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
+
+from dropkit._optional import import_optional
 
 __all__ = [
     "mean_interval",
@@ -25,6 +28,12 @@ __all__ = [
 ]
 
 
+def _scipy(module: str) -> ModuleType:
+    return import_optional(
+        module, "data", "for the confidence intervals (dropkit.experiments.stats)"
+    )
+
+
 def _check_level(level: float) -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
@@ -32,12 +41,13 @@ def _check_level(level: float) -> None:
 
 def t_quantile(level: float, dof: int) -> float:
     """The two-sided Student-t quantile: ``t.ppf(0.5 + level / 2, dof)``."""
-    from scipy.stats import t
-
+    t = _scipy("scipy.stats").t
     return float(t.ppf(0.5 + level / 2, dof))
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+def mean_interval(
+    values: Sequence[float] | np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` and its one-sample Student-t interval.
 
     ``mean -+ t(0.5 + level / 2, n - 1) * sd / sqrt(n)`` with ``sd`` the sample standard
@@ -53,7 +63,7 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
 
 
 def paired_t_interval(
-    a: Sequence[float], b: Sequence[float], level: float = 0.95
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = 0.95
 ) -> tuple[float, float, float]:
     """Mean of ``a - b`` (paired by position) and its Student-t interval at ``level``."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -80,8 +90,8 @@ def min_detectable_effect(sd: float, n: int, level: float = 0.95, power: float =
     (80%) of the time"; an interval that straddles 0 with an mde far above the effect the paper
     reported says the experiment could not have shown it, not that the effect is absent.
     """
-    from scipy.optimize import brentq
-    from scipy.stats import nct
+    brentq = _scipy("scipy.optimize").brentq
+    nct = _scipy("scipy.stats").nct
 
     _check_level(level)
     if n < 2:

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from dropkit._checks import check_int
+from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
 from dropkit.rdrop import rdrop_terms
-from dropkit.scheduler import DropoutScheduler, ScheduleLike
 
 from .data import Dataset
 
@@ -115,8 +116,7 @@ class TrainConfig:
             value = getattr(self, name)
             if name == "train_eval_samples" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name}={value!r} must be a positive int")
+            check_int(value, f"TrainConfig.{name}", 1)
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr={self.lr} must be > 0")
         if not self.weight_decay >= 0:
@@ -209,12 +209,6 @@ class Population:
             self.base.train(was_training)
         return torch.cat(parts, dim=1)
 
-    def mc_logits(self, x: Tensor, passes: int, chunk: int = 8192) -> Tensor:
-        """``passes`` train-mode (dropout on) forwards: logits ``(S, passes, N, C)``."""
-        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-            raise ValueError(f"passes={passes!r} must be a positive int")
-        return torch.stack([self.logits(x, train=True, chunk=chunk) for _ in range(passes)], 1)
-
     def evaluate(self, x: Tensor, y: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
         """Per-member mean cross-entropy and accuracy on ``(x, y)`` with dropout off: two (S,)."""
         logits = self.logits(x, train=False, chunk=chunk)
@@ -282,8 +276,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: pass at least one seed")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds={seeds} must be non-negative ints")
+    seeds = [check_int(s, "each seed", 0) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds} has duplicates; each member needs its own seed")
     return seeds
@@ -397,10 +390,8 @@ def train_variant(
     schedules unchanged): the first part of the intended run, as the advisor's probes train.
     """
     seeds = _check_seeds(seeds)
-    if max_steps is not None and (
-        isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
-    ):
-        raise ValueError(f"max_steps={max_steps!r} must be a positive int or None")
+    if max_steps is not None:
+        max_steps = check_int(max_steps, "max_steps", 1, ", or None")
     n_train = len(data.x)
     if config.batch_size > n_train:
         raise ValueError(

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from dropkit.scheduler import DropoutScheduler, ScheduleLike
+from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
 
 __all__ = ["GlobalStepSchedule"]
 
@@ -86,11 +86,13 @@ class GlobalStepSchedule:
         return {f"{kind}/p": rate for kind, rate in self._started().get_last_p().items()}
 
     def state_dict(self) -> dict[str, Any]:
+        """The schedule's position, for a checkpoint (plain data)."""
         if self.scheduler is not None:
             return self.scheduler.state_dict()
         return dict(self._pending_state or {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint's position, now or when the scheduler starts."""
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
         else:

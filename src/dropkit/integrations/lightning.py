@@ -14,19 +14,17 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-try:
+from dropkit._optional import optional_imports
+
+with optional_imports("lightning", "lightning", "for dropkit.integrations.lightning"):
     import lightning.pytorch as pl
-except ImportError as err:  # optional dependency
-    raise ImportError(
-        "dropkit.integrations.lightning needs PyTorch Lightning: pip install 'dropkit[lightning]'"
-    ) from err
 from torch import Tensor
 
 from dropkit.diagnostics import DynamicsRecorder
-from dropkit.diagnostics.tracking import Schedule as TrackingSchedule
+from dropkit.diagnostics.tracking import Cadence
+from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
 from dropkit.integrations import GlobalStepSchedule
 from dropkit.rdrop import rdrop_forward, rdrop_terms
-from dropkit.scheduler import DropoutScheduler, ScheduleLike
 
 __all__ = ["DropoutScheduleCallback", "DynamicsCallback", "rdrop_training_step"]
 
@@ -58,6 +56,7 @@ class DropoutScheduleCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint, stable across processes."""
         # Unique per configuration (so several such callbacks can share a checkpoint) and the
         # same in the process that resumes: functions are named, not shown with their address.
         return self._generate_state_key(
@@ -71,19 +70,23 @@ class DropoutScheduleCallback(pl.Callback):
         return self._schedule.scheduler
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lay the schedule out over ``trainer.estimated_stepping_batches`` optimizer steps."""
         self._schedule.start(pl_module, trainer.estimated_stepping_batches)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        """Apply the rates of ``trainer.global_step`` and log them (``dropout/p``, ...)."""
         self._schedule.go_to(trainer.global_step)
         for name, rate in self._schedule.rates().items():
             pl_module.log(name, rate, on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict[str, Any]:
+        """The schedule's position, saved in the checkpoint."""
         return self._schedule.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the schedule from a checkpoint's position (``fit(ckpt_path=...)``)."""
         self._schedule.load_state_dict(state_dict)
 
 
@@ -102,15 +105,15 @@ class DynamicsCallback(pl.Callback):
     global rank 0 runs the instruments.
 
     Args:
-        instruments: names from ``dropkit.diagnostics.INSTRUMENTS`` (or name -> schedule).
-        **options: further ``DynamicsRecorder`` options (``schedule``, ``batches``, ``path``, ...).
+        instruments: names from ``dropkit.diagnostics.INSTRUMENTS`` (or name -> cadence).
+        **options: further ``DynamicsRecorder`` options (``cadence``, ``batches``, ``path``, ...).
             ``distance`` measures from the weights at fit start; when resuming, pass the run's
             initial weights as ``init_params``.
     """
 
     def __init__(
         self,
-        instruments: Sequence[str] | Mapping[str, TrackingSchedule | int | None] = (
+        instruments: Sequence[str] | Mapping[str, Cadence | int | None] = (
             "grad_norm",
             "distance",
         ),
@@ -127,12 +130,14 @@ class DynamicsCallback(pl.Callback):
         self.recorder: DynamicsRecorder | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Build the recorder on the LightningModule (global rank 0 only)."""
         if trainer.is_global_zero:
             self.recorder = DynamicsRecorder(pl_module, self.instruments, **self.options)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
+        """Run the instruments due at ``trainer.global_step`` and send them to the loggers."""
         if self.recorder is None:
             return
         metrics: dict[str, float] = {}
@@ -151,6 +156,7 @@ class DynamicsCallback(pl.Callback):
                 logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Close the recorder's file."""
         if self.recorder is not None:
             self.recorder.close()
 

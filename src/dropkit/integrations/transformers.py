@@ -18,21 +18,19 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-try:
+from dropkit._optional import optional_imports
+
+with optional_imports("transformers", "hf", "for dropkit.integrations.transformers"):
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState
     from transformers.trainer_pt_utils import nested_gather
     from transformers.training_args import TrainingArguments
-except ImportError as err:  # optional dependency
-    raise ImportError(
-        "dropkit.integrations.transformers needs transformers: pip install 'dropkit[hf]'"
-    ) from err
 import torch
 from torch import Tensor, nn
 
+from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
 from dropkit.integrations import GlobalStepSchedule
-from dropkit.rdrop import RDropLoss, rdrop_forward, rdrop_terms
+from dropkit.rdrop import RDropTerms, rdrop_forward, rdrop_terms
 from dropkit.rdrop_linear import rdrop_linear_terms
-from dropkit.scheduler import DropoutScheduler, ScheduleLike
 from dropkit.sites import unwrap
 
 __all__ = ["DropoutScheduleCallback", "RDropTrainer"]
@@ -78,6 +76,7 @@ class DropoutScheduleCallback(TrainerCallback):
         model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        """Lay the schedule out over ``state.max_steps`` and apply the current step's rates."""
         if model is None:
             raise ValueError("the Trainer passed no model to DropoutScheduleCallback")
         self._schedule.start(model, state.max_steps)
@@ -86,6 +85,7 @@ class DropoutScheduleCallback(TrainerCallback):
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        """Apply the rates of ``state.global_step`` before the step's first micro-batch."""
         self._schedule.go_to(state.global_step)
 
     def on_log(
@@ -96,6 +96,7 @@ class DropoutScheduleCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
+        """Add the current rates to each training log (and to ``state.log_history``)."""
         if logs is None or "loss" not in logs:  # training logs only
             return
         rates = self.rates()
@@ -130,7 +131,8 @@ class RDropTrainer(Trainer):
     Args:
         rdrop_alpha: weight of the KL term (the paper uses 0.5 to 5).
         rdrop_fused_linear: compute the loss chunked from hidden states (see above).
-        *args, **kwargs: as for ``transformers.Trainer``.
+        *args: as for ``transformers.Trainer``.
+        **kwargs: as for ``transformers.Trainer``.
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class RDropTrainer(Trainer):
         num_items_in_batch: Tensor | int | None = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, Any]:
+        """R-Drop's loss from one forward on the doubled batch (see the class docstring)."""
         if not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)
@@ -200,9 +203,18 @@ class RDropTrainer(Trainer):
         """Each pass's logits (or hidden states) at the scored positions, and their targets."""
         if shift_labels is not None:
             return per_pass, shift_labels
-        if self._loss_shifts_labels:  # causal LM: position t predicts token t + 1
+        if self._shifts_labels():  # causal LM: position t predicts token t + 1
             return tuple(z[..., :-1, :] for z in per_pass), labels[..., 1:]
         return per_pass, labels
+
+    def _shifts_labels(self) -> bool:
+        """Whether labels are shifted for scoring, as the Trainer decides when it counts
+        ``num_items_in_batch``: its private ``_loss_shifts_labels`` (transformers >= 5.10), else
+        the same rule (:func:`_shifts_labels`)."""
+        known = getattr(self, "_loss_shifts_labels", None)
+        if known is None:
+            return self.model is not None and _shifts_labels(self.model)
+        return bool(known)
 
     def _fused_terms(
         self,
@@ -210,7 +222,7 @@ class RDropTrainer(Trainer):
         inputs: dict[str, Any],
         labels: Tensor,
         shift_labels: Tensor | None,
-    ) -> tuple[RDropLoss, Tensor]:
+    ) -> tuple[RDropTerms, Tensor]:
         head = _linear_head(unwrap(model))
         if not self._head_checked:
             _check_logits_are_the_head(unwrap(model), head, inputs)
@@ -237,6 +249,7 @@ class RDropTrainer(Trainer):
         self._rdrop_count += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean ``rdrop/ce`` and ``rdrop/kl`` since the last log to a training log."""
         if "loss" in logs:
             if self._rdrop_sums is not None:
                 mean = self._rdrop_sums / self._rdrop_count
@@ -247,6 +260,29 @@ class RDropTrainer(Trainer):
                 if isinstance(callback, DropoutScheduleCallback):
                     logs.update(callback.rates())
         super().log(logs, start_time)
+
+
+def _shifts_labels(model: nn.Module) -> bool:
+    """Whether ``model``'s own loss scores position t against label t + 1 (a causal LM).
+
+    The rule of the Trainer's ``_loss_shifts_labels``, for a Trainer without it: the loss that
+    ``model.loss_type`` selects in ``LOSS_MAPPING`` (what the model's own ``loss_function`` uses)
+    is the causal LM loss, which also covers causal vision-language models named
+    ``...ForConditionalGeneration``, and the model is not an encoder-decoder (those score
+    unshifted decoder targets). Without ``loss_type`` or ``LOSS_MAPPING``: the class name ends
+    in ``ForCausalLM``.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    loss_type = getattr(model, "loss_type", None)  # PEFT wrappers forward it to the base model
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+    except ImportError:  # a private module: moved or gone
+        loss_type = None
+    if loss_type is not None:
+        return LOSS_MAPPING.get(loss_type) is ForCausalLMLoss
+    return type(unwrap(model)).__name__.endswith("ForCausalLM")
 
 
 _FALLBACK = "use RDropTrainer(..., rdrop_fused_linear=False), which scores the model's own logits"
@@ -267,7 +303,8 @@ def _linear_head(model: nn.Module) -> nn.Linear:
 @contextlib.contextmanager
 def _passed_through(head: nn.Linear) -> Iterator[None]:
     """Make ``head`` return its input, so the model's "logits" are its final hidden states."""
-    head.forward = lambda hidden: hidden  # an instance attribute shadows nn.Linear.forward
+    # an instance attribute shadows nn.Linear.forward (what mypy flags is the point)
+    head.forward = lambda hidden: hidden  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

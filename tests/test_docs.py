@@ -1,0 +1,106 @@
+"""Every Python example in docs/ runs as written, or is marked as one that cannot run here.
+
+Each page's ```python blocks run in order in one namespace, in a temporary working directory, so
+a page reads like a session. A block that cannot run on a CPU-only machine without timm (or that
+needs ``torchrun``, or a finished demo) carries ``<!-- not run: REASON -->`` on the line right
+before its fence; it is only parsed, and its dropkit imports are resolved. A block that is
+neither runnable nor marked fails the test.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+FENCE = re.compile(r"^([ \t]*)```[ \t]*(?:python|py|python3)\b[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
+NOT_RUN = re.compile(r"^[ \t]*<!--\s*not run:\s*(\S.*?)\s*-->[ \t]*$")
+ANY_MARKER = re.compile(r"<!--\s*not[ _-]?run", re.I)
+
+
+def _blocks(page: Path) -> list[tuple[int, str, str | None]]:
+    """``(line, code, reason)`` for each Python block of ``page``; ``reason`` is None if it runs."""
+    text = page.read_text(encoding="utf-8")
+    blocks = []
+    for match in FENCE.finditer(text):
+        indent, body = match.group(1), match.group(2)
+        code = "\n".join(line.removeprefix(indent) for line in body.splitlines())
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        marker = NOT_RUN.match(before)
+        line = text.count("\n", 0, match.start()) + 2  # the block's first line of code
+        blocks.append((line, code, marker.group(1) if marker else None))
+    return blocks
+
+
+def _compile(code: str, page: Path, line: int):
+    # Pad so that tracebacks point at the page's own line numbers.
+    return compile("\n" * (line - 1) + code, str(page), "exec")
+
+
+@pytest.mark.filterwarnings("error:.*will be removed in dropkit:FutureWarning")  # no old names
+@pytest.mark.filterwarnings("error::FutureWarning:__docs__")  # nor deprecated calls
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples may write runs/, logs/, out/: never into the repo
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    namespace: dict = {"__name__": "__docs__"}
+    for line, code, reason in _blocks(page):
+        if reason is None:
+            exec(_compile(code, page, line), namespace)
+            continue
+        tree = ast.parse("\n" * (line - 1) + code, str(page))  # must at least be valid Python
+        imports = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dropkit")
+        ]
+        for node in imports:  # and what it imports from dropkit must exist
+            exec(compile(ast.Module([node], type_ignores=[]), str(page), "exec"), {})
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_not_run_markers_sit_right_before_a_python_block(page: Path) -> None:
+    """A marker that is misspelt, or separated from its block, would silently run nothing."""
+    markers = [
+        n for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if ANY_MARKER.search(line)
+    ]  # fmt: skip
+    marked = [line - 2 for line, _, reason in _blocks(page) if reason is not None]
+    assert markers == marked, f"{page}: markers on lines {markers}, marked blocks after {marked}"
+
+
+def test_the_docs_have_examples_and_few_are_skipped() -> None:
+    blocks = [b for page in PAGES for b in _blocks(page)]
+    skipped = [b for b in blocks if b[2] is not None]
+    assert len(blocks) >= 30
+    assert len(skipped) <= 5, [reason for _, _, reason in skipped]
+
+
+def test_advise_config_example_is_a_valid_setting(tmp_path: Path) -> None:
+    from dropkit.experiments.config import load_settings
+
+    text = (DOCS / "guides" / "advise.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    example = next(b for b in blocks if b.startswith("# mine.yaml"))
+    (tmp_path / "mine.yaml").write_text(example)
+    (setting,) = load_settings(tmp_path / "mine.yaml")
+    assert (setting.data, setting.model["kind"], setting.train.epochs) == ("digits", "mlp", 40)
+
+
+def test_every_module_in_dropkit_all_has_an_api_section() -> None:
+    """``::: dropkit`` documents the names of ``__all__``; submodules and lazy names need their
+    own directive on the API page."""
+    import inspect
+
+    import dropkit
+
+    page = (DOCS / "api" / "dropkit.md").read_text(encoding="utf-8")
+    for name in dropkit.__all__:
+        obj = getattr(dropkit, name)
+        if inspect.ismodule(obj):
+            assert f"::: {obj.__name__}\n" in page, name
+        elif name not in vars(dropkit):  # served by the module's __getattr__
+            assert f"::: {obj.__module__}.{obj.__name__}\n" in page, name
