@@ -54,6 +54,14 @@ def __getattr__(name: str) -> object:
     return renamed_attribute(__name__, name, {"RDropLoss": ("RDropTerms", lambda: RDropTerms)})
 
 
+def check_loss_weights(alpha: float, label_smoothing: float) -> None:
+    """Refuse a negative KL weight or a label smoothing outside [0, 1] (shared by every loss)."""
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
+
+
 def _log_probs(logits: Tensor) -> Tensor:
     """``log_softmax`` over the last dim in float32 at least (float64 stays float64)."""
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
@@ -156,10 +164,7 @@ def rdrop_terms(
             f"{tuple(logits[0].shape)}; target must be the logits' shape without the class "
             "dimension (class indices, ignore_index for padding)"
         )
-    if alpha < 0:
-        raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
+    check_loss_weights(alpha, label_smoothing)
     log_probs = [_log_probs(z) for z in logits]
     valid = target != ignore_index
     safe_target = target.masked_fill(~valid, 0)

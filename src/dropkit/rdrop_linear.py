@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from dropkit._checks import check_int
-from dropkit.rdrop import RDropTerms
+from dropkit.rdrop import RDropTerms, check_loss_weights
 
 __all__ = ["default_chunk_size", "rdrop_linear_loss", "rdrop_linear_terms"]
 
@@ -81,10 +81,7 @@ def _check(
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-    if alpha < 0:
-        raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
+    check_loss_weights(alpha, label_smoothing)
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", 1, " (rows per chunk), or None to choose")
 
