@@ -57,6 +57,20 @@ def _load_factory(spec: str):
     return build
 
 
+def _executor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        help="where jobs run (default: the config's executor block, else local)",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="slurm: submit and return at once; `dropkit status DIR`, then the same command "
+        "again collects",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dropkit {__version__}")
@@ -70,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seeds", type=int, help="seeds per variant (default: the config's, 5)")
     demo.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    _executor_arguments(demo)
     budget = demo.add_mutually_exclusive_group()
     budget.add_argument("--quick", action="store_true", help="about a minute, smaller budget")
     budget.add_argument("--full", action="store_true", help="longer, more faithful budget")
@@ -78,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    _executor_arguments(run)
+
+    status = commands.add_parser(
+        "status", help="per job of a run folder: done, failed (why), queued, running or not started"
+    )
+    status.add_argument("run_dir", type=Path)
 
     advise = commands.add_parser(
         "advise", help="probe a model briefly: early dropout, late s.d., standard or none?"
@@ -113,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "advise":
             return _advise(args)
         if args.command == "report":
-            report = build_report(args.run_dir)
-            print(f"wrote {args.run_dir / 'report.md'} ({len(report['claims'])} claims)")
+            rebuilt = build_report(args.run_dir)
+            print(f"wrote {args.run_dir / 'report.md'} ({len(rebuilt['claims'])} claims)")
+            return 0
+        if args.command == "status":
+            from dropkit.experiments.status import status_table
+
+            print(status_table(args.run_dir))
             return 0
         if args.command == "demo":
             budget = "quick" if args.quick else "full" if args.full else "default"
@@ -125,8 +151,16 @@ def main(argv: list[str] | None = None) -> int:
                 config = config.with_seeds(args.seeds)
         else:
             config = load_config(args.config)
+        if args.executor is not None:
+            config = config.with_executor(args.executor)
         out = args.out or Path("runs") / config.name
-        report = run_experiment(config, out, workers=args.workers)
+        report = run_experiment(config, out, workers=args.workers, detach=args.detach)
+        if report is None:
+            print(
+                f"submitted; `dropkit status {out}` shows the jobs, and the same command again "
+                "collects them and writes the report"
+            )
+            return 0
         print(f"report: {out / 'report.md'} ({report['wall_s_this_invocation']:.0f} s)")
     except Interrupted as err:
         print(f"dropkit {args.command}: {err}", file=sys.stderr)
@@ -171,11 +205,12 @@ def _advise(args: argparse.Namespace) -> int:
     for setting in settings:
         out = args.out or Path("runs") / f"advise-{setting.name}"
         out.mkdir(parents=True, exist_ok=True)
-        data = load_dataset(setting.data)
+        data_name, model_spec, train = setting.recipe()
+        data = load_dataset(data_name)
         advice = advise(
-            model_factory(setting.model, data.n_features, data.n_classes),
+            model_factory(model_spec, data.n_features, data.n_classes),
             data,
-            setting.train,
+            train,
             budget=args.budget,
             seeds=args.seeds,
             p=args.p,

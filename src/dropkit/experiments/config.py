@@ -21,6 +21,7 @@ from dropkit.experiments.train import TrainConfig
 __all__ = [
     "ConfigError",
     "DynamicsSpec",
+    "ExecutorSpec",
     "ExperimentConfig",
     "ScheduleSpec",
     "SettingSpec",
@@ -60,13 +61,15 @@ class ScheduleSpec:
 @dataclass(frozen=True)
 class VariantSpec:
     """``double_batch``: train on ``[x; x]`` (both CEs summed) without the KL term when
-    ``rdrop_alpha`` is 0 — R-Drop's control, so a gain can be put on the consistency term."""
+    ``rdrop_alpha`` is 0 — R-Drop's control, so a gain can be put on the consistency term.
+    ``params``: overlaid on the setting's ``params`` for a training function's trials."""
 
     name: str
     dropout: ScheduleSpec | None = None
     drop_path: ScheduleSpec | None = None
     rdrop_alpha: float = 0.0
     double_batch: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 MIN_WINDOW_CHECKPOINTS = 8
@@ -100,16 +103,22 @@ class DynamicsSpec:
 
 @dataclass(frozen=True)
 class SettingSpec:
+    """A built-in setting (``data`` / ``model`` / ``train``: dropkit trains the population) or a
+    training function's (``function: module:name``, called once per variant and seed with a
+    :class:`dropkit.experiments.Trial`; ``params`` reach it as ``trial.params``)."""
+
     name: str
-    data: str
-    model: Mapping[str, Any]
-    train: TrainConfig
+    data: str | None
+    model: Mapping[str, Any] | None
+    train: TrainConfig | None
     variants: tuple[VariantSpec, ...]
     dynamics: DynamicsSpec | None = None
     mc_passes: int = 8  # Monte-Carlo dropout passes for the train/test inconsistency
     regime: str | None = None  # "underfitting" or "overfitting": the regime it is meant to be in
     regime_claim: str | None = None  # the claim that establishes it; the others depend on it
     seeds: int | None = None  # seeds for this setting (None: the config's)
+    function: str | None = None  # "module:name" of a training function
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def variant(self, name: str) -> VariantSpec:
         for variant in self.variants:
@@ -117,13 +126,43 @@ class SettingSpec:
                 return variant
         raise KeyError(name)
 
+    def recipe(self) -> tuple[str, Mapping[str, Any], TrainConfig]:
+        """``(data, model, train)`` of a built-in setting; a function setting has none."""
+        if self.data is None or self.model is None or self.train is None:
+            raise ValueError(
+                f"settings.{self.name} runs the training function {self.function!r}; it has no "
+                "built-in data, model or train block"
+            )
+        return self.data, self.model, self.train
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where the jobs run: ``local`` (a process pool on this machine) or ``slurm`` (submitit).
+
+    ``folder``: submitit's log folder (default: ``slurm/`` in the run folder); ``parameters``:
+    every other key of the config's ``executor:`` block, passed as they are to submitit's
+    ``update_parameters`` (``timeout_min``, ``slurm_partition``, ``gpus_per_node``, ...).
+    """
+
+    kind: Literal["local", "slurm"] = "local"
+    folder: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+EXECUTORS = ("local", "slurm")
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """``root``: the folder training functions import from (the config file's folder)."""
+
     name: str
     seeds: int
     settings: tuple[SettingSpec, ...]
     claims: tuple[Claim, ...] = field(default_factory=tuple)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    root: str | None = None
 
     def seeds_of(self, setting: SettingSpec) -> tuple[int, ...]:
         """The seeds every variant of ``setting`` trains with (shared, so claims pair them)."""
@@ -134,8 +173,19 @@ class ExperimentConfig:
         settings = tuple(dataclasses.replace(s, seeds=None) for s in self.settings)
         return dataclasses.replace(self, seeds=seeds, settings=settings)
 
+    def with_executor(self, kind: str) -> ExperimentConfig:
+        """The same experiment on another executor (``--executor``); the block's parameters stay."""
+        if kind not in EXECUTORS:
+            raise ConfigError(f"--executor {kind!r}: expected one of {list(EXECUTORS)}")
+        executor = dataclasses.replace(self.executor, kind=cast(Any, kind))
+        return dataclasses.replace(self, executor=executor)
+
     def to_dict(self) -> dict[str, Any]:
-        """The config in the YAML schema, every default filled in (``parse_config`` reads it)."""
+        """The config in the YAML schema, every default filled in (``parse_config`` reads it).
+
+        The executor is left out: where the jobs run never changes what they compute, so a run
+        folder may be resumed on another executor.
+        """
         return {
             "name": self.name,
             "seeds": self.seeds,
@@ -165,14 +215,18 @@ def _setting_dict(setting: SettingSpec) -> dict[str, Any]:
             entry["rdrop_alpha"] = v.rdrop_alpha
         if v.double_batch:
             entry["double_batch"] = True
+        if v.params:
+            entry["params"] = dict(v.params)
         variants[v.name] = entry
-    out = {
-        "data": setting.data,
-        "model": dict(setting.model),
-        "train": dataclasses.asdict(setting.train),
-        "variants": variants,
-        "mc_passes": setting.mc_passes,
-    }
+    out: dict[str, Any] = {"variants": variants}
+    if setting.function is not None:
+        out["function"] = setting.function
+        if setting.params:
+            out["params"] = dict(setting.params)
+    else:
+        data, model, train = setting.recipe()
+        out |= {"data": data, "model": dict(model), "train": dataclasses.asdict(train),
+                "mc_passes": setting.mc_passes}  # fmt: skip
     for key in ("regime", "regime_claim", "seeds"):
         if getattr(setting, key) is not None:
             out[key] = getattr(setting, key)
@@ -238,7 +292,7 @@ def _schedule(value: Any, where: str) -> ScheduleSpec:
 
 def _variant(name: str, value: Any, where: str) -> VariantSpec:
     value = _mapping(value or {}, where)
-    _only(value, {"dropout", "drop_path", "rdrop_alpha", "double_batch"}, where)
+    _only(value, {"dropout", "drop_path", "rdrop_alpha", "double_batch", "params"}, where)
     double = value.get("double_batch", False)
     if not isinstance(double, bool):
         raise ConfigError(f"{where}.double_batch: expected true or false, got {double!r}")
@@ -257,6 +311,7 @@ def _variant(name: str, value: Any, where: str) -> VariantSpec:
             value.get("rdrop_alpha", 0.0), f"{where}.rdrop_alpha", low=0.0, low_open=False
         ),
         double_batch=double,
+        params=dict(_mapping(value.get("params", {}), f"{where}.params")),
     )
 
 
@@ -304,25 +359,54 @@ def _dynamics(value: Any, where: str, variants: tuple[VariantSpec, ...]) -> Dyna
     return DynamicsSpec(variants=tuple(chosen), n_batches=n_batches, **ints)
 
 
+_BUILTIN_KEYS = ("data", "model", "train", "dynamics", "mc_passes")
+
+
+def _function_ref(value: Any, where: str) -> str:
+    module, _, attr = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not module or not attr:
+        raise ConfigError(
+            f"{where}: expected MODULE:NAME of a training function (e.g. mytrain:train, the "
+            f"module beside the config), got {value!r}"
+        )
+    return str(value)
+
+
 def _setting(name: str, value: Any) -> SettingSpec:
     where = f"settings.{name}"
     value = _mapping(value, where)
     _only(
         value,
-        {"data", "model", "train", "variants", "dynamics", "mc_passes", "regime", "regime_claim",
-         "seeds"},
+        {"variants", "regime", "regime_claim", "seeds", "function", "params", *_BUILTIN_KEYS},
         where,
-    )  # fmt: skip
-    for key in ("data", "model", "train", "variants"):
-        if key not in value:
-            raise ConfigError(f"{where}.{key}: missing")
-    if not isinstance(value["data"], str):
-        raise ConfigError(
-            f"{where}.data: expected a dataset name or .npz path, got {value['data']!r}"
-        )
-    model = _mapping(value["model"], f"{where}.model")
-    if "kind" not in model:
-        raise ConfigError(f"{where}.model.kind: missing (vit, mixer, mlp or resmlp)")
+    )
+    function = None
+    if "function" in value:
+        function = _function_ref(value["function"], f"{where}.function")
+        mixed = [key for key in _BUILTIN_KEYS if key in value]
+        if mixed:
+            raise ConfigError(
+                f"{where}: {mixed} belong to built-in settings; a setting with a `function` "
+                "trains what the function builds (pass its options as params:)"
+            )
+        if "variants" not in value:
+            raise ConfigError(f"{where}.variants: missing")
+    else:
+        if "params" in value:
+            raise ConfigError(f"{where}.params: only a setting with a `function` takes params")
+        for key in ("data", "model", "train", "variants"):
+            if key not in value:
+                raise ConfigError(
+                    f"{where}.{key}: missing (or give `function: module:name` to train with "
+                    "your own training function)"
+                )
+        if not isinstance(value["data"], str):
+            raise ConfigError(
+                f"{where}.data: expected a dataset name or .npz path, got {value['data']!r}"
+            )
+        model = _mapping(value["model"], f"{where}.model")
+        if "kind" not in model:
+            raise ConfigError(f"{where}.model.kind: missing (vit, mixer, mlp or resmlp)")
     raw_variants = _mapping(value["variants"], f"{where}.variants")
     if not raw_variants:
         raise ConfigError(f"{where}.variants: name at least one variant")
@@ -349,17 +433,25 @@ def _setting(name: str, value: Any) -> SettingSpec:
     seeds = value.get("seeds")
     if seeds is not None and _number(seeds, f"{where}.seeds", integer=True) < 2:
         raise ConfigError(f"{where}.seeds: claims are paired comparisons, give >= 2 seeds")
+    common = {
+        "name": name,
+        "variants": variants,
+        "regime": regime,
+        "regime_claim": None if regime_claim is None else str(regime_claim),
+        "seeds": seeds,
+    }
+    if function is not None:
+        params = dict(_mapping(value.get("params", {}), f"{where}.params"))
+        return SettingSpec(
+            data=None, model=None, train=None, function=function, params=params, **common
+        )
     return SettingSpec(
-        name=name,
         data=value["data"],
         model=dict(model),
         train=_train(value["train"], f"{where}.train"),
-        variants=variants,
         dynamics=None if dynamics is None else _dynamics(dynamics, f"{where}.dynamics", variants),
         mc_passes=_number(value.get("mc_passes", 8), f"{where}.mc_passes", integer=True),
-        regime=regime,
-        regime_claim=None if regime_claim is None else str(regime_claim),
-        seeds=seeds,
+        **common,
     )
 
 
@@ -433,10 +525,27 @@ def _check_regimes(settings: Mapping[str, SettingSpec], claims: tuple[Claim, ...
             )
 
 
-def parse_config(raw: Any) -> ExperimentConfig:
-    """Validate a config mapping (e.g. from ``yaml.safe_load``)."""
+def _executor(value: Any) -> ExecutorSpec:
+    value = dict(_mapping(value, "executor"))
+    kind = value.pop("kind", "local")
+    if kind not in EXECUTORS:
+        raise ConfigError(f"executor.kind: expected one of {list(EXECUTORS)}, got {kind!r}")
+    folder = value.pop("folder", None)
+    if folder is not None and not isinstance(folder, str):
+        raise ConfigError(f"executor.folder: expected a path, got {folder!r}")
+    if kind == "local" and value:
+        raise ConfigError(
+            f"executor: {sorted(value)} are submitit parameters, for kind: slurm; the local "
+            "executor takes none (its worker count is --workers)"
+        )
+    return ExecutorSpec(kind=kind, folder=folder, parameters=value)
+
+
+def parse_config(raw: Any, root: str | Path | None = None) -> ExperimentConfig:
+    """Validate a config mapping (e.g. from ``yaml.safe_load``); ``root``: the folder a
+    setting's training function is imported from (the config file's folder)."""
     raw = _mapping(raw, "config")
-    _only(raw, {"name", "seeds", "settings", "claims"}, "config")
+    _only(raw, {"name", "seeds", "settings", "claims", "executor"}, "config")
     settings_raw = _mapping(raw.get("settings"), "settings")
     settings = {str(name): _setting(str(name), spec) for name, spec in settings_raw.items()}
     claims_raw = raw.get("claims", [])
@@ -449,6 +558,8 @@ def parse_config(raw: Any) -> ExperimentConfig:
         seeds=_number(raw.get("seeds", 5), "seeds", integer=True),
         settings=tuple(settings.values()),
         claims=claims,
+        executor=_executor(raw.get("executor", {})),
+        root=None if root is None else str(Path(root).resolve()),
     )
 
 
@@ -467,8 +578,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file."""
-    return parse_config(_read_yaml(Path(path)))
+    """Read and validate a YAML config file (its folder is where training functions import from)."""
+    return parse_config(_read_yaml(Path(path)), root=Path(path).parent)
 
 
 def load_settings(path: str | Path) -> tuple[SettingSpec, ...]:
@@ -479,7 +590,7 @@ def load_settings(path: str | Path) -> tuple[SettingSpec, ...]:
     if "settings" not in raw:
         setting = {"variants": {"none": {}}, **raw}
         raw = {"name": path.stem, "settings": {path.stem: setting}}
-    return parse_config(raw).settings
+    return parse_config(raw, root=path.parent).settings
 
 
 def builtin_config(name: str) -> ExperimentConfig:

@@ -22,10 +22,11 @@ from dropkit import _optional
 from dropkit.experiments.config import ConfigError, ExperimentConfig, SettingSpec
 from dropkit.experiments.data import Dataset, load_dataset
 from dropkit.experiments.models import model_factory
+from dropkit.experiments.trial import load_function
 from dropkit.schedules import cutoff_steps
 from dropkit.sites import find_sites
 
-__all__ = ["MissingDependency", "preflight", "preflight_settings", "require"]
+__all__ = ["MissingDependency", "check_function", "preflight", "preflight_settings", "require"]
 
 
 class MissingDependency(ConfigError, _optional.MissingDependency):
@@ -66,19 +67,20 @@ def _dataset(
     setting: SettingSpec, cache_dir: str | Path | None, loaded: MutableMapping[str, Dataset]
 ) -> Dataset:
     """The setting's dataset, loaded once per spec (mnist1d is cached on disk by the loader)."""
-    if setting.data not in loaded:
+    name = setting.recipe()[0]
+    if name not in loaded:
         where = f"settings.{setting.name}.data"
         try:
-            loaded[setting.data] = load_dataset(setting.data, cache_dir=cache_dir)
+            loaded[name] = load_dataset(name, cache_dir=cache_dir)
         except ImportError as err:  # mnist1d / scikit-learn; the loader's message has the pip line
             raise MissingDependency(f"{where}: {err}") from err
         except (ValueError, KeyError, OSError) as err:
             raise ConfigError(f"{where}: {_message(err)}") from err
-    return loaded[setting.data]
+    return loaded[name]
 
 
 def _check_batch(setting: SettingSpec, n_train: int, data_name: str, split: str) -> None:
-    batch_size = setting.train.batch_size
+    batch_size = setting.recipe()[2].batch_size
     if batch_size > n_train:
         raise ConfigError(
             f"settings.{setting.name}.train.batch_size: {batch_size} exceeds the {n_train} "
@@ -89,11 +91,12 @@ def _check_batch(setting: SettingSpec, n_train: int, data_name: str, split: str)
 def _check_model(setting: SettingSpec, data: Dataset) -> nn.Module:
     """Build the model as the runs will and push two training samples through it."""
     where = f"settings.{setting.name}.model"
+    model_spec = setting.recipe()[1]
     sample = data.x[:2]
     # the caller's random stream is left as it was: a checked run draws what an unchecked one would
     with torch.random.fork_rng(devices=[]):
         try:
-            model = model_factory(setting.model, data.n_features, data.n_classes)()
+            model = model_factory(model_spec, data.n_features, data.n_classes)()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{where}: {err}") from err
         try:
@@ -101,7 +104,7 @@ def _check_model(setting: SettingSpec, data: Dataset) -> nn.Module:
                 logits = model.eval()(sample)
         except Exception as err:  # whatever the forward raises, it would raise inside training
             raise ConfigError(
-                f"{where}: the {setting.model['kind']} model fails on inputs shaped "
+                f"{where}: the {model_spec['kind']} model fails on inputs shaped "
                 f"{tuple(sample.shape)} from {data.name}: {type(err).__name__}: {err}"
             ) from err
     shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -129,7 +132,7 @@ def _check_variants(setting: SettingSpec, model: nn.Module, total_steps: int) ->
             where = f"settings.{setting.name}.variants.{variant.name}.{kind}"
             if kind not in kinds:
                 raise ConfigError(
-                    f"{where}: the {setting.model['kind']} model has no controllable {kind} "
+                    f"{where}: the {setting.recipe()[1]['kind']} model has no controllable {kind} "
                     f"site (it has: {sorted(kinds) or 'none'}); schedule a kind it has, or pick "
                     "a model with drop-path sites (resmlp, vit, mixer) for drop_path"
                 )
@@ -146,11 +149,21 @@ def _check_variants(setting: SettingSpec, model: nn.Module, total_steps: int) ->
 def _check_dynamics(setting: SettingSpec, total_steps: int, steps_per_epoch: int) -> None:
     spec = setting.dynamics
     if spec is not None and spec.window > total_steps:
+        epochs = setting.recipe()[2].epochs
         raise ConfigError(
             f"settings.{setting.name}.dynamics.window: the window ends at step {spec.window} but "
-            f"the run has only {total_steps} optimizer steps ({setting.train.epochs} epochs of "
+            f"the run has only {total_steps} optimizer steps ({epochs} epochs of "
             f"{steps_per_epoch}); train longer or make window (and every, until) smaller"
         )
+
+
+def check_function(setting: SettingSpec, root: str | None) -> None:
+    """The setting's training function imports (from ``root`` first) and takes one argument."""
+    assert setting.function is not None
+    try:
+        load_function(setting.function, root)
+    except (ImportError, TypeError) as err:
+        raise ConfigError(f"settings.{setting.name}.function: {err}") from err
 
 
 def preflight(
@@ -164,13 +177,19 @@ def preflight(
     require("yaml", "data", "to read experiment configs")
     require("tqdm", "data", "for the progress bars")
     _require_common(need_plots, "for the report's figures")
+    if config.executor.kind == "slurm":
+        require("submitit", "slurm", "to submit jobs to SLURM")
     loaded: dict[str, Dataset] = {}
     for setting in config.settings:
+        if setting.function is not None:
+            check_function(setting, config.root)
+            continue
+        train = setting.recipe()[2]
         data = _dataset(setting, cache_dir, loaded)
         _check_batch(setting, len(data.x), data.name, "training")
         model = _check_model(setting, data)
-        steps_per_epoch = len(data.x) // setting.train.batch_size
-        total_steps = setting.train.epochs * steps_per_epoch
+        steps_per_epoch = len(data.x) // train.batch_size
+        total_steps = train.epochs * steps_per_epoch
         _check_variants(setting, model, total_steps)
         _check_dynamics(setting, total_steps, steps_per_epoch)
 

@@ -45,6 +45,12 @@ class RunRecord:
     dynamics: DynamicsSeries | None
     wall_s: float
     diverged_at: list[int | None]  # per seed: the step its loss became non-finite, or None
+    # per seed: why it failed (a training function raised, or its job was cancelled), or None
+    errors: list[str | None] = dataclasses.field(default_factory=list)
+
+    def failed(self) -> dict[int, str]:
+        """``{seed: reason}`` of the seeds that failed (their metrics are NaN)."""
+        return {s: e for s, e in zip(self.seeds, self.errors) if e is not None}
 
     def per_seed(self, metric: str) -> dict[int, float]:
         """``{seed: value}`` of a final metric (empty when the run did not measure it)."""
@@ -63,4 +69,5 @@ class RunRecord:
             dynamics=None if dynamics is None else DynamicsSeries(**dynamics),
             wall_s=float(data.get("wall_s", 0.0)),
             diverged_at=data.get("diverged_at", [None] * len(data["seeds"])),
+            errors=data.get("errors", [None] * len(data["seeds"])),
         )

@@ -203,6 +203,39 @@ _TABLE_COLUMNS = (
     ("test_loss", 1, 4),
     ("inconsistency_kl", 1, 4),
 )
+_TABLE_HEADERS = {
+    "train_loss": "final train loss",
+    "test_acc": "test acc. %",
+    "test_loss": "test loss",
+    "inconsistency_kl": "inconsistency KL",
+}
+
+
+def _setting_line(
+    config: ExperimentConfig, setting: SettingSpec, found: Mapping[str, RunRecord]
+) -> str:
+    steps = "/".join(map(str, sorted({r.total_steps for r in found.values()}))) or "?"
+    regime = f", meant to be {setting.regime}" if setting.regime else ""
+    seeds = f"{len(config.seeds_of(setting))} seeds{regime}"
+    if setting.function is not None:
+        return f"**{setting.name}** — function `{setting.function}`, {steps} steps, {seeds}"
+    data, model, train = setting.recipe()
+    return (
+        f"**{setting.name}** — data `{data}`, model `{model['kind']}`, {train.epochs} epochs = "
+        f"{steps} steps, {seeds}"
+    )
+
+
+def _columns(
+    setting: SettingSpec, found: Mapping[str, RunRecord]
+) -> tuple[tuple[str, float, int], ...]:
+    """The built-in metrics, or every metric a training function returned (4 decimals; an
+    ``*_acc`` metric in percent)."""
+    if setting.function is None:
+        return _TABLE_COLUMNS
+    names = sorted({m for r in found.values() for m in r.metrics})
+    return tuple((m, 100 if m.endswith("_acc") else 1, 2 if m.endswith("_acc") else 4)
+                 for m in names)  # fmt: skip
 
 
 def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]) -> str:
@@ -210,23 +243,21 @@ def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, R
     lines = []
     for setting in config.settings:
         found = results.get(setting.name, {})
-        steps = sorted({r.total_steps for r in found.values()})
-        regime = f", meant to be {setting.regime}" if setting.regime else ""
+        columns = _columns(setting, found)
+        headers = [_TABLE_HEADERS.get(m, m) for m, _, _ in columns]
         lines += [
-            f"**{setting.name}** — data `{setting.data}`, model `{setting.model['kind']}`, "
-            f"{setting.train.epochs} epochs = {'/'.join(map(str, steps)) or '?'} steps, "
-            f"{len(config.seeds_of(setting))} seeds{regime}",
+            _setting_line(config, setting, found),
             "",
-            "| variant | seeds | final train loss | test acc. % | test loss | inconsistency KL |",
-            "|---|---|---|---|---|---|",
+            "| variant | seeds | " + " | ".join(headers) + " |",
+            "|---|---|" + "---|" * len(columns),
         ]
         for variant in setting.variants:
             record = found.get(variant.name)
             if record is None:
-                lines.append(f"| {variant.name} | 0 | not run | | | |")
+                lines.append(f"| {variant.name} | 0 | not run |" + " |" * len(columns))
                 continue
             cells = []
-            for metric, scale, digits in _TABLE_COLUMNS:
+            for metric, scale, digits in columns:
                 values = np.asarray(record.metrics.get(metric, []), dtype=np.float64) * scale
                 finite = values[np.isfinite(values)]
                 if len(finite) == 0:
@@ -237,8 +268,21 @@ def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, R
                 failed = f" ({lost} non-finite)" if lost else ""
                 cells.append(f"{finite.mean():.{digits}f} ± {sd:.{digits}f}{failed}")
             lines.append(f"| {variant.name} | {len(record.seeds)} | " + " | ".join(cells) + " |")
-        lines += ["", *_divergence_lines(found)]
+        lines += ["", *_divergence_lines(found), *_failure_lines(found)]
     return "\n".join(lines)
+
+
+def _failure_lines(found: Mapping[str, RunRecord]) -> list[str]:
+    """One line per run with failed seeds: which, and why (the traceback stays in the run)."""
+    lines = []
+    for name, record in found.items():
+        for seed, reason in record.failed().items():
+            lines.append(
+                f"- `{name}` seed {seed} **failed**: {reason.splitlines()[0] if reason else '?'} "
+                f"(runs/{record.setting}/{name}/seed-{seed}/); its metrics are NaN and claims "
+                "list it as failed. Run the same command again to retrain only the failed seeds."
+            )
+    return [*lines, ""] if lines else []
 
 
 def _divergence_lines(found: Mapping[str, RunRecord]) -> list[str]:
@@ -277,12 +321,13 @@ def _figures(
             cutoff_step=min(cutoffs) if cutoffs else None,
         )
         names.append(path.name)
-        path = figures.accuracy_bars(
-            {name: r.metrics["test_acc"] for name, r in found.items()},
-            fig_dir / f"{setting.name}_test_acc.png",
-            f"{setting.name}: test accuracy",
-        )
-        names.append(path.name)
+        if all("test_acc" in r.metrics for r in found.values()):
+            path = figures.accuracy_bars(
+                {name: r.metrics["test_acc"] for name, r in found.items()},
+                fig_dir / f"{setting.name}_test_acc.png",
+                f"{setting.name}: test accuracy",
+            )
+            names.append(path.name)
         measured = {name: r.dynamics for name, r in found.items() if r.dynamics is not None}
         if measured and setting.dynamics is not None:
             instruments = list(next(iter(measured.values())).values)

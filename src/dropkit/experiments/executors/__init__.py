@@ -1,0 +1,65 @@
+"""Where jobs run: one small interface, two places (this machine's process pool, or SLURM).
+
+An executor is handed jobs — callables with a ``label`` that take an optional progress callback
+and return their output — and calls ``on_done(job, output)`` in the driver's process as each one
+ends. It knows nothing of claims, reports or the run folder's layout; a job knows nothing of
+where it runs. A job that ends without an output (a cancelled or crashed SLURM job) is reported
+as a :class:`JobFailure` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["Executor", "Job", "JobFailure", "OnDone", "Progress", "make_executor"]
+
+Progress = Callable[[str, int, int], None]  # (job label, steps done, steps in all)
+
+
+class Job(Protocol):
+    """What an executor runs: picklable, with a label; returns its output."""
+
+    @property
+    def label(self) -> str: ...
+
+    def __call__(self, progress: Progress | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """A job that ended without an output: ``reason`` says why (SLURM's state and log tail)."""
+
+    reason: str
+
+
+OnDone = Callable[[Job, Any], None]
+
+
+class Executor(Protocol):
+    """Runs jobs and reports each one's output to ``on_done`` as it ends."""
+
+    def run(self, jobs: Sequence[Job], on_done: OnDone, progress: Progress) -> None: ...
+
+
+def make_executor(
+    kind: str,
+    state_dir: Path,
+    *,
+    workers: int = 1,
+    parameters: dict[str, Any] | None = None,
+    detach: bool = False,
+) -> Executor:
+    """``local``: a pool of ``workers`` processes; ``slurm``: submitit, with its job logs and
+    the job ids in ``state_dir`` and ``parameters`` for ``update_parameters``."""
+    if kind == "local":
+        from dropkit.experiments.executors.local import LocalExecutor
+
+        return LocalExecutor(workers)
+    if kind == "slurm":
+        from dropkit.experiments.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(state_dir, parameters or {}, detach=detach)
+    raise ValueError(f"unknown executor {kind!r}; expected local or slurm")

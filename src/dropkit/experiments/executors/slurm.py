@@ -1,0 +1,163 @@
+"""The SLURM executor: jobs submitted through submitit, as job arrays; nothing of our own.
+
+Each job is submitted as ``_Submission(job)``, a callable whose ``checkpoint`` method tells
+submitit to requeue it when SLURM preempts it or its time limit nears (SIGUSR2); the requeued job
+calls the same job again, and a training function resumes from its own ``trial.checkpoint()``.
+Job ids are kept in ``jobs.json`` in the executor's folder, so a driver started again (after a
+kill, or after ``--detach``) re-attaches to jobs still queued or running instead of submitting
+them twice, and collects those that finished while it was away. A job that ends without a
+result (cancelled, failed node, out of memory, time limit without a checkpoint) is reported as
+a :class:`~dropkit.experiments.executors.JobFailure` with SLURM's state and the end of its log.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dropkit._optional import import_optional
+from dropkit.experiments.executors import Job, JobFailure, OnDone, Progress
+from dropkit.experiments.io import read_json, write_json
+
+__all__ = ["JOBS_FILE", "SlurmExecutor", "job_states"]
+
+JOBS_FILE = "jobs.json"
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMPTED", "RESIZING",
+          "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED")  # fmt: skip
+POLL_S = 1.0
+LOG_TAIL_LINES = 20
+
+
+def _submitit() -> Any:
+    return import_optional("submitit", "slurm", "to submit jobs to SLURM")
+
+
+class _Submission:
+    """What submitit runs on a node: the job, and how to requeue it (submitit's checkpoint hook)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def __call__(self) -> Any:
+        return self.job()
+
+    def checkpoint(self) -> Any:
+        """Requeue the same job: a trial restores its own checkpoint when it starts again."""
+        return _submitit().helpers.DelayedSubmission(self)
+
+
+def _state(job: Any) -> str:
+    """SLURM's state word (``CANCELLED by 0`` -> ``CANCELLED``)."""
+    return str(job.state).split()[0].upper()
+
+
+def _failure(job: Any) -> JobFailure:
+    log = job.stderr() or job.stdout() or ""
+    tail = "\n".join(log.strip().splitlines()[-LOG_TAIL_LINES:])
+    reason = f"SLURM job {job.job_id} ended {job.state} without a result"
+    return JobFailure(f"{reason}\n{tail}" if tail else reason)
+
+
+def _ended(job: Any) -> bool:
+    if job.paths.result_pickle.exists():
+        return True
+    return _state(job) not in (*ACTIVE, "UNKNOWN")
+
+
+class SlurmExecutor:
+    """Submit jobs to SLURM with submitit's ``AutoExecutor``; ``parameters`` go to its
+    ``update_parameters`` as given. With ``detach``, :meth:`run` returns once all are queued."""
+
+    def __init__(
+        self, folder: Path, parameters: Mapping[str, Any], *, detach: bool = False
+    ) -> None:
+        self.folder = Path(folder)
+        self.parameters = dict(parameters)
+        self.detach = detach
+
+    def _recorded(self) -> dict[str, str]:
+        path = self.folder / JOBS_FILE
+        return dict(read_json(path)) if path.exists() else {}
+
+    def _attach(self, labels: Sequence[str]) -> dict[str, Any]:
+        """The recorded jobs of ``labels`` that are still queued or running, or have ended with
+        a result this driver has not collected yet."""
+        submitit = _submitit()
+        recorded = self._recorded()
+        jobs = {label: submitit.SlurmJob(self.folder, recorded[label])
+                for label in labels if label in recorded}  # fmt: skip
+        if not jobs:
+            return {}
+        next(iter(jobs.values())).watcher.update()  # one sacct call for all of them
+        return {
+            label: job
+            for label, job in jobs.items()
+            if job.paths.result_pickle.exists() or _state(job) in ACTIVE
+        }
+
+    def _submit(self, jobs: Sequence[Job]) -> dict[str, Any]:
+        if not jobs:
+            return {}
+        submitit = _submitit()
+        executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
+        try:
+            executor.update_parameters(**self.parameters)
+        except (TypeError, ValueError, NameError) as err:
+            raise ValueError(
+                f"executor: submitit refuses the parameters {sorted(self.parameters)}: {err}"
+            ) from err
+        with executor.batch():
+            submitted = [executor.submit(_Submission(job)) for job in jobs]
+        return {job.label: handle for job, handle in zip(jobs, submitted)}
+
+    def run(self, jobs: Sequence[Job], on_done: OnDone, progress: Progress) -> None:
+        by_label = {job.label: job for job in jobs}
+        handles = self._attach(list(by_label))
+        fresh = self._submit([job for label, job in by_label.items() if label not in handles])
+        handles |= fresh
+        recorded = {**self._recorded(), **{label: h.job_id for label, h in handles.items()}}
+        write_json(self.folder / JOBS_FILE, recorded)
+        if handles:
+            ids = sorted({h.job_id.split("_")[0] for h in handles.values()})
+            print(
+                f"SLURM: {len(fresh)} job(s) submitted, {len(handles) - len(fresh)} re-attached "
+                f"(job {', '.join(ids)}; logs in {self.folder})",
+                file=sys.stderr,
+                flush=True,
+            )
+        if self.detach:
+            return
+        pending = dict(handles)
+        while pending:
+            next(iter(pending.values())).watcher.update()  # one sacct call per poll
+            for label in [label for label, h in pending.items() if _ended(h)]:
+                handle = pending.pop(label)
+                on_done(by_label[label], self._output(handle))
+            if pending:
+                time.sleep(POLL_S)
+
+    @staticmethod
+    def _output(handle: Any) -> Any:
+        utils = _submitit().core.utils
+        try:
+            return handle.result()
+        except utils.FailedJobError as err:  # the job raised: submitit's message has the trace
+            tail = "\n".join(str(err).strip().splitlines()[-LOG_TAIL_LINES:])
+            return JobFailure(f"SLURM job {handle.job_id} raised\n{tail}")
+        except utils.UncompletedJobError:  # cancelled, killed, node failure: no result at all
+            return _failure(handle)
+
+
+def job_states(folder: Path) -> dict[str, str]:
+    """``{label: SLURM state}`` of the jobs recorded in ``folder`` (for ``dropkit status``)."""
+    path = folder / JOBS_FILE
+    if not path.exists():
+        return {}
+    submitit = _submitit()
+    jobs = {label: submitit.SlurmJob(folder, job_id) for label, job_id in read_json(path).items()}
+    if jobs:
+        next(iter(jobs.values())).watcher.update()
+    return {label: f"{job.state} (job {job.job_id})" for label, job in jobs.items()}

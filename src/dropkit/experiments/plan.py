@@ -1,0 +1,132 @@
+"""Config -> jobs: a population per built-in (setting, variant), a trial per (variant, seed) of a
+training function's setting, each with its place in the run folder and whether it is finished.
+
+The run folder: ``runs/<setting>/<variant>/result.json`` (written by the driver alone) marks a
+(setting, variant) finished; a trial's own folder is ``runs/<setting>/<variant>/seed-<n>/``, where
+the driver keeps its ``outcome.json``. A trial whose outcome holds metrics is finished (a
+non-finite metric is a result: the seed diverged); one that raised, or whose job failed, is run
+again by the next command, from a clean folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dropkit import schedules
+from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpec
+from dropkit.experiments.executors import Job
+from dropkit.experiments.io import read_json
+from dropkit.experiments.population import PopulationJob
+from dropkit.experiments.record import RunRecord
+from dropkit.experiments.trial import Trial, TrialJob
+
+__all__ = ["Plan", "make_plan", "outcome_path", "run_dir"]
+
+OUTCOME_FILE = "outcome.json"
+
+
+def run_dir(out: Path, setting: str, variant: str) -> Path:
+    return out / "runs" / setting / variant
+
+
+def trial_dir(out: Path, setting: str, variant: str, seed: int) -> Path:
+    return run_dir(out, setting, variant) / f"seed-{seed}"
+
+
+def outcome_path(out: Path, setting: str, variant: str, seed: int) -> Path:
+    return trial_dir(out, setting, variant, seed) / OUTCOME_FILE
+
+
+def read_outcome(path: Path) -> dict[str, Any] | None:
+    """A trial's recorded outcome (None when there is none, or it is unreadable)."""
+    try:
+        return dict(read_json(path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _result_finished(path: Path, seeds: tuple[int, ...]) -> bool:
+    """Whether ``path`` is a readable result of ``seeds``; a damaged one is trained again."""
+    if not path.exists():
+        return False
+    try:
+        record = RunRecord.from_dict(read_json(path))
+    except (ValueError, KeyError, TypeError) as err:  # truncated or not a result: retrain
+        print(f"{path} is damaged ({type(err).__name__}); training it again", file=sys.stderr)
+        return False
+    return record.seeds == list(seeds)
+
+
+def _claimed_metrics(config: ExperimentConfig, setting: SettingSpec) -> tuple[str, ...]:
+    return tuple(sorted({c.metric for c in config.claims if c.setting == setting.name}))
+
+
+def _trial(out: Path, setting: SettingSpec, spec: VariantSpec, seed: int) -> Trial:
+    return Trial(
+        setting=setting.name,
+        variant=spec.name,
+        seed=seed,
+        # a variant that names no dropout trains without it, whatever rate the model was built with
+        dropout=schedules.standard(0.0) if spec.dropout is None else spec.dropout.build(),
+        drop_path=None if spec.drop_path is None else spec.drop_path.build(),
+        rdrop_alpha=spec.rdrop_alpha,
+        double_batch=spec.double_batch,
+        params={**setting.params, **spec.params},
+        budget=1.0,
+        dir=trial_dir(out, setting.name, spec.name, seed),
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every job of a config in a run folder ``out``; :meth:`todo` those not finished."""
+
+    config: ExperimentConfig
+    out: Path
+    jobs: tuple[Job, ...]
+
+    def units(self) -> Iterator[tuple[SettingSpec, VariantSpec]]:
+        """Every (setting, variant), the unit a ``result.json`` records."""
+        for setting in self.config.settings:
+            for spec in setting.variants:
+                yield setting, spec
+
+    def finished(self, job: Job) -> bool:
+        if isinstance(job, TrialJob):
+            trial = job.trial
+            outcome = read_outcome(outcome_path(self.out, trial.setting, trial.variant, trial.seed))
+            return outcome is not None and outcome.get("metrics") is not None
+        assert isinstance(job, PopulationJob)
+        path = run_dir(self.out, job.setting.name, job.variant.name) / "result.json"
+        return _result_finished(path, job.seeds)
+
+    def todo(self) -> list[Job]:
+        """The jobs still to run; a failed trial's folder is cleared so it starts afresh."""
+        todo = [job for job in self.jobs if not self.finished(job)]
+        for job in todo:
+            if isinstance(job, TrialJob) and (job.trial.dir / OUTCOME_FILE).exists():
+                shutil.rmtree(job.trial.dir)  # it failed: no checkpoint of the failed attempt
+        return todo
+
+
+def make_plan(config: ExperimentConfig, out: Path, cache_dir: Path | None = None) -> Plan:
+    """One population job per built-in (setting, variant); one trial job per (variant, seed) of
+    a function setting."""
+    jobs: list[Job] = []
+    for setting in config.settings:
+        seeds = config.seeds_of(setting)
+        for spec in setting.variants:
+            if setting.function is None:
+                jobs.append(PopulationJob(setting, spec, seeds, cache_dir))
+                continue
+            required = _claimed_metrics(config, setting)
+            jobs += [
+                TrialJob(setting.function, config.root, _trial(out, setting, spec, s), required)
+                for s in seeds
+            ]
+    return Plan(config, out, tuple(jobs))

@@ -1,0 +1,150 @@
+"""The built-in job: train one (setting, variant) of a built-in setting over all its seeds.
+
+The seeds train as one population (:func:`dropkit.experiments.train.train_variant`); the job
+returns a :class:`PopulationOutput` — the run's :class:`~dropkit.experiments.record.RunRecord`,
+its metric rows and dynamics records — and writes nothing: the driver writes the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dropkit.diagnostics import train_test_inconsistency
+from dropkit.experiments import data as datasets
+from dropkit.experiments.config import SettingSpec, VariantSpec
+from dropkit.experiments.dynamics import DynamicsProbe
+from dropkit.experiments.models import model_factory
+from dropkit.experiments.record import Curve, RunRecord
+from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
+from dropkit.experiments.trial import fixed_threads
+from dropkit.schedules import cutoff_steps
+
+__all__ = ["PopulationJob", "PopulationOutput", "cutoff_step"]
+
+
+def train_variant_spec(spec: VariantSpec) -> Variant:
+    """The trainer's :class:`~dropkit.experiments.train.Variant` of a config's variant."""
+    return Variant(
+        name=spec.name,
+        dropout=None if spec.dropout is None else spec.dropout.build(),
+        drop_path=None if spec.drop_path is None else spec.drop_path.build(),
+        rdrop_alpha=spec.rdrop_alpha,
+        double_batch=spec.double_batch,
+    )
+
+
+def cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
+    """The step at which the variant's early / late schedule switches (None: it has none)."""
+    for schedule in (spec.dropout, spec.drop_path):
+        if schedule is not None and schedule.kind != "standard" and schedule.cutoff is not None:
+            return cutoff_steps(schedule.cutoff, total_steps)
+    return None
+
+
+def _inconsistency_kl(result: TrainResult, data: datasets.Dataset, passes: int) -> list[float]:
+    """Per seed: KL(average of ``passes`` MC-dropout predictions || deterministic) on test data
+    (NaN for a seed that diverged: it has no predictions to compare)."""
+    population = result.population
+    if population is None:  # a result read back from JSON holds no models
+        raise ValueError(f"{result.variant}: the result holds no trained models to measure")
+    return [
+        math.nan
+        if result.diverged_at[i] is not None
+        else train_test_inconsistency(
+            population.member(i).train(), data.x_test, data.y_test, passes=passes, seed=seed
+        ).kl
+        for i, seed in enumerate(population.seeds)
+    ]
+
+
+def _metrics_rows(record: RunRecord) -> list[dict[str, Any]]:
+    rows = []
+    for i, seed in enumerate(record.seeds):
+        for k, step in enumerate(record.curve.steps):
+            rows.append(
+                {
+                    "variant": record.variant,
+                    "seed": seed,
+                    "step": step,
+                    "train_loss": record.curve.train_loss[i][k],
+                }
+            )
+        final = {name: values[i] for name, values in record.metrics.items() if values}
+        rows.append({"variant": record.variant, "seed": seed, "step": record.total_steps, **final})
+    return rows
+
+
+@dataclass(frozen=True)
+class PopulationOutput:
+    """What a population job hands the driver: ``result.json``'s record, ``metrics.jsonl``'s
+    rows and ``records.jsonl``'s dynamics records (None when no dynamics were measured)."""
+
+    record: RunRecord
+    metrics_rows: list[dict[str, Any]]
+    dynamics_records: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class PopulationJob:
+    """Train a built-in (setting, variant) over ``seeds``, one thread, wherever it runs."""
+
+    setting: SettingSpec
+    variant: VariantSpec
+    seeds: tuple[int, ...]
+    cache_dir: Path | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting.name}/{self.variant.name}"
+
+    def __call__(self, progress: Callable[[str, int, int], None] | None = None) -> PopulationOutput:
+        with fixed_threads(1):
+            return self._train(progress or (lambda label, done, total: None))
+
+    def _train(self, progress: Callable[[str, int, int], None]) -> PopulationOutput:
+        setting, spec, seeds = self.setting, self.variant, list(self.seeds)
+        data_name, model_spec, train = setting.recipe()
+        dataset = datasets.load_dataset(data_name, cache_dir=self.cache_dir)
+        model_fn = model_factory(model_spec, dataset.n_features, dataset.n_classes)
+        steps = train.epochs * (len(dataset.x) // train.batch_size)
+        probe = None
+        if setting.dynamics is not None and spec.name in setting.dynamics.variants:
+            probe = DynamicsProbe(
+                setting.dynamics, model_fn, dataset, seeds, steps, train.batch_size, spec.name
+            )
+        every = max(1, steps // 100)
+
+        def on_step(step: int, population: Population) -> None:
+            if step % every == 0 or step == steps:
+                progress(self.label, step, steps)
+            if probe is not None:
+                probe.maybe_measure(step, population)
+
+        result = train_variant(
+            model_fn, dataset, train_variant_spec(spec), seeds, train, on_step=on_step
+        )
+        record = RunRecord(
+            setting=setting.name,
+            variant=spec.name,
+            seeds=result.seeds,
+            total_steps=result.total_steps,
+            cutoff_step=cutoff_step(spec, result.total_steps),
+            metrics={
+                "train_loss": result.final_train_loss,
+                "train_acc": result.final_train_acc,
+                "test_loss": result.test_loss,
+                "test_acc": result.test_acc,
+                "inconsistency_kl": _inconsistency_kl(result, dataset, setting.mc_passes),
+            },
+            curve=Curve(result.log_steps, result.train_loss, result.rates),
+            dynamics=None if probe is None else probe.series(),
+            wall_s=result.seconds,
+            diverged_at=result.diverged_at,
+        )
+        return PopulationOutput(
+            record, _metrics_rows(record), None if probe is None else probe.records
+        )

@@ -1,0 +1,124 @@
+"""The driver's side of a finished job: the one writer of the run folder's results.
+
+A population job's output becomes ``runs/<setting>/<variant>/result.json`` (with
+``metrics.jsonl`` and ``records.jsonl``). A trial's outcome becomes ``seed-<n>/outcome.json``;
+once every seed of a (setting, variant) has one, its ``result.json`` is assembled from them:
+a failed seed's metrics are NaN and its reason is kept, so claims list it as failed. A job that
+ended without output (:class:`~dropkit.experiments.executors.JobFailure`) is recorded the same
+way. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from dropkit.experiments.config import VariantSpec
+from dropkit.experiments.executors import Job, JobFailure
+from dropkit.experiments.io import write_json, write_jsonl
+from dropkit.experiments.plan import Plan, outcome_path, read_outcome, run_dir
+from dropkit.experiments.population import PopulationJob, PopulationOutput, cutoff_step
+from dropkit.experiments.record import Curve, RunRecord
+from dropkit.experiments.trial import TrialJob, TrialOutcome, read_log
+
+__all__ = ["FAILURE_FILE", "Results"]
+
+FAILURE_FILE = "failure.json"
+
+
+def _cutoff(spec: VariantSpec, total_steps: int) -> int | None:
+    """The cutoff step on the logged steps' scale (None when nothing was logged or it does not
+    fit: the figure then draws no cutoff line)."""
+    try:
+        return cutoff_step(spec, total_steps) if total_steps > 0 else None
+    except ValueError:
+        return None
+
+
+class Results:
+    """Write what each finished job produced into the plan's run folder."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def collect(self, job: Job, output: Any) -> str:
+        """Record ``output`` of ``job``; return a word for the progress line."""
+        if isinstance(job, PopulationJob):
+            return self._population(job, output)
+        assert isinstance(job, TrialJob)
+        return self._trial(job, output)
+
+    def _population(self, job: PopulationJob, output: PopulationOutput | JobFailure) -> str:
+        folder = run_dir(self.plan.out, job.setting.name, job.variant.name)
+        if isinstance(output, JobFailure):
+            write_json(folder / FAILURE_FILE, {"reason": output.reason})
+            return f"failed: {output.reason.splitlines()[0]}"
+        (folder / FAILURE_FILE).unlink(missing_ok=True)
+        write_jsonl(folder / "metrics.jsonl", output.metrics_rows)
+        if output.dynamics_records is not None:
+            write_jsonl(folder / "records.jsonl", output.dynamics_records)
+        write_json(folder / "result.json", output.record.to_dict())  # last: marks it finished
+        return "done"
+
+    def _trial(self, job: TrialJob, output: TrialOutcome | JobFailure) -> str:
+        trial = job.trial
+        if isinstance(output, JobFailure):
+            output = TrialOutcome(None, output.reason)
+        write_json(
+            outcome_path(self.plan.out, trial.setting, trial.variant, trial.seed),
+            dataclasses.asdict(output),
+        )
+        self._assemble(trial.setting, trial.variant)
+        if output.metrics is None:
+            return f"failed: {(output.error or '').splitlines()[0]}"
+        return "done" if output.error is None else output.error
+
+    def _assemble(self, setting_name: str, variant: str) -> None:
+        """Write the (setting, variant)'s ``result.json`` once every seed has an outcome."""
+        out, config = self.plan.out, self.plan.config
+        setting = next(s for s in config.settings if s.name == setting_name)
+        seeds = list(config.seeds_of(setting))
+        outcomes = [read_outcome(outcome_path(out, setting_name, variant, s)) for s in seeds]
+        if any(o is None for o in outcomes):
+            return
+        logs = [read_log(outcome_path(out, setting_name, variant, s).parent) for s in seeds]
+        names = sorted({m for o in outcomes if o and o["metrics"] for m in o["metrics"]})
+        metrics = {
+            name: [
+                float(o["metrics"].get(name, math.nan)) if o and o["metrics"] else math.nan
+                for o in outcomes
+            ]
+            for name in names
+        }
+        steps = sorted({row["step"] for log in logs for row in log if "train_loss" in row})
+        by_step = [{r["step"]: r.get("train_loss", math.nan) for r in log} for log in logs]
+        losses = [[seed_log.get(k, math.nan) for k in steps] for seed_log in by_step]
+        total = max((row["step"] for log in logs for row in log), default=0)
+        spec = setting.variant(variant)
+        record = RunRecord(
+            setting=setting_name,
+            variant=variant,
+            seeds=seeds,
+            total_steps=total,
+            cutoff_step=_cutoff(spec, total),
+            metrics=metrics,
+            curve=Curve(steps, losses, {}),
+            dynamics=None,
+            wall_s=sum(float(o.get("seconds") or 0.0) for o in outcomes if o),
+            diverged_at=[None] * len(seeds),
+            errors=[None if o and o["metrics"] else (o or {}).get("error") for o in outcomes],
+        )
+        rows = [
+            {"variant": variant, "seed": seed, **row}
+            for seed, log in zip(seeds, logs)
+            for row in log
+        ]
+        rows += [
+            {"variant": variant, "seed": seed, "step": total, **(o["metrics"] or {})}
+            for seed, o in zip(seeds, outcomes)
+            if o
+        ]
+        folder = run_dir(out, setting_name, variant)
+        write_jsonl(folder / "metrics.jsonl", rows)
+        write_json(folder / "result.json", record.to_dict())

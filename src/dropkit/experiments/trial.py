@@ -1,0 +1,233 @@
+"""A user's training function as a setting: :class:`Trial`, what one call gets, and the job that
+makes the call.
+
+A setting with ``function: mytrain:train`` is trained by calling ``train(trial)`` once per
+(variant, seed). The trial carries the variant's schedules (ready for
+:class:`dropkit.DropoutScheduler`), its parameters, and a private folder in which the function may
+log curves (:meth:`Trial.log`) and save a checkpoint that survives a requeue or a killed run
+(:meth:`Trial.checkpoint`, :meth:`Trial.restore`). The function returns its final metrics, a
+mapping of names to numbers; claims may name any of them.
+
+:class:`TrialJob` is what an executor runs: it imports the function where it runs (a SLURM node
+imports it from the config's folder), fixes the thread count, calls it, and returns a
+:class:`TrialOutcome` — the metrics, or the error with its traceback. It writes nothing outside
+``trial.dir`` and knows nothing of claims or of the run folder around it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dropkit.experiments.io import write_atomic
+from dropkit.schedules import Schedule
+
+__all__ = ["Trial", "TrialJob", "TrialOutcome", "load_function"]
+
+LOG_FILE = "log.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+TRACEBACK_FILE = "traceback.txt"
+
+
+@dataclass
+class Trial:
+    """One call of a training function: a (setting, variant, seed) and where to keep its state.
+
+    Attributes:
+        setting: The setting's name in the config.
+        variant: The variant's name (``none``, ``early_dropout``, ...).
+        seed: The seed; seed ``s`` of every variant is paired with seed ``s`` of the others, so
+            seed everything random with it (``torch.manual_seed(trial.seed)``).
+        dropout: The variant's dropout schedule, a callable ``(step, total_steps) -> rate``
+            ready for ``DropoutScheduler(model, total_steps, dropout=trial.dropout)``. A variant
+            that names no dropout (``none``) gets ``schedules.standard(0.0)``: it trains without
+            dropout whatever rate the model was built with.
+        drop_path: The variant's stochastic-depth schedule, or None when it names none (the
+            model's drop-path sites keep the rates they were built with).
+        rdrop_alpha: R-Drop's alpha (0: no R-Drop); use ``dropkit.rdrop_loss(..., alpha=...)``.
+        double_batch: Train on ``[x; x]`` without the KL term (R-Drop's control arm).
+        params: The setting's ``params:`` overlaid by the variant's.
+        budget: The fraction of the intended run to train (1.0; below 1 only for ``dropkit
+            advise`` probes): train ``round(budget * total_steps)`` steps with the schedules
+            still laid over the full ``total_steps``.
+        dir: A folder of this trial's own, kept across requeues and reruns.
+    """
+
+    setting: str
+    variant: str
+    seed: int
+    dropout: Schedule
+    drop_path: Schedule | None
+    rdrop_alpha: float
+    double_batch: bool
+    params: dict[str, Any]
+    budget: float
+    dir: Path
+
+    def log(self, step: int, **values: float) -> None:
+        """Record values at optimizer ``step`` (``train_loss`` draws the loss figure).
+
+        Lines go to ``dir/log.jsonl`` at once, so a curve survives a requeue; a step logged
+        again after a restore replaces the earlier value.
+        """
+        row = {"step": int(step), **{name: float(value) for name, value in values.items()}}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / LOG_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+
+    def checkpoint(self, state: Any) -> None:
+        """Save ``state`` (anything ``torch.save`` takes) atomically as this trial's checkpoint."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / CHECKPOINT_FILE
+        tmp = path.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
+        try:
+            torch.save(state, tmp)
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def restore(self) -> Any | None:
+        """What :meth:`checkpoint` last saved, or None on a first start."""
+        path = self.dir / CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        return torch.load(path, weights_only=False)
+
+
+def read_log(trial_dir: Path) -> list[dict[str, Any]]:
+    """The rows :meth:`Trial.log` wrote, one per step (a step logged again keeps its last
+    values; a line cut short by a kill is skipped), in step order."""
+    path = trial_dir / LOG_FILE
+    if not path.exists():
+        return []
+    rows: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["step"]] = row
+    return [rows[step] for step in sorted(rows)]
+
+
+def load_function(ref: str, root: str | None) -> Callable[[Trial], Any]:
+    """Import ``module:name`` (``root``, the config's folder, first on the path) and check it
+    takes one argument, the trial. Raises ``ImportError`` / ``TypeError`` with what to fix."""
+    module_name, _, attr = ref.partition(":")
+    if root is not None and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # the user's module: any error in it means it cannot be imported
+        where = f" (looked in {root} and on sys.path)" if root else ""
+        raise ImportError(
+            f"cannot import {module_name!r}{where}: {type(err).__name__}: {err}"
+        ) from err
+    function = getattr(module, attr, None)
+    if function is None:
+        raise ImportError(f"module {module_name!r} has no {attr!r}")
+    if not callable(function):
+        raise TypeError(f"{ref} is a {type(function).__name__}, not a function")
+    try:
+        inspect.signature(function).bind(None)
+    except TypeError:
+        raise TypeError(
+            f"{ref}{inspect.signature(function)} cannot be called as {attr}(trial); a training "
+            "function takes one argument, the dropkit.experiments.Trial"
+        ) from None
+    return function
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """A trial's end: its final ``metrics``, or the ``error`` (one line) and its traceback."""
+
+    metrics: dict[str, float] | None
+    error: str | None = None
+    traceback: str | None = None
+    seconds: float = 0.0
+
+
+@contextmanager
+def fixed_threads(threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads: a job computes the same numbers anywhere."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_metrics(returned: Any, required: Sequence[str], where: str) -> dict[str, float]:
+    """The returned mapping as ``{name: float}``; a ``TypeError`` naming ``where`` otherwise."""
+    if not isinstance(returned, Mapping):
+        raise TypeError(
+            f"{where} returned a {type(returned).__name__}; a training function returns its "
+            "final metrics as a mapping, e.g. {'test_acc': 0.91, 'train_loss': 0.2}"
+        )
+    metrics = {}
+    for name, value in returned.items():
+        try:
+            metrics[str(name)] = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{where} returned {name}={value!r}, not a number; return plain floats"
+            ) from None
+    missing = [name for name in required if name not in metrics]
+    if missing:
+        raise TypeError(
+            f"{where} returned {sorted(metrics)} but the config's claims need {missing}; return "
+            "them too"
+        )
+    return metrics
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Call a training function for one (setting, variant, seed): what an executor runs."""
+
+    function: str
+    root: str | None
+    trial: Trial
+    required: tuple[str, ...]  # the metrics the config's claims read
+    threads: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.trial.setting}/{self.trial.variant}/seed {self.trial.seed}"
+
+    def __call__(self, progress: Callable[[str, int, int], None] | None = None) -> TrialOutcome:
+        if progress is not None:
+            progress(self.label, 0, 1)
+        where = f"settings.{self.trial.setting}: {self.function}"
+        started = time.perf_counter()
+        try:
+            with fixed_threads(self.threads):
+                function = load_function(self.function, self.root)
+                returned = function(self.trial)
+            metrics = check_metrics(returned, self.required, where)
+        except Exception as err:
+            text = traceback.format_exc()
+            write_atomic(self.trial.dir / TRACEBACK_FILE, text)
+            seconds = time.perf_counter() - started
+            return TrialOutcome(None, f"{type(err).__name__}: {err}", text, seconds)
+        bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+        error = f"non-finite {', '.join(bad)} (diverged)" if bad else None
+        return TrialOutcome(metrics, error, None, time.perf_counter() - started)
