@@ -106,11 +106,23 @@ def _parser() -> argparse.ArgumentParser:
     advise.add_argument("config", type=Path, help="YAML with data, model, train (or settings)")
     advise.add_argument("--setting", help="only this setting of an experiment config")
     advise.add_argument(
-        "--budget", type=float, default=0.05, help="fraction of the intended run to probe (0.05)"
+        "--budget",
+        type=float,
+        help="fraction of the intended run to probe (default: 5%% past the learning-rate warm-up)",
     )
     advise.add_argument("--seeds", type=int, default=3, help="seeds per probe (default 3)")
     advise.add_argument("--p", type=float, default=0.1, help="dropout rate to probe (0.1)")
     advise.add_argument("--out", type=Path, help="folder for the advice (runs/advise-<name>)")
+    advise.add_argument(
+        "--emit-config",
+        type=Path,
+        metavar="PATH",
+        help="write the experiment that tests the recommendation (for `dropkit run`)",
+    )
+    advise.add_argument(
+        "--executor", choices=["local", "slurm"], default="local",
+        help="where a training function's probes run (default local)",
+    )  # fmt: skip
 
     report = commands.add_parser("report", help="rebuild report.md / report.json of a run folder")
     report.add_argument("run_dir", type=Path)
@@ -180,15 +192,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _advise(args: argparse.Namespace) -> int:
-    from dropkit.experiments.advise import advise
+    from dropkit.experiments.advise import advise, advise_function, emit_config
     from dropkit.experiments.config import ConfigError, load_settings
     from dropkit.experiments.data import load_dataset
     from dropkit.experiments.io import write_atomic, write_json
     from dropkit.experiments.models import model_factory
-    from dropkit.experiments.preflight import preflight_settings
+    from dropkit.experiments.preflight import check_function, preflight_settings, require
 
     # every refusal comes before the first folder is made
-    if not 0.0 < args.budget <= 1.0:
+    if args.budget is not None and not 0.0 < args.budget <= 1.0:
         raise ConfigError(
             f"--budget {args.budget}: give the fraction of the run to probe, in (0, 1]"
         )
@@ -201,27 +213,71 @@ def _advise(args: argparse.Namespace) -> int:
         settings = tuple(s for s in settings if s.name == args.setting)
         if not settings:
             raise ConfigError(f"--setting {args.setting!r} is not a setting of {args.config}")
-    preflight_settings(settings)  # data, batch size, model, scipy / matplotlib
+    if args.emit_config is not None and len(settings) > 1:
+        raise ConfigError("--emit-config writes one setting's experiment: pick it with --setting")
+    root = str(args.config.parent.resolve())
+    functions = [s for s in settings if s.function is not None]
+    for setting in functions:
+        check_function(setting, root)
+    if args.executor == "slurm":
+        require("submitit", "slurm", "to submit the probes to SLURM")
+    # data, batch size, model, scipy / matplotlib
+    preflight_settings([s for s in settings if s.function is None])
     for setting in settings:
         out = args.out or Path("runs") / f"advise-{setting.name}"
         out.mkdir(parents=True, exist_ok=True)
-        data_name, model_spec, train = setting.recipe()
-        data = load_dataset(data_name)
-        advice = advise(
-            model_factory(model_spec, data.n_features, data.n_classes),
-            data,
-            train,
-            budget=args.budget,
-            seeds=args.seeds,
-            p=args.p,
-            figure=out / "probe_train_loss.png",
-        )
-        text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown("probe_train_loss.png")
+        figure = None
+        if setting.function is not None:
+            advice = advise_function(
+                setting, root, out.resolve(), budget=args.budget, seeds=args.seeds, p=args.p,
+                executor=args.executor,
+            )  # fmt: skip
+        else:
+            data_name, model_spec, train = setting.recipe()
+            data = load_dataset(data_name)
+            figure = "probe_train_loss.png"
+            advice = advise(
+                model_factory(model_spec, data.n_features, data.n_classes),
+                data,
+                train,
+                budget=args.budget,
+                seeds=args.seeds,
+                p=args.p,
+                figure=out / figure,
+            )
+        text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown(figure)
         write_atomic(out / "advice.md", text)
         write_json(out / "advice.json", advice.to_dict())
         print(text)
         print(f"wrote {out / 'advice.md'}")
+        if args.emit_config is not None:
+            _emit(args.emit_config, emit_config(advice, setting, p=args.p), setting, root)
     return 0
+
+
+def _emit(path: Path, config: dict, setting, root: str) -> None:
+    """Write the emitted experiment as YAML, with a header saying what it tests."""
+    import yaml
+
+    from dropkit.experiments.io import write_atomic
+
+    header = (
+        f"# Written by `dropkit advise`: tests its recommendation on setting {setting.name!r}.\n"
+        "# Claims run in the paper's direction; the regime claim A1 gates the others.\n"
+        f"# Run it with: dropkit run {path}\n"
+    )
+    if setting.function is not None and str(path.parent.resolve()) != root:
+        header += (
+            f"# The training function {setting.function} is imported from this file's folder:\n"
+            f"# keep this file beside it ({root}).\n"
+        )
+        print(
+            f"note: {path} is not beside {setting.function.partition(':')[0]}.py; move it to "
+            f"{root} before `dropkit run`",
+            file=sys.stderr,
+        )
+    write_atomic(path, header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    print(f"wrote {path}: dropkit run {path}")
 
 
 if __name__ == "__main__":

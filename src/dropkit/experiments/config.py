@@ -30,6 +30,7 @@ __all__ = [
     "load_config",
     "load_settings",
     "parse_config",
+    "setting_dict",
 ]
 
 
@@ -189,7 +190,7 @@ class ExperimentConfig:
         return {
             "name": self.name,
             "seeds": self.seeds,
-            "settings": {s.name: _setting_dict(s) for s in self.settings},
+            "settings": {s.name: setting_dict(s) for s in self.settings},
             "claims": [dataclasses.asdict(c) for c in self.claims],
         }
 
@@ -203,7 +204,8 @@ def _schedule_dict(spec: ScheduleSpec) -> dict[str, Any]:
     return out
 
 
-def _setting_dict(setting: SettingSpec) -> dict[str, Any]:
+def setting_dict(setting: SettingSpec) -> dict[str, Any]:
+    """One setting in the YAML schema (what ``to_dict`` writes under ``settings``)."""
     variants = {}
     for v in setting.variants:
         entry: dict[str, Any] = {}

@@ -1,0 +1,114 @@
+"""`dropkit advise` on a training function's setting, and `--emit-config` for both kinds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dropkit.cli import main
+from dropkit.experiments.advise import default_budget
+from dropkit.experiments.config import load_config
+from dropkit.experiments.runner import run_experiment
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch"
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """The plain-PyTorch example, shortened, copied where the test may write beside it."""
+    pytest.importorskip("sklearn")
+    folder = tmp_path / "example"
+    shutil.copytree(EXAMPLE, folder)
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw["settings"]["digits"]["params"]["epochs"] = 4
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+    yield folder
+    sys.modules.pop("digits", None)
+    while str(folder) in sys.path:
+        sys.path.remove(str(folder))
+
+
+def test_the_default_budget_ends_past_the_warmup():
+    assert default_budget(1 / 6) == pytest.approx(1 / 6 + 0.05)  # the paper's warm-up
+    assert default_budget(0.0) == 0.05 and default_budget(0.99) == 1.0
+
+
+def test_advise_probes_a_training_function_and_emits_a_runnable_config(example, tmp_path, capsys):
+    emitted = example / "test-it.yaml"
+    code = main(["advise", str(example / "config.yaml"), "--seeds", "2", "--budget", "0.5",
+                 "--out", str(tmp_path / "advice"), "--emit-config", str(emitted)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    advice = json.loads((tmp_path / "advice" / "advice.json").read_text())
+    assert set(advice["evidence"]["variants"]) == {"none", "dropout"}
+    assert advice["evidence"]["budget"] == 0.5
+    assert advice["regime"] in ("underfitting", "overfitting")
+    # the probes called the function with budget 0.5: it trained half its epochs
+    log = (tmp_path / "advice/probes/none/seed-0/log.jsonl").read_text().splitlines()
+    assert len(log) == 2
+    assert any("no GDE" in limit for limit in advice["limits"])
+    config = load_config(emitted)
+    setting = config.settings[0]
+    assert setting.function == "digits:train" and setting.regime_claim == "A1"
+    assert {"none", "dropout"} <= {v.name for v in setting.variants}
+    a1 = config.claims[0]
+    assert (a1.a, a1.b, a1.metric) == ("dropout", "none", "test_acc")
+    assert a1.direction == ("<" if advice["regime"] == "underfitting" else ">")
+    report = run_experiment(config.with_seeds(2), tmp_path / "run", progress=False)
+    assert report is not None and report["claims"][0]["n_seeds"] == 2
+
+
+def test_an_early_dropout_advice_emits_its_schedule_and_the_papers_claims(tmp_path, capsys):
+    from dropkit.experiments.advise import Advice, emit_config
+    from dropkit.experiments.config import parse_config
+
+    config = load_config(Path(__file__).parent.parent / "examples/plain_pytorch/config.yaml")
+    setting = config.settings[0]
+    schedule = {"sites": "dropout", "schedule": "early", "p": 0.1, "cutoff": 1 / 6,
+                "shape": "linear"}  # fmt: skip
+    evidence = {"variants": {"none": {"val_acc": [0.9, 0.9]}, "dropout": {}}}
+    advice = Advice("early_dropout", schedule, "underfitting", "high", (), evidence, ())
+    raw = emit_config(advice, setting, p=0.1)
+    parsed = parse_config(raw)
+    early = parsed.settings[0].variant("early_dropout").dropout
+    assert early is not None and (early.kind, early.p, early.shape) == ("early", 0.1, "linear")
+    claims = {c.id: (c.a, c.b, c.metric, c.direction) for c in parsed.claims}
+    assert claims == {
+        "A1": ("dropout", "none", "test_acc", "<"),
+        "A2": ("early_dropout", "none", "train_loss", "<"),
+        "A3": ("early_dropout", "none", "test_acc", ">"),
+    }
+
+
+def test_advise_emits_a_config_for_a_builtin_setting(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": "digits", "model": {"kind": "mlp", "width": 16, "depth": 1},
+        "train": {"epochs": 2, "batch_size": 64},
+    }))  # fmt: skip
+    emitted = tmp_path / "test-mine.yaml"
+    assert main(["advise", str(config), "--seeds", "2", "--out", str(tmp_path / "a"),
+                 "--emit-config", str(emitted)]) == 0  # fmt: skip
+    parsed = load_config(emitted)
+    setting = parsed.settings[0]
+    assert setting.function is None and setting.recipe()[0] == "digits"
+    assert parsed.claims[0].id == "A1" and setting.regime_claim == "A1"
+    advice = json.loads((tmp_path / "a" / "advice.json").read_text())
+    names = {v.name for v in setting.variants}
+    assert "none" in names and (
+        advice["recommendation"] in names
+        or advice["recommendation"] in ("standard_dropout", "no_dropout")
+    )
+
+
+def test_a_failing_probe_gives_no_advice_and_says_where_the_traceback_is(example, tmp_path, capsys):
+    (example / "digits.py").write_text("def train(trial):\n    raise RuntimeError('boom')\n")
+    code = main(["advise", str(example / "config.yaml"), "--seeds", "2", "--out",
+                 str(tmp_path / "advice")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "4 probe(s) failed, no advice" in err and "RuntimeError: boom" in err
+    assert (tmp_path / "advice/probes/none/seed-0/traceback.txt").exists()
