@@ -2,14 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip install --quiet -c constraints.txt
-EXTRAS := dev,plot,data,lightning,hf,docs
+EXTRAS := dev,plot,data,lightning,hf,docs,slurm
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test docs lint bench clean
+.PHONY: install demo test docs lint bench clean slurm-up slurm-down
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ lint: install
 
 bench: install
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+# A single-node SLURM cluster on this machine (Debian, as root) for the submitit tests:
+# slurm-up installs what is missing and starts it; slurm-down stops it, leaving no process.
+slurm-up:
+	tools/slurm/up.sh
+
+slurm-down:
+	tools/slurm/down.sh
 
 clean:
 	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,134 +22,18 @@ from dropkit.experiments.config import ConfigError, load_config
 from dropkit.experiments.report import build_report
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.trial import read_log
+from tests.user_project import project_folder, run_result, trial_calls, user_config, write_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-# A user's module, written against the documented Trial only. It trains a small MLP on a fixed
-# random problem, checkpoints every 10 steps (its RNG state included, so a resumed trial ends
-# where an uninterrupted one does), and fails on request through files in its params' folder.
-USER_MODULE = """
-import time
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-import dropkit
-
-
-def train(trial):
-    p = {"steps": 40, "sleep": 0.0, **trial.params}
-    flags = Path(p["flags"])
-    with (flags / "calls.txt").open("a") as handle:
-        handle.write(f"{trial.variant}/{trial.seed}\\n")
-    if (flags / f"fail-{trial.variant}-{trial.seed}").exists():
-        raise RuntimeError(f"asked to fail seed {trial.seed}")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 8, generator=g)
-    y = (x[:, :3].sum(1) > 0).long()
-    torch.manual_seed(trial.seed)
-    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = dropkit.DropoutScheduler(model, p["steps"], dropout=trial.dropout)
-    start = 0
-    state = trial.restore()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["rng"])
-        start = state["step"]
-    for step in range(start, p["steps"]):
-        batch = torch.arange(step * 32, (step + 1) * 32) % 256
-        loss = F.cross_entropy(model(x[batch]), y[batch])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        time.sleep(p["sleep"])
-        if (step + 1) % 10 == 0:
-            trial.log(step + 1, train_loss=loss.item())
-            trial.checkpoint({"model": model.state_dict(), "opt": opt.state_dict(),
-                              "sched": sched.state_dict(), "rng": torch.get_rng_state(),
-                              "step": step + 1})
-    if p.get("return") == "list":
-        return [1.0]
-    model.eval()
-    with torch.no_grad():
-        logits = model(x)
-    out = {"train_loss": F.cross_entropy(logits, y).item(),
-           "train_acc": (logits.argmax(1) == y).float().mean().item()}
-    if p.get("return") == "no_acc":
-        del out["train_acc"]
-    return out
-
-
-def two_arguments(trial, other):
-    return {}
-"""
-
-
-def _config(flags: Path, seeds: int = 3, **params) -> dict:
-    return {
-        "name": "userfn",
-        "seeds": seeds,
-        "settings": {
-            "mine": {
-                "function": "usertrain:train",
-                "params": {"flags": str(flags), **params},
-                "regime": "overfitting",
-                "regime_claim": "U1",
-                "variants": {
-                    "none": {},
-                    "dropout": {"dropout": {"schedule": "standard", "p": 0.3}},
-                    "early": {
-                        "dropout": {"schedule": "early", "p": 0.3, "cutoff": 0.5},
-                        "params": {"steps": 40},
-                    },
-                },
-            }
-        },
-        "claims": [
-            {"id": "U1", "statement": "dropout lowers accuracy", "setting": "mine",
-             "metric": "train_acc", "a": "dropout", "b": "none", "direction": "<"},
-            {"id": "U2", "statement": "early lowers loss", "setting": "mine",
-             "metric": "train_loss", "a": "early", "b": "none", "direction": "<"},
-        ],
-    }  # fmt: skip
-
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A user's project folder: the training module beside its config."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    (folder / "usertrain.py").write_text(USER_MODULE)
-    (folder / "flags").mkdir()
-    yield folder
-    sys.modules.pop("usertrain", None)
-    while str(folder) in sys.path:
-        sys.path.remove(str(folder))
-
-
-def _write(project: Path, raw: dict) -> Path:
-    path = project / "config.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def _calls(project: Path) -> list[str]:
-    path = project / "flags" / "calls.txt"
-    return path.read_text().split() if path.exists() else []
-
-
-def _result(out: Path, variant: str) -> dict:
-    return json.loads((out / "runs" / "mine" / variant / "result.json").read_text())
+def project(tmp_path: Path) -> Iterator[Path]:
+    yield from project_folder(tmp_path)
 
 
 def test_a_function_setting_gets_claims_curves_figures_and_a_report(project, tmp_path):
-    config = load_config(_write(project, _config(project / "flags")))
+    config = load_config(write_config(project, user_config(project / "flags")))
     out = tmp_path / "run"
     report = run_experiment(config, out, progress=False)
     assert report is not None
@@ -158,7 +43,7 @@ def test_a_function_setting_gets_claims_curves_figures_and_a_report(project, tmp
     assert u1["comparison"] == "dropout - none < 0" and u1["mde"] > 0
     # the regime gate: U2 presupposes the regime U1 establishes
     assert (by_id["U2"]["verdict"] == "not applicable") == (u1["verdict"] != "confirmed")
-    result = _result(out, "early")
+    result = run_result(out, "early")
     assert result["seeds"] == [0, 1, 2]
     assert set(result["metrics"]) == {"train_loss", "train_acc"}
     assert result["curve"]["steps"] == [10, 20, 30, 40]
@@ -172,7 +57,7 @@ def test_a_function_setting_gets_claims_curves_figures_and_a_report(project, tmp
     assert (out / "figures" / "mine_train_loss.png").stat().st_size > 0
     assert "function `usertrain:train`" in (out / "report.md").read_text()
     # the variant's params overlay the setting's; each trial had a folder of its own
-    assert sorted(_calls(project)) == sorted(f"{v}/{s}" for v in ("none", "dropout", "early")
+    assert sorted(trial_calls(project)) == sorted(f"{v}/{s}" for v in ("none", "dropout", "early")
                                              for s in range(3))  # fmt: skip
     assert read_log(out / "runs/mine/none/seed-1")[-1]["step"] == 40
     # `dropkit report` rebuilds the same claims from the folder alone
@@ -180,7 +65,7 @@ def test_a_function_setting_gets_claims_curves_figures_and_a_report(project, tmp
 
 
 def test_the_same_numbers_in_this_process_and_in_worker_processes(project, tmp_path):
-    config = load_config(_write(project, _config(project / "flags", seeds=2)))
+    config = load_config(write_config(project, user_config(project / "flags", seeds=2)))
     run_experiment(config, tmp_path / "one", progress=False, workers=1)
     run_experiment(config, tmp_path / "two", progress=False, workers=2)
     for variant in ("none", "dropout", "early"):
@@ -193,12 +78,12 @@ def test_the_same_numbers_in_this_process_and_in_worker_processes(project, tmp_p
 def test_a_raising_trial_fails_alone_and_a_rerun_trains_only_it(project, tmp_path, capsys):
     flags = project / "flags"
     (flags / "fail-dropout-1").touch()
-    path = _write(project, _config(flags))
+    path = write_config(project, user_config(flags))
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
     trace = (out / "runs/mine/dropout/seed-1/traceback.txt").read_text()
     assert "RuntimeError: asked to fail seed 1" in trace and "usertrain.py" in trace
-    failed = _result(out, "dropout")
+    failed = run_result(out, "dropout")
     assert failed["errors"] == [None, "RuntimeError: asked to fail seed 1", None]
     assert math.isnan(failed["metrics"]["train_acc"][1])
     report = json.loads((out / "report.json").read_text())
@@ -211,9 +96,9 @@ def test_a_raising_trial_fails_alone_and_a_rerun_trains_only_it(project, tmp_pat
     (flags / "fail-dropout-1").unlink()
     (flags / "calls.txt").unlink()
     assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
-    assert _calls(project) == ["dropout/1"]
+    assert trial_calls(project) == ["dropout/1"]
     assert not (out / "runs/mine/dropout/seed-1/traceback.txt").exists()
-    assert _result(out, "dropout")["errors"] == [None, None, None]
+    assert run_result(out, "dropout")["errors"] == [None, None, None]
     u1 = next(c for c in json.loads((out / "report.json").read_text())["claims"] if c["id"] == "U1")
     assert u1["failed_seeds"] == [] and u1["n_seeds"] == 3
 
@@ -229,13 +114,13 @@ def test_a_raising_trial_fails_alone_and_a_rerun_trains_only_it(project, tmp_pat
 )
 def test_a_bad_function_is_refused_before_anything_runs(project, tmp_path, capsys, function,
                                                         message):  # fmt: skip
-    raw = _config(project / "flags")
+    raw = user_config(project / "flags")
     raw["settings"]["mine"]["function"] = function
     out = tmp_path / "run"
-    assert main(["run", str(_write(project, raw)), "--out", str(out)]) == 2
+    assert main(["run", str(write_config(project, raw)), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "settings.mine.function" in err and message in err
-    assert not out.exists() and _calls(project) == []
+    assert not out.exists() and trial_calls(project) == []
 
 
 @pytest.mark.parametrize(
@@ -248,24 +133,24 @@ def test_a_bad_function_is_refused_before_anything_runs(project, tmp_path, capsy
 def test_a_function_breaking_the_contract_fails_its_seeds_naming_the_setting(
     project, tmp_path, returned, message
 ):
-    raw = _config(project / "flags", seeds=2, **{"return": returned})
-    config = load_config(_write(project, raw))
+    raw = user_config(project / "flags", seeds=2, **{"return": returned})
+    config = load_config(write_config(project, raw))
     run_experiment(config, tmp_path / "run", progress=False)
-    errors = _result(tmp_path / "run", "none")["errors"]
+    errors = run_result(tmp_path / "run", "none")["errors"]
     assert all(e is not None and "settings.mine: usertrain:train" in e and message in e
                for e in errors)  # fmt: skip
 
 
 def test_built_in_fields_and_params_do_not_mix(project):
-    raw = _config(project / "flags")
+    raw = user_config(project / "flags")
     raw["settings"]["mine"]["model"] = {"kind": "mlp"}
     with pytest.raises(ConfigError, match=r"settings.mine: \['model'\] belong to built-in"):
-        load_config(_write(project, raw))
-    raw = _config(project / "flags")
+        load_config(write_config(project, raw))
+    raw = user_config(project / "flags")
     raw["settings"]["mine"]["variants"]["none"] = {"params": [1]}
     expected = r"settings\.mine\.variants\.none\.params: expected a mapping"
     with pytest.raises(ConfigError, match=expected):
-        load_config(_write(project, raw))
+        load_config(write_config(project, raw))
 
 
 def test_trial_checkpoint_restore_and_log(tmp_path):
@@ -288,9 +173,10 @@ def test_trial_checkpoint_restore_and_log(tmp_path):
 @pytest.mark.slow
 def test_a_killed_run_resumes_trials_from_their_checkpoints_to_the_same_numbers(project, tmp_path):
     flags = project / "flags"
-    config_path = _write(project, _config(flags, seeds=2, sleep=0.05))
-    reference = tmp_path / "reference"
-    run_experiment(load_config(config_path), reference, progress=False)
+    reference = tmp_path / "reference"  # the same trials without the sleep: the same numbers
+    run_experiment(load_config(write_config(project, user_config(flags, seeds=2))), reference,
+                   progress=False)  # fmt: skip
+    config_path = write_config(project, user_config(flags, seeds=2, sleep=0.1))
     (flags / "calls.txt").unlink()
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "dropkit.cli", "run", str(config_path), "--out", str(out),
@@ -314,9 +200,9 @@ def test_a_killed_run_resumes_trials_from_their_checkpoints_to_the_same_numbers(
                    for p in out.glob("runs/mine/*/seed-*/outcome.json")}  # fmt: skip
     (flags / "calls.txt").unlink()
     assert main(["run", str(config_path), "--out", str(out), "--workers", "1"]) == 0
-    assert len(_calls(project)) == 6 - len(done_before)
+    assert len(trial_calls(project)) == 6 - len(done_before)
     for variant in ("none", "dropout", "early"):
-        got, want = _result(out, variant), _result(reference, variant)
+        got, want = run_result(out, variant), run_result(reference, variant)
         assert got["metrics"] == want["metrics"]
         assert got["curve"] == want["curve"]
 

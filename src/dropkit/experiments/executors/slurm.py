@@ -12,6 +12,7 @@ a :class:`~dropkit.experiments.executors.JobFailure` with SLURM's state and the 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ __all__ = ["JOBS_FILE", "SlurmExecutor", "job_states"]
 JOBS_FILE = "jobs.json"
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMPTED", "RESIZING",
           "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED")  # fmt: skip
-POLL_S = 1.0
+POLL_S = 2.0  # seconds between sacct calls while jobs are pending
 LOG_TAIL_LINES = 20
 
 
@@ -59,6 +60,19 @@ def _failure(job: Any) -> JobFailure:
     tail = "\n".join(log.strip().splitlines()[-LOG_TAIL_LINES:])
     reason = f"SLURM job {job.job_id} ended {job.state} without a result"
     return JobFailure(f"{reason}\n{tail}" if tail else reason)
+
+
+def _in_queue(job_id: str) -> bool:
+    """Whether ``squeue`` lists the job: one submitted a moment ago may not be in ``sacct`` yet
+    (slurmctld reports it to the accounting database asynchronously)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%i"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
 def _ended(job: Any) -> bool:
@@ -95,7 +109,9 @@ class SlurmExecutor:
         return {
             label: job
             for label, job in jobs.items()
-            if job.paths.result_pickle.exists() or _state(job) in ACTIVE
+            if job.paths.result_pickle.exists()
+            or _state(job) in ACTIVE
+            or (_state(job) == "UNKNOWN" and _in_queue(job.job_id))
         }
 
     def _submit(self, jobs: Sequence[Job]) -> dict[str, Any]:
@@ -141,6 +157,9 @@ class SlurmExecutor:
 
     @staticmethod
     def _output(handle: Any) -> Any:
+        finished = _state(handle) in ("COMPLETED", "FAILED")
+        if not finished and not handle.paths.result_pickle.exists():
+            return _failure(handle)  # cancelled, killed, timed out: no result will come
         utils = _submitit().core.utils
         try:
             return handle.result()

@@ -1,0 +1,180 @@
+"""The SLURM executor end to end on the test cluster (``make slurm-up``): the same numbers as the
+local executor, preemption -> requeue -> resume from the trial's checkpoint, a cancelled job
+recorded as failed and retrained alone, and detach -> status -> collect.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dropkit.cli import main
+from dropkit.experiments.config import load_config
+from dropkit.experiments.runner import run_experiment
+from dropkit.experiments.status import job_status
+from tests.slurm_cluster import cancel_jobs, require_cluster
+from tests.user_project import project_folder, run_result, trial_calls, user_config, write_config
+
+pytest.importorskip("submitit")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[None]:
+    """A live cluster; every job submitted from this test's folders is gone afterwards."""
+    require_cluster()
+    yield
+    cancel_jobs(tmp_path)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    yield from project_folder(tmp_path)
+
+
+def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _driver(config: Path, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "dropkit.cli", "run", str(config), "--out", str(out),
+               "--executor", "slurm"]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _job_id(out: Path, label: str) -> str:
+    path = out / "slurm" / "jobs.json"
+    return json.loads(path.read_text())[label] if path.exists() else ""
+
+
+def _metrics(out: Path) -> dict[str, dict]:
+    return {
+        str(path.relative_to(out)): json.loads(path.read_text())["metrics"]
+        for path in sorted(out.glob("runs/*/*/result.json"))
+    }
+
+
+def test_a_training_function_gives_the_same_numbers_on_slurm_as_here(cluster, project, tmp_path):
+    config_path = write_config(project, user_config(project / "flags", seeds=2))
+    local = run_experiment(load_config(config_path), tmp_path / "local", progress=False)
+    assert main(["run", str(config_path), "--out", str(tmp_path / "slurm"),
+                 "--executor", "slurm"]) == 0  # fmt: skip
+    assert _metrics(tmp_path / "slurm") == _metrics(tmp_path / "local")
+    for variant in ("none", "dropout", "early"):
+        assert (
+            run_result(tmp_path / "slurm", variant)["curve"]
+            == run_result(tmp_path / "local", variant)["curve"]
+        )
+    report = json.loads((tmp_path / "slurm" / "report.json").read_text())
+    assert report["claims"] == local["claims"] if local else False
+    ids = json.loads((tmp_path / "slurm/slurm/jobs.json").read_text())
+    assert len(ids) == 6 and len({i.split("_")[0] for i in ids.values()}) == 1  # one job array
+
+
+def test_the_quick_demo_gives_the_same_results_on_slurm_as_here(cluster, tmp_path):
+    base = ["demo", "--quick", "--seeds", "2"]
+    assert main([*base, "--out", str(tmp_path / "local")]) == 0
+    started = time.perf_counter()
+    assert main([*base, "--out", str(tmp_path / "slurm"), "--executor", "slurm"]) == 0
+    print(f"quick demo (2 seeds) through SLURM: {time.perf_counter() - started:.1f} s")
+    local, slurm = _metrics(tmp_path / "local"), _metrics(tmp_path / "slurm")
+    assert slurm == local and len(local) >= 8
+
+
+def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, project, tmp_path):
+    flags = project / "flags"
+    reference = tmp_path / "reference"  # the same trials without the sleep: the same numbers
+    run_experiment(load_config(write_config(project, user_config(flags, seeds=1))), reference,
+                   progress=False)  # fmt: skip
+    config_path = write_config(project, user_config(flags, seeds=1, sleep=0.1))
+    (flags / "calls.txt").unlink()
+    out = tmp_path / "run"
+    driver = _driver(config_path, out)
+    label = "mine/early/seed 0"
+    log = out / "runs/mine/early/seed-0/log.jsonl"
+    _wait(lambda: log.exists() and _job_id(out, label), 120, "the trial checkpoints once")
+    job = _job_id(out, label)
+    # what SLURM sends on preemption, as submitit's own tests do: SIGTERM (submitit's job
+    # ignores it), then USR2, on which it checkpoints and requeues
+    for name in ("TERM", "USR2"):
+        subprocess.run(["scancel", f"--signal={name}", job], check=True)
+    _, stderr = driver.communicate(timeout=180)
+    assert driver.returncode == 0, stderr
+    restored = (flags / "restored.txt").read_text().split()
+    assert len(restored) == 1 and restored[0].startswith("early/0@")
+    assert trial_calls(project).count("early/0") == 2
+    states = subprocess.check_output(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
+                                     text=True).split()  # fmt: skip
+    assert states == ["REQUEUED", "COMPLETED"]
+    assert _metrics(out) == _metrics(reference)
+    assert run_result(out, "early")["curve"] == run_result(reference, "early")["curve"]
+
+
+def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
+    cluster, project, tmp_path
+):
+    flags = project / "flags"
+    # 20 steps of 0.5 s: the trial outlives SLURM's KillWait (5 s) after the scancel
+    config_path = write_config(project, user_config(flags, seeds=1, sleep=0.5, steps=20))
+    out = tmp_path / "run"
+    driver = _driver(config_path, out)
+    label = "mine/dropout/seed 0"
+    _wait(lambda: (out / "runs/mine/dropout/seed-0/log.jsonl").exists() and _job_id(out, label),
+          120, "the trial runs")  # fmt: skip
+    subprocess.run(["scancel", _job_id(out, label)], check=True)
+    _, stderr = driver.communicate(timeout=180)
+    assert driver.returncode == 0, stderr
+    assert "1 job(s) failed (mine/dropout/seed 0)" in stderr
+    error = run_result(out, "dropout")["errors"][0]
+    assert error.startswith(f"SLURM job {_job_id(out, label)} ended CANCELLED")
+    assert job_status(out)[label].startswith("failed: ")
+    (flags / "calls.txt").unlink()
+    assert main(["run", str(config_path), "--out", str(out), "--executor", "slurm"]) == 0
+    assert trial_calls(project) == ["dropout/0"]
+    assert run_result(out, "dropout")["errors"] == [None]
+
+
+def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp_path, capsys):
+    config_path = write_config(project, user_config(project / "flags", seeds=1, sleep=0.02))
+    out = tmp_path / "run"
+    command = ["run", str(config_path), "--out", str(out), "--executor", "slurm"]
+    assert main([*command, "--detach"]) == 0
+    assert "submitted; `dropkit status" in capsys.readouterr().out
+    assert not (out / "report.json").exists()
+    labels = {f"mine/{v}/seed 0" for v in ("none", "dropout", "early")}
+    assert set(job_status(out)) == labels
+    _wait(lambda: all(s.startswith("finished, not collected") for s in job_status(out).values()),
+          120, "the detached jobs finish")  # fmt: skip
+    assert main(["status", str(out)]) == 0
+    assert "3 finished, not collected yet" in capsys.readouterr().out
+    assert main(command) == 0  # collects: nothing is submitted again
+    assert sorted(trial_calls(project)) == ["dropout/0", "early/0", "none/0"]
+    assert set(job_status(out).values()) == {"done"}
+    assert (out / "report.json").exists()
+
+
+def test_a_driver_killed_while_jobs_run_reattaches_instead_of_resubmitting(
+    cluster, project, tmp_path
+):
+    config_path = write_config(project, user_config(project / "flags", seeds=1, sleep=0.05))
+    out = tmp_path / "run"
+    driver = _driver(config_path, out)
+    _wait(lambda: (out / "slurm/jobs.json").exists(), 60, "the jobs are submitted")
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + signal.SIGTERM and "run the same command again" in stderr
+    ids = json.loads((out / "slurm/jobs.json").read_text())
+    assert main(["run", str(config_path), "--out", str(out), "--executor", "slurm"]) == 0
+    assert json.loads((out / "slurm/jobs.json").read_text()) == ids
+    assert sorted(trial_calls(project)) == ["dropout/0", "early/0", "none/0"]

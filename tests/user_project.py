@@ -1,0 +1,134 @@
+"""A user's project for the training-function tests: a module written against the documented
+``Trial`` only, its config, and readers of what a run left behind."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+# A user's module, written against the documented Trial only. It trains a small MLP on a fixed
+# random problem, checkpoints every 10 steps (its RNG state included, so a resumed trial ends
+# where an uninterrupted one does), and fails on request through files in its params' folder.
+USER_MODULE = """
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dropkit
+
+
+def train(trial):
+    p = {"steps": 40, "sleep": 0.0, **trial.params}
+    flags = Path(p["flags"])
+    with (flags / "calls.txt").open("a") as handle:
+        handle.write(f"{trial.variant}/{trial.seed}\\n")
+    if (flags / f"fail-{trial.variant}-{trial.seed}").exists():
+        raise RuntimeError(f"asked to fail seed {trial.seed}")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = (x[:, :3].sum(1) > 0).long()
+    torch.manual_seed(trial.seed)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = dropkit.DropoutScheduler(model, p["steps"], dropout=trial.dropout)
+    start = 0
+    state = trial.restore()
+    if state is not None:
+        with (flags / "restored.txt").open("a") as handle:
+            handle.write(f"{trial.variant}/{trial.seed}@{state['step']}\\n")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+    for step in range(start, p["steps"]):
+        batch = torch.arange(step * 32, (step + 1) * 32) % 256
+        loss = F.cross_entropy(model(x[batch]), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        time.sleep(p["sleep"])
+        if (step + 1) % 10 == 0:
+            trial.log(step + 1, train_loss=loss.item())
+            trial.checkpoint({"model": model.state_dict(), "opt": opt.state_dict(),
+                              "sched": sched.state_dict(), "rng": torch.get_rng_state(),
+                              "step": step + 1})
+    if p.get("return") == "list":
+        return [1.0]
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    out = {"train_loss": F.cross_entropy(logits, y).item(),
+           "train_acc": (logits.argmax(1) == y).float().mean().item()}
+    if p.get("return") == "no_acc":
+        del out["train_acc"]
+    return out
+
+
+def two_arguments(trial, other):
+    return {}
+"""
+
+
+def user_config(flags: Path, seeds: int = 3, **params) -> dict:
+    return {
+        "name": "userfn",
+        "seeds": seeds,
+        "settings": {
+            "mine": {
+                "function": "usertrain:train",
+                "params": {"flags": str(flags), **params},
+                "regime": "overfitting",
+                "regime_claim": "U1",
+                "variants": {
+                    "none": {},
+                    "dropout": {"dropout": {"schedule": "standard", "p": 0.3}},
+                    "early": {
+                        "dropout": {"schedule": "early", "p": 0.3, "cutoff": 0.5},
+                        "params": {"steps": 40},
+                    },
+                },
+            }
+        },
+        "claims": [
+            {"id": "U1", "statement": "dropout lowers accuracy", "setting": "mine",
+             "metric": "train_acc", "a": "dropout", "b": "none", "direction": "<"},
+            {"id": "U2", "statement": "early lowers loss", "setting": "mine",
+             "metric": "train_loss", "a": "early", "b": "none", "direction": "<"},
+        ],
+    }  # fmt: skip
+
+
+def project_folder(tmp_path: Path) -> Iterator[Path]:
+    """A user's project folder: the training module beside its config (a fixture's body)."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "usertrain.py").write_text(USER_MODULE)
+    (folder / "flags").mkdir()
+    yield folder
+    sys.modules.pop("usertrain", None)
+    while str(folder) in sys.path:
+        sys.path.remove(str(folder))
+
+
+def write_config(project: Path, raw: dict) -> Path:
+    path = project / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def trial_calls(project: Path) -> list[str]:
+    path = project / "flags" / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def run_result(out: Path, variant: str) -> dict:
+    return json.loads((out / "runs" / "mine" / variant / "result.json").read_text())
