@@ -143,9 +143,12 @@ def test_measure_gradient_set_matches_a_naive_reference(p, method):
     expected = naive_reference(model, batches, x, y, seed=11)
     assert stats.num_grads == 6
     for name, value in expected.items():
-        # G alone is float64 from the same float32 gradients: equal to rounding. ĝ is float32
-        # chunk by chunk here and in one backward there, so what compares with it is 1e-5.
-        rel = 1e-5 if name in ("gde", "bias_sq", "unit_bias_sq") else 1e-12
+        # G alone is float64 from float32 gradients: with the loop they are the reference's own
+        # gradients, equal to rounding; vmap forms them with batched kernels whose float32 sums
+        # run in another order on some CPUs (seen: GDV off by 3e-9 relative), so 1e-6 there.
+        # ĝ is float32 chunk by chunk here and in one backward there: what uses it is 1e-5.
+        own = 1e-12 if method == "loop" else 1e-6
+        rel = 1e-5 if name in ("gde", "bias_sq", "unit_bias_sq") else own
         assert getattr(stats, name) == pytest.approx(value, rel=rel, abs=0), name
     assert stats.error == stats.bias_sq + stats.variance
     assert stats.unit_error == stats.unit_bias_sq + stats.unit_variance
