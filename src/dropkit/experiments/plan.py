@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,12 +88,6 @@ class Plan:
     config: ExperimentConfig
     out: Path
     jobs: tuple[Job, ...]
-
-    def units(self) -> Iterator[tuple[SettingSpec, VariantSpec]]:
-        """Every (setting, variant), the unit a ``result.json`` records."""
-        for setting in self.config.settings:
-            for spec in setting.variants:
-                yield setting, spec
 
     def finished(self, job: Job) -> bool:
         if isinstance(job, TrialJob):

@@ -29,6 +29,7 @@ JOBS_FILE = "jobs.json"
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMPTED", "RESIZING",
           "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED")  # fmt: skip
 POLL_S = 2.0  # seconds between sacct calls while jobs are pending
+LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long is reported lost
 LOG_TAIL_LINES = 20
 
 
@@ -147,11 +148,19 @@ class SlurmExecutor:
         if self.detach:
             return
         pending = dict(handles)
+        unknown_since: dict[str, float] = {}  # jobs neither sacct nor squeue knows, since when
         while pending:
             next(iter(pending.values())).watcher.update()  # one sacct call per poll
-            for label in [label for label, h in pending.items() if _ended(h)]:
-                handle = pending.pop(label)
-                on_done(by_label[label], self._output(handle))
+            now = time.monotonic()
+            for label, handle in list(pending.items()):
+                if _ended(handle):
+                    on_done(by_label[label], self._output(pending.pop(label)))
+                elif _state(handle) != "UNKNOWN" or _in_queue(handle.job_id):
+                    unknown_since.pop(label, None)
+                elif now - unknown_since.setdefault(label, now) > LOST_AFTER_S:
+                    reason = f"SLURM job {handle.job_id} is known to neither sacct nor squeue"
+                    on_done(by_label[label], JobFailure(f"{reason} (lost); run again to resubmit"))
+                    del pending[label]
             if pending:
                 time.sleep(POLL_S)
 
