@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.slurm_cluster import cancel_jobs, require_cluster
+from tests.slurm_cluster import cancel_jobs, require_cluster, wait_for
 
 submitit = pytest.importorskip("submitit")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -51,14 +51,6 @@ class _Preemptible:
         return submitit.helpers.DelayedSubmission(self, started)
 
 
-def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.5)
-
-
 def _sacct_states(job_id: str) -> list[str]:
     """The job's states, one per run (a requeued job has several), oldest first."""
     command = ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id]
@@ -81,11 +73,11 @@ def test_job_result_and_cancelled_job(executor: Any) -> None:
     done = executor.submit(_job_id_and_node)
     sleeping = executor.submit(time.sleep, 300)
     assert done.result() == (done.job_id, node)
-    _wait(lambda: _sacct_states(done.job_id) == ["COMPLETED"], 30, "sacct: job completed")
+    wait_for(lambda: _sacct_states(done.job_id) == ["COMPLETED"], 30, "sacct: job completed")
 
-    _wait(lambda: sleeping.get_info().get("State") == "RUNNING", 60, "sleeping job runs")
+    wait_for(lambda: sleeping.get_info().get("State") == "RUNNING", 60, "sleeping job runs")
     subprocess.run(["scancel", sleeping.job_id], check=True)
-    _wait(lambda: sleeping.done(force_check=True), 30, "submitit: cancelled job done")
+    wait_for(lambda: sleeping.done(force_check=True), 30, "submitit: cancelled job done")
     assert sleeping.state.startswith("CANCELLED")  # sacct's "CANCELLED by <uid>"
     # A cancelled job leaves no result: exception() and result() wait that long (15 s by
     # default) for one before they give up.
@@ -99,17 +91,17 @@ def test_job_result_and_cancelled_job(executor: Any) -> None:
 def test_preempted_checkpointable_job_is_requeued(executor: Any, tmp_path: Path) -> None:
     started = tmp_path / "started"
     job = executor.submit(_Preemptible(), str(started))
-    _wait(started.exists, 60, f"job {job.job_id} starts")
+    wait_for(started.exists, 60, f"job {job.job_id} starts")
     # As SLURM preempts, and as submitit's own job._interrupt() does: SIGTERM, which submitit
     # ignores, then its preemption signal USR2, on which it checkpoints and requeues the job.
     start = time.monotonic()
     for signal in ("TERM", "USR2"):
         subprocess.run(["scancel", f"--signal={signal}", job.job_id], check=True)
-    _wait(job.paths.result_pickle.exists, 60, f"job {job.job_id} requeued and completed")
+    wait_for(job.paths.result_pickle.exists, 60, f"job {job.job_id} requeued and completed")
     requeued_s = time.monotonic() - start
     assert job.result() == 1  # the rerun started from the state checkpoint() returned
     log = job.stderr() or ""
     assert "Bypassing signal SIGTERM" in log
     assert "Caught signal SIGUSR2" in log
-    _wait(lambda: _sacct_states(job.job_id) == ["REQUEUED", "COMPLETED"], 30, "sacct: requeued")
+    wait_for(lambda: _sacct_states(job.job_id) == ["REQUEUED", "COMPLETED"], 30, "sacct: requeued")
     print(f"job {job.job_id} requeued and completed {requeued_s:.1f} s after the signals")

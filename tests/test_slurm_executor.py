@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,15 @@ from dropkit.cli import main
 from dropkit.experiments.config import load_config
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
-from tests.slurm_cluster import cancel_jobs, require_cluster
-from tests.user_project import project_folder, run_result, trial_calls, user_config, write_config
+from tests.slurm_cluster import cancel_jobs, require_cluster, wait_for
+from tests.user_project import (
+    project_folder,
+    run_result,
+    slow_config_and_reference,
+    trial_calls,
+    user_config,
+    write_config,
+)
 
 pytest.importorskip("submitit")
 pytestmark = pytest.mark.slow
@@ -37,14 +44,6 @@ def cluster(tmp_path: Path) -> Iterator[None]:
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Path]:
     yield from project_folder(tmp_path)
-
-
-def _wait(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def _driver(config: Path, out: Path) -> subprocess.Popen:
@@ -94,16 +93,13 @@ def test_the_quick_demo_gives_the_same_results_on_slurm_as_here(cluster, tmp_pat
 
 def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, project, tmp_path):
     flags = project / "flags"
-    reference = tmp_path / "reference"  # the same trials without the sleep: the same numbers
-    run_experiment(load_config(write_config(project, user_config(flags, seeds=1))), reference,
-                   progress=False)  # fmt: skip
-    config_path = write_config(project, user_config(flags, seeds=1, sleep=0.1))
-    (flags / "calls.txt").unlink()
+    reference = tmp_path / "reference"
+    config_path = slow_config_and_reference(project, 1, reference)
     out = tmp_path / "run"
     driver = _driver(config_path, out)
     label = "mine/early/seed 0"
     log = out / "runs/mine/early/seed-0/log.jsonl"
-    _wait(lambda: log.exists() and _job_id(out, label), 120, "the trial checkpoints once")
+    wait_for(lambda: log.exists() and _job_id(out, label), 120, "the trial checkpoints once")
     job = _job_id(out, label)
     # what SLURM sends on preemption, as submitit's own tests do: SIGTERM (submitit's job
     # ignores it), then USR2, on which it checkpoints and requeues
@@ -130,7 +126,7 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
     out = tmp_path / "run"
     driver = _driver(config_path, out)
     label = "mine/dropout/seed 0"
-    _wait(lambda: (out / "runs/mine/dropout/seed-0/log.jsonl").exists() and _job_id(out, label),
+    wait_for(lambda: (out / "runs/mine/dropout/seed-0/log.jsonl").exists() and _job_id(out, label),
           120, "the trial runs")  # fmt: skip
     subprocess.run(["scancel", _job_id(out, label)], check=True)
     _, stderr = driver.communicate(timeout=180)
@@ -154,7 +150,7 @@ def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp
     assert not (out / "report.json").exists()
     labels = {f"mine/{v}/seed 0" for v in ("none", "dropout", "early")}
     assert set(job_status(out)) == labels
-    _wait(lambda: all(s.startswith("finished, not collected") for s in job_status(out).values()),
+    wait_for(lambda: all(s.startswith("finished, not collected") for s in job_status(out).values()),
           120, "the detached jobs finish")  # fmt: skip
     assert main(["status", str(out)]) == 0
     assert "3 finished, not collected yet" in capsys.readouterr().out
@@ -170,7 +166,7 @@ def test_a_driver_killed_while_jobs_run_reattaches_instead_of_resubmitting(
     config_path = write_config(project, user_config(project / "flags", seeds=1, sleep=0.05))
     out = tmp_path / "run"
     driver = _driver(config_path, out)
-    _wait(lambda: (out / "slurm/jobs.json").exists(), 60, "the jobs are submitted")
+    wait_for(lambda: (out / "slurm/jobs.json").exists(), 60, "the jobs are submitted")
     driver.send_signal(signal.SIGTERM)
     _, stderr = driver.communicate(timeout=60)
     assert driver.returncode == 128 + signal.SIGTERM and "run the same command again" in stderr

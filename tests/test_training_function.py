@@ -22,7 +22,14 @@ from dropkit.experiments.config import ConfigError, load_config
 from dropkit.experiments.report import build_report
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.trial import read_log
-from tests.user_project import project_folder, run_result, trial_calls, user_config, write_config
+from tests.user_project import (
+    project_folder,
+    run_result,
+    slow_config_and_reference,
+    trial_calls,
+    user_config,
+    write_config,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -173,11 +180,8 @@ def test_trial_checkpoint_restore_and_log(tmp_path):
 @pytest.mark.slow
 def test_a_killed_run_resumes_trials_from_their_checkpoints_to_the_same_numbers(project, tmp_path):
     flags = project / "flags"
-    reference = tmp_path / "reference"  # the same trials without the sleep: the same numbers
-    run_experiment(load_config(write_config(project, user_config(flags, seeds=2))), reference,
-                   progress=False)  # fmt: skip
-    config_path = write_config(project, user_config(flags, seeds=2, sleep=0.1))
-    (flags / "calls.txt").unlink()
+    reference = tmp_path / "reference"
+    config_path = slow_config_and_reference(project, 2, reference)
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "dropkit.cli", "run", str(config_path), "--out", str(out),
                "--workers", "1"]  # fmt: skip

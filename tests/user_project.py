@@ -132,3 +132,17 @@ def trial_calls(project: Path) -> list[str]:
 
 def run_result(out: Path, variant: str) -> dict:
     return json.loads((out / "runs" / "mine" / variant / "result.json").read_text())
+
+
+def slow_config_and_reference(project: Path, seeds: int, reference: Path) -> Path:
+    """Train the user's trials once as they are (the reference numbers, into ``reference``),
+    then write the same config with a sleep per step, slow enough to interrupt, and return it;
+    the sleep changes no number. The call log is cleared for the run under test."""
+    from dropkit.experiments.config import load_config
+    from dropkit.experiments.runner import run_experiment
+
+    flags = project / "flags"
+    run_experiment(load_config(write_config(project, user_config(flags, seeds=seeds))), reference,
+                   progress=False)  # fmt: skip
+    (flags / "calls.txt").unlink()
+    return write_config(project, user_config(flags, seeds=seeds, sleep=0.1))
