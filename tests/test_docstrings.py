@@ -23,6 +23,7 @@ MODULES = [
     "dropkit.integrations",
     "dropkit.integrations.lightning",
     "dropkit.integrations.transformers",
+    "dropkit.experiments",
 ]
 OPTIONAL = {
     "dropkit.integrations.lightning": "lightning",
