@@ -1,16 +1,16 @@
-"""A user's training function as a setting: :class:`Trial`, what one call gets, and the job that
-makes the call.
+"""A user's training function as a setting: `Trial`, what one call gets, and the job that makes
+the call.
 
 A setting with ``function: mytrain:train`` is trained by calling ``train(trial)`` once per
 (variant, seed). The trial carries the variant's schedules (ready for
-:class:`dropkit.DropoutScheduler`), its parameters, and a private folder in which the function may
-log curves (:meth:`Trial.log`) and save a checkpoint that survives a requeue or a killed run
-(:meth:`Trial.checkpoint`, :meth:`Trial.restore`). The function returns its final metrics, a
+`dropkit.DropoutScheduler`), its parameters, and a private folder in which the function may
+log curves (`Trial.log`) and save a checkpoint that survives a requeue or a killed run
+(`Trial.checkpoint`, `Trial.restore`). The function returns its final metrics, a
 mapping of names to numbers; claims may name any of them.
 
-:class:`TrialJob` is what an executor runs: it imports the function where it runs (a SLURM node
+`TrialJob` is what an executor runs: it imports the function where it runs (a SLURM node
 imports it from the config's folder), fixes the thread count, calls it, and returns a
-:class:`TrialOutcome` — the metrics, or the error with its traceback. It writes nothing outside
+`TrialOutcome` — the metrics, or the error with its traceback. It writes nothing outside
 ``trial.dir`` and knows nothing of claims or of the run folder around it.
 """
 
@@ -103,7 +103,8 @@ class Trial:
             tmp.unlink(missing_ok=True)
 
     def restore(self) -> Any | None:
-        """What :meth:`checkpoint` last saved, or None on a first start."""
+        """What [checkpoint][dropkit.experiments.Trial.checkpoint] last saved, or None on a first
+        start."""
         path = self.dir / CHECKPOINT_FILE
         if not path.exists():
             return None
@@ -111,7 +112,7 @@ class Trial:
 
 
 def read_log(trial_dir: Path) -> list[dict[str, Any]]:
-    """The rows :meth:`Trial.log` wrote, one per step (a step logged again keeps its last
+    """The rows `Trial.log` wrote, one per step (a step logged again keeps its last
     values; a line cut short by a kill is skipped), in step order."""
     path = trial_dir / LOG_FILE
     if not path.exists():
