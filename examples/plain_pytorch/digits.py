@@ -60,8 +60,8 @@ def train(trial: Trial) -> dict[str, float]:
         order.set_state(state["order"])
         torch.set_rng_state(state["rng"])  # the dropout masks continue as if never stopped
         start_epoch = state["epoch"]
-    last_epoch = round(trial.budget * params["epochs"])  # advise probes train part of the run
-    for epoch in range(start_epoch, last_epoch):
+    last_epoch = round(trial.budget * params["epochs"])  # advise probes: whole epochs of the run
+    for epoch in range(start_epoch, max(1, last_epoch)):
         permutation = torch.randperm(len(x), generator=order)
         losses = []
         for i in range(steps_per_epoch):

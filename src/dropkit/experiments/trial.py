@@ -58,11 +58,13 @@ class Trial:
         drop_path: The variant's stochastic-depth schedule, or None when it names none (the
             model's drop-path sites keep the rates they were built with).
         rdrop_alpha: R-Drop's alpha (0: no R-Drop); use ``dropkit.rdrop_loss(..., alpha=...)``.
-        double_batch: Train on ``[x; x]`` without the KL term (R-Drop's control arm).
+        double_batch: Train on ``[x; x]`` without the KL term (R-Drop's control arm): the same
+            doubled forward with alpha 0, e.g. ``rdrop_loss(..., alpha=0.0)`` or
+            ``RDropTrainer(rdrop_alpha=0.0)``.
         params: The setting's ``params:`` overlaid by the variant's.
         budget: The fraction of the intended run to train (1.0; below 1 only for ``dropkit
-            advise`` probes): train ``round(budget * total_steps)`` steps with the schedules
-            still laid over the full ``total_steps``.
+            advise`` probes): train ``trial.budget_steps(total_steps)`` steps with the
+            schedules still laid over the full ``total_steps``.
         dir: A folder of this trial's own, kept across requeues and reruns.
     """
 
@@ -77,11 +79,18 @@ class Trial:
     budget: float
     dir: Path
 
+    def budget_steps(self, total_steps: int) -> int:
+        """How many of the run's ``total_steps`` optimizer steps to train: all of them in a
+        run, ``ceil(budget * total_steps)`` (at least 1) for an advise probe."""
+        return max(1, math.ceil(self.budget * total_steps))
+
     def log(self, step: int, **values: float) -> None:
         """Record values at optimizer ``step`` (``train_loss`` draws the loss figure).
 
         Lines go to ``dir/log.jsonl`` at once, so a curve survives a requeue; a step logged
-        again after a restore replaces the earlier value.
+        again after a restore replaces the earlier value. Log the last step too: the run's
+        length in the report (and the cutoff line of its loss figure) is the largest step
+        logged.
         """
         row = {"step": int(step), **{name: float(value) for name, value in values.items()}}
         self.dir.mkdir(parents=True, exist_ok=True)
