@@ -5,12 +5,12 @@ The run folder: ``runs/<setting>/<variant>/result.json`` (written by the driver 
 (setting, variant) finished; a trial's own folder is ``runs/<setting>/<variant>/seed-<n>/``, where
 the driver keeps its ``outcome.json``. A trial whose outcome holds metrics is finished (a
 non-finite metric is a result: the seed diverged); one that raised, or whose job failed, is run
-again by the next command, from a clean folder.
+again by the next command (the driver clears its folder first:
+:meth:`dropkit.experiments.results.Results.retry`).
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,12 +99,8 @@ class Plan:
         return _result_finished(path, job.seeds)
 
     def todo(self) -> list[Job]:
-        """The jobs still to run; a failed trial's folder is cleared so it starts afresh."""
-        todo = [job for job in self.jobs if not self.finished(job)]
-        for job in todo:
-            if isinstance(job, TrialJob) and (job.trial.dir / OUTCOME_FILE).exists():
-                shutil.rmtree(job.trial.dir)  # it failed: no checkpoint of the failed attempt
-        return todo
+        """The jobs still to run."""
+        return [job for job in self.jobs if not self.finished(job)]
 
 
 def make_plan(config: ExperimentConfig, out: Path, cache_dir: Path | None = None) -> Plan:

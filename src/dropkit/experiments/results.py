@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from typing import Any
 
 from dropkit.experiments.config import VariantSpec
 from dropkit.experiments.executors import Job, JobFailure
 from dropkit.experiments.io import write_json, write_jsonl
-from dropkit.experiments.plan import Plan, outcome_path, read_outcome, run_dir
+from dropkit.experiments.plan import OUTCOME_FILE, Plan, outcome_path, read_outcome, run_dir
 from dropkit.experiments.population import PopulationJob, PopulationOutput, cutoff_step
 from dropkit.experiments.record import Curve, RunRecord
 from dropkit.experiments.trial import TrialJob, TrialOutcome, read_log
@@ -41,6 +42,12 @@ class Results:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
+
+    def retry(self, job: Job) -> None:
+        """Before ``job`` runs again: a trial that failed starts from a clean folder (no
+        checkpoint or log of the failed attempt); an interrupted one keeps its checkpoint."""
+        if isinstance(job, TrialJob) and (job.trial.dir / OUTCOME_FILE).exists():
+            shutil.rmtree(job.trial.dir)
 
     def collect(self, job: Job, output: Any) -> str:
         """Record ``output`` of ``job``; return a word for the progress line."""

@@ -218,6 +218,8 @@ def _run_locked(
     started = time.perf_counter()
     bars = _Bars(len(plan.jobs), len(plan.jobs) - len(todo), progress)
     results = Results(plan)
+    for job in todo:
+        results.retry(job)
     state_dir = executor_dir(out, config)
     kind = config.executor.kind
     write_json(out / EXECUTOR_FILE, {"kind": kind, "folder": str(state_dir.resolve())})
