@@ -186,13 +186,20 @@ def test_a_killed_run_resumes_trials_from_their_checkpoints_to_the_same_numbers(
     command = [sys.executable, "-m", "dropkit.cli", "run", str(config_path), "--out", str(out),
                "--workers", "1"]  # fmt: skip
     driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+    def mid_trial() -> bool:
+        """A trial has checkpointed at step 10 or 20 of 40: at least 2 s of it are left."""
+        folders = [p.parent for p in out.glob("runs/mine/*/seed-*/log.jsonl")]
+        return any(
+            (log := read_log(folder))
+            and log[-1]["step"] <= 20
+            and not (folder / "outcome.json").exists()
+            for folder in folders
+        )
+
     deadline = time.monotonic() + 120
-    # kill once a trial is past its first checkpoint but before it finished
-    while time.monotonic() < deadline:
-        logs = list(out.glob("runs/mine/*/seed-*/log.jsonl"))
-        if any(not (p.parent / "outcome.json").exists() for p in logs):
-            break
-        time.sleep(0.05)
+    while not mid_trial() and time.monotonic() < deadline:
+        time.sleep(0.02)
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 128 + signal.SIGTERM, err
