@@ -82,16 +82,19 @@ BRANCHES = [
     (">=", 0.3, 0.5, "confirmed"),  # low 0.252 > 0: superiority shown
     (">=", 0.3, 0.1, "non-inferior"),  # [-0.148, 0.348]: low > -0.3, not > 0
     (">=", 0.3, -0.1, "inconclusive"),  # [-0.348, 0.148]: low below -0.3
-    (">=", 0.3, -0.5, "opposite"),  # [-0.748, -0.252]
-    # wholly below zero yet wholly above -margin: still opposite, never non-inferior
-    (">=", 1.0, -0.5, "opposite"),
+    (">=", 0.3, -0.5, "inconclusive"),  # [-0.748, -0.252]: straddles -0.3
+    (">=", 0.2, -0.5, "opposite"),  # [-0.748, -0.252]: wholly below -0.2
+    # wholly below zero yet wholly above -margin: non-inferior (worse, within the margin)
+    (">=", 1.0, -0.5, "non-inferior"),
     # non-inferiority "<=" margin 0.3: mirrored
     ("<=", 0.3, -0.5, "confirmed"),  # high -0.252 < 0
     ("<=", 0.3, -0.1, "non-inferior"),  # [-0.348, 0.148]: high < 0.3, not < 0
     ("<=", 0.3, 0.1, "inconclusive"),  # [-0.148, 0.348]: high above 0.3
-    ("<=", 0.3, 0.5, "opposite"),  # [0.252, 0.748]
-    ("<=", 1.0, 0.5, "opposite"),  # wholly above zero yet below +margin: opposite
+    ("<=", 0.3, 0.5, "inconclusive"),  # [0.252, 0.748]: straddles 0.3
+    ("<=", 0.2, 0.5, "opposite"),  # [0.252, 0.748]: wholly above 0.2
+    ("<=", 1.0, 0.5, "non-inferior"),  # wholly above zero yet below +margin
 ]
+WORSE_WITHIN_MARGIN = {(">=", 1.0, -0.5), ("<=", 1.0, 0.5)}
 
 
 @pytest.mark.parametrize(("direction", "margin", "effect", "verdict"), BRANCHES)
@@ -102,7 +105,11 @@ def test_every_verdict_branch(direction, margin, effect, verdict):
     assert math.isclose(result.effect, effect, abs_tol=1e-12)
     assert math.isclose(result.ci_low, effect - HALF, abs_tol=1e-12)
     assert math.isclose(result.ci_high, effect + HALF, abs_tol=1e-12)
-    assert result.n_seeds == 3 and result.failed_seeds == [] and result.reason == ""
+    assert result.n_seeds == 3 and result.failed_seeds == []
+    if (direction, margin, effect) in WORSE_WITHIN_MARGIN:  # the row says which way it leans
+        assert result.reason == "a is worse than b, by less than the margin"
+    else:
+        assert result.reason == ""
     assert result.test == ("non-inferiority" if direction in (">=", "<=") else "superiority")
     assert result.margin == margin
     assert math.isclose(result.mde, min_detectable_effect(SD, 3), rel_tol=1e-9)
@@ -169,9 +176,24 @@ def test_non_finite_seeds_are_listed_and_excluded():
         clean.ci_low,
         clean.ci_high,
     )
-    assert result.verdict == "confirmed"
-    assert result.reason.startswith("3 of 6 seeds failed (non-finite)")
+    # half the seeds failed and the survivors look better: never more than inconclusive
+    assert clean.verdict == "confirmed" and result.verdict == "inconclusive"
+    assert result.reason.startswith("3 of 6 seeds failed (non-finite): 3, 4, 6; more than 20%")
+    assert result.reason.endswith("confirmed capped at inconclusive")
     assert clean.reason == ""
+
+
+@pytest.mark.parametrize(("n_failed", "verdict"), [(2, "confirmed"), (3, "inconclusive")])
+def test_a_verdict_stands_up_to_a_fifth_of_the_seeds_failed(n_failed, verdict):
+    good = {
+        "a": {s: 0.5 + 0.5 + 0.1 * (s % 3 - 1) for s in range(8)},
+        "b": dict.fromkeys(range(8), 0.5),
+    }
+    for seed in range(8, 8 + n_failed):  # 2 of 10 (20%) or 3 of 11 (27%) failed
+        good["a"][seed], good["b"][seed] = float("nan"), 0.5
+    result = evaluate_claim(claim(">"), good)
+    assert result.verdict == verdict and len(result.failed_seeds) == n_failed
+    assert ("capped at inconclusive" in result.reason) is (verdict == "inconclusive")
 
 
 def test_not_measured():

@@ -14,12 +14,17 @@ Superiority, the paper's direction (``margin`` must be 0):
 
 Non-inferiority, with a ``margin > 0`` in the metric's units:
 
-- ``">="``: *opposite* if ``high < 0`` (an interval wholly below zero is never anything else,
-  however close to zero it lies); else *confirmed* if ``low > 0`` (superiority shown); else
-  *non-inferior* if ``low > -margin`` (not worse by the margin, improvement not shown); else
-  *inconclusive*;
-- ``"<="``: mirrored: *opposite* if ``low > 0``; else *confirmed* if ``high < 0``; else
+- ``">="``: *confirmed* if ``low > 0`` (superiority shown); else *opposite* if
+  ``high < -margin`` (worse than the margin allows); else *non-inferior* if ``low > -margin``
+  (not worse by the margin; when ``high < 0`` too, the reason says A is worse than B, within
+  the margin); else *inconclusive*;
+- ``"<="``: mirrored: *confirmed* if ``high < 0``; else *opposite* if ``low > margin``; else
   *non-inferior* if ``high < margin``; else *inconclusive*.
+
+Failed seeds: a seed that fails is rarely a random one (a diverged run is the arm's worst), so the
+survivors are a selected sample. When more than ``MAX_FAILED_SHARE`` (20%) of the paired seeds
+failed, a verdict of *confirmed*, *opposite* or *non-inferior* is capped at *inconclusive*, and
+the reason says so; at 20% or fewer the verdict stands and the failures are listed.
 
 ``confirmed`` is True only for the verdict *confirmed*. With fewer than 2 finite pairs the claim
 is *not measured*; :func:`not_applicable` marks a claim whose setting's regime claim was not
@@ -39,11 +44,19 @@ import numpy as np
 
 from dropkit.experiments.stats import min_detectable_effect, paired_t_interval
 
-__all__ = ["DIRECTIONS", "Claim", "ClaimResult", "evaluate_claim", "not_applicable"]
+__all__ = [
+    "DIRECTIONS",
+    "MAX_FAILED_SHARE",
+    "Claim",
+    "ClaimResult",
+    "evaluate_claim",
+    "not_applicable",
+]
 
 Direction = Literal["<", ">", ">=", "<="]
 DIRECTIONS: tuple[str, ...] = ("<", ">", ">=", "<=")
 NON_INFERIORITY = (">=", "<=")
+MAX_FAILED_SHARE = 0.2  # above this share of failed seeds, a verdict is capped at inconclusive
 
 
 @dataclass(frozen=True)
@@ -129,16 +142,22 @@ def _verdict(claim: Claim, low: float, high: float) -> str:
     if direction == "<":
         return "confirmed" if high < 0 else "opposite" if low > 0 else "inconclusive"
     if direction == ">=":
-        if high < 0:
-            return "opposite"
         if low > 0:
             return "confirmed"
+        if high < -margin:
+            return "opposite"
         return "non-inferior" if low > -margin else "inconclusive"
-    if low > 0:  # "<="
-        return "opposite"
-    if high < 0:
+    if high < 0:  # "<="
         return "confirmed"
+    if low > margin:
+        return "opposite"
     return "non-inferior" if high < margin else "inconclusive"
+
+
+def _worse_within_margin(claim: Claim, low: float, high: float) -> bool:
+    """A non-inferior row whose interval lies wholly on the wrong side of 0: A is worse than B,
+    by less than the margin."""
+    return (claim.direction == ">=" and high < 0) or (claim.direction == "<=" and low > 0)
 
 
 def _result(claim: Claim, verdict: str, reason: str, **measured) -> ClaimResult:
@@ -199,10 +218,20 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
         mde: float | None = min_detectable_effect(sd, len(good))
     except ValueError:
         mde = None
+    verdict = _verdict(claim, low, high)
+    notes = [failures] if failed else []
+    if verdict == "non-inferior" and _worse_within_margin(claim, low, high):
+        notes.append(f"{claim.a} is worse than {claim.b}, by less than the margin")
+    if failed and len(failed) > MAX_FAILED_SHARE * len(seeds) and verdict != "inconclusive":
+        notes.append(
+            f"more than {MAX_FAILED_SHARE:.0%} of the seeds failed, so the survivors are a "
+            f"selected sample: {verdict} capped at inconclusive"
+        )
+        verdict = "inconclusive"
     return _result(
         claim,
-        _verdict(claim, low, high),
-        failures if failed else "",
+        verdict,
+        "; ".join(notes),
         effect=effect,
         ci_low=low,
         ci_high=high,

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from dropkit.experiments import figures
-from dropkit.experiments.claims import Claim, ClaimResult, evaluate_claim, not_applicable
+from dropkit.experiments.claims import (
+    MAX_FAILED_SHARE,
+    Claim,
+    ClaimResult,
+    evaluate_claim,
+    not_applicable,
+)
 from dropkit.experiments.config import DynamicsSpec, ExperimentConfig, SettingSpec, parse_config
 from dropkit.experiments.io import read_json, write_atomic
 from dropkit.experiments.record import RunRecord
@@ -507,7 +513,11 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "*Superiority* claims (the paper's direction) are **confirmed** only when the interval "
         "lies wholly on the paper's side of 0, **opposite** when it lies wholly on the other "
         "side, *inconclusive* otherwise. *Non-inferiority* rows (a margin well below the paper's "
-        "effect) read *non-inferior* when only the margin is cleared: improvement not shown. "
+        "effect) read *non-inferior* when the interval's lower end clears the margin: "
+        "improvement not shown (the reason notes when A is worse than B, within the margin); "
+        "*opposite* only when the interval lies wholly beyond the margin. When more than "
+        f"{MAX_FAILED_SHARE:.0%} of a claim's seeds failed, its verdict is capped at "
+        "*inconclusive*: the surviving seeds are a selected sample. "
         "A claim whose setting's regime claim is not confirmed is *not applicable*. "
         "MDE: the smallest true effect these seeds would show 80% of the time at this spread.",
         "",
