@@ -12,13 +12,27 @@ from typing import Any
 __all__ = ["read_json", "write_atomic", "write_json", "write_jsonl"]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``text`` (UTF-8) to a temporary file beside ``path``, flush it to disk, then rename
+    it into place: a crash, even of the machine, leaves the old file or the new one, never part.
+
+    The file gets the mode a plain ``open`` would give (``0o666`` less the umask), so colleagues
+    on a shared cluster can read a run folder; ``mkstemp`` alone would leave it ``0o600``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:  # full or read-only disk: nothing half-written, and the path named
         os.unlink(tmp)
@@ -37,4 +51,4 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
