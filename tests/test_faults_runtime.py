@@ -63,8 +63,13 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_sigterm_stops_the_workers_keeps_finished_runs_and_says_how_to_resume(tmp_path, workers):
+@pytest.mark.parametrize(
+    ("workers", "signum"),
+    [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("1", signal.SIGUSR1), ("2", signal.SIGUSR2)],
+)  # SIGUSR1/2: what `sbatch --signal` sends a driver running in a job before its time limit
+def test_sigterm_stops_the_workers_keeps_finished_runs_and_says_how_to_resume(
+    tmp_path, workers, signum
+):
     raw = _slow(TINY_RUN)
     raw["settings"]["digits"]["variants"]["none"] = {}  # the quick arm, which finishes first
     config = _write_config(tmp_path / "c.yaml", raw)
@@ -77,10 +82,11 @@ def test_sigterm_stops_the_workers_keeps_finished_runs_and_says_how_to_resume(tm
     while not (out / "config.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # training is under way
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=30)
-    assert process.returncode == 128 + signal.SIGTERM
-    assert "interrupted by SIGTERM" in err and "run the same command again to resume" in err
+    assert process.returncode == 128 + signum
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}" in err and "run the same command again to resume" in err
     assert not list(out.rglob("*.tmp"))  # no partial file left behind
     assert not (out / "report.json").exists()
     # (the autouse fixture fails this test if a worker or the resource tracker is still alive)
