@@ -244,3 +244,12 @@ def test_invalid_claims(direction, margin, message):
 def test_test_property():
     assert claim(">").test == claim("<").test == "superiority"
     assert claim(">=", 0.1).test == claim("<=", 0.1).test == "non-inferiority"
+
+
+def test_zero_spread_never_confirms():
+    # two seeds with identical differences: a zero-width interval that used to read confirmed
+    values = {"a": {0: 1.5, 1: 2.5}, "b": {0: 1.0, 1: 2.0}}
+    result = evaluate_claim(claim(">"), values)
+    assert result.verdict == "inconclusive" and result.confirmed is False
+    assert result.ci_low == result.ci_high == result.effect == 0.5 and result.mde is None
+    assert "zero width" in result.reason

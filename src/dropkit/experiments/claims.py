@@ -26,6 +26,9 @@ survivors are a selected sample. When more than ``MAX_FAILED_SHARE`` (20%) of th
 failed, a verdict of *confirmed*, *opposite* or *non-inferior* is capped at *inconclusive*, and
 the reason says so; at 20% or fewer the verdict stands and the failures are listed.
 
+Zero spread: when every seed gives the same paired difference, the interval has zero width and
+would "confirm" on two seeds; such a claim reads *inconclusive* (no MDE), with the reason.
+
 ``confirmed`` is True only for the verdict *confirmed*. With fewer than 2 finite pairs the claim
 is *not measured*; :func:`not_applicable` marks a claim whose setting's regime claim was not
 confirmed. Both carry a ``reason`` and no effect, interval or mde. ``mde`` is the minimum
@@ -220,6 +223,12 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
         mde = None
     verdict = _verdict(claim, low, high)
     notes = [failures] if failed else []
+    if sd == 0.0:  # a zero-width interval is no evidence: the seeds did not vary at all
+        verdict, mde = "inconclusive", None
+        notes.append(
+            f"every seed gave the same difference ({effect:+.6g}), so the interval has zero "
+            "width: the seeds do not vary (are they all seeded alike?); no verdict on zero spread"
+        )
     if verdict == "non-inferior" and _worse_within_margin(claim, low, high):
         notes.append(f"{claim.a} is worse than {claim.b}, by less than the margin")
     if failed and len(failed) > MAX_FAILED_SHARE * len(seeds) and verdict != "inconclusive":
