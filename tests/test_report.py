@@ -9,7 +9,12 @@ import pytest
 from dropkit.experiments.claims import not_applicable
 from dropkit.experiments.config import parse_config
 from dropkit.experiments.record import Curve, DynamicsSeries, RunRecord
-from dropkit.experiments.report import _power_lines, evaluate_claims, paired_curves
+from dropkit.experiments.report import (
+    _held_paragraph,
+    _power_lines,
+    evaluate_claims,
+    paired_curves,
+)
 
 T_975_2 = 4.302652729749462  # t quantile (0.975, 2 dof): (2p - 1) / sqrt(2p(1 - p))
 
@@ -140,3 +145,18 @@ def test_non_finite_seeds_are_failures_and_unmeasured_claims_are_named_in_power(
     assert _power_lines(config, [gated]) == [
         "- R: not applicable, so not powered here: the regime is not established."
     ]
+
+
+def test_a_diverged_seed_drops_out_of_the_dynamics_curve_instead_of_blanking_it() -> None:
+    config = parse_config(RAW)
+    results = two_arms([0.5, 0.6, 0.7], [0.6, 0.7, 0.8], [0.1, 0.12, 0.08])
+    diverged = results["s"]["dropout"].dynamics
+    diverged.values["gde"][2] = [math.nan] * 11  # seed 2 of the dropout arm diverged
+    curve = paired_curves(config.settings[0], results["s"])["gde"]
+    # dropout - none over seeds 0 and 1 only: -0.1 and -0.12 in the window
+    assert curve["mean"][0] == pytest.approx(-0.11)
+    assert all(math.isfinite(m) for m in curve["mean"])
+    text = "\n".join(
+        _held_paragraph(config, evaluate_claims(config, results), {"s": {"gde": curve}})
+    )
+    assert "gradient direction error starts below zero" in text

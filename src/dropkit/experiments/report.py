@@ -127,6 +127,15 @@ def _crossover(steps: list[int], means: list[float]) -> int | None:
     return crossover
 
 
+def _finite_pairs_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """The paired interval over the seeds finite in both arms (a diverged seed drops out, as
+    in the claims); NaN where fewer than two are left."""
+    finite = np.isfinite(a) & np.isfinite(b)
+    if finite.sum() < 2:
+        return math.nan, math.nan, math.nan
+    return paired_t_interval(a[finite], b[finite])
+
+
 def paired_curves(
     setting: SettingSpec, results: Mapping[str, RunRecord]
 ) -> dict[str, dict[str, Any]]:
@@ -149,7 +158,7 @@ def paired_curves(
     for instrument in first.values:
         a = np.asarray(second.values[instrument], dtype=np.float64)[:, keep]
         b = np.asarray(first.values[instrument], dtype=np.float64)[:, keep]
-        intervals = [paired_t_interval(a[:, k], b[:, k]) for k in range(len(keep))]
+        intervals = [_finite_pairs_interval(a[:, k], b[:, k]) for k in range(len(keep))]
         means = [m for m, _, _ in intervals]
         steps = [first.steps[k] for k in keep]
         crossover = _crossover(steps, means)
@@ -454,7 +463,11 @@ def _held_paragraph(
     for name, instruments in curves.items():
         parts = []
         for instrument, curve in instruments.items():
-            sign = "below" if curve["mean"][0] < 0 else "above"
+            first_mean = curve["mean"][0]
+            if not math.isfinite(first_mean):
+                parts.append(f"{INSTRUMENT_TITLES.get(instrument, instrument)} not measured")
+                continue
+            sign = "below" if first_mean < 0 else "above"
             flip = curve["crossover_step"]
             parts.append(
                 f"{INSTRUMENT_TITLES.get(instrument, instrument)} starts {sign} zero"
