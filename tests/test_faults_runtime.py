@@ -115,12 +115,26 @@ def test_a_second_command_on_the_same_folder_is_refused_with_the_holders_pid(tmp
     out.mkdir()
     with (out / ".lock").open("a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        handle.write("4242")
+        handle.write("4242@node17")
         handle.flush()
         assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 2
-        assert "pid 4242" in capsys.readouterr().err and not (out / "runs").exists()
+        err = capsys.readouterr().err
+        assert "pid 4242 on node17" in err and not (out / "runs").exists()
     # the lock is advisory and held by an open file: once released, the folder is usable
     assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+
+
+def test_a_file_system_without_locks_is_named_as_the_problem(tmp_path, capsys, monkeypatch):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    config = _write_config(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "file system without file locks (flock: No locks available)" in err
+    assert "free space" not in err and not (out / "runs").exists()
 
 
 def test_divergence_is_a_result_not_a_crash(tmp_path, capsys):

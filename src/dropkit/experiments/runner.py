@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,7 +35,13 @@ from dropkit.experiments.report import build_report, load_results, summary_table
 from dropkit.experiments.results import Results
 from dropkit.experiments.status import EXECUTOR_FILE
 
-__all__ = ["Interrupted", "RunFolderBusy", "executor_dir", "run_experiment"]
+__all__ = [
+    "Interrupted",
+    "RunFolderBusy",
+    "RunFolderUnlockable",
+    "executor_dir",
+    "run_experiment",
+]
 
 
 def _tqdm() -> Any:
@@ -133,28 +140,42 @@ class _Signal(BaseException):
 
 @contextmanager
 def _one_writer(out: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``out/.lock`` (released by the OS if the holder is killed)."""
+    """Hold an advisory lock on ``out/.lock`` (released by the OS if the holder is killed); the
+    file says who holds it, ``pid@host``, since on a cluster the holder may be another node."""
     path = out / ".lock"
-    handle = path.open("a+")
+    handle = path.open("a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "unknown"
+        pid, _, host = (handle.read().strip() or "unknown").partition("@")
         handle.close()
+        where = f" on {host}" if host else ""
         raise RunFolderBusy(
-            f"{out} is being written by another dropkit command (pid {holder}); wait for it to "
-            "finish, or pass another --out"
+            f"{out} is being written by another dropkit command (pid {pid}{where}); wait for it "
+            "to finish, or pass another --out"
         ) from None
+    except OSError as err:  # ENOLCK, EOPNOTSUPP: NFS without lockd, Lustre without -o flock
+        handle.close()
+        raise RunFolderUnlockable(
+            f"{out} is on a file system without file locks (flock: {err.strerror or err}); "
+            "dropkit locks a run folder so that two commands never write it at once. Pass an "
+            "--out on a file system with locks (a local disk, NFS with lockd, Lustre mounted "
+            "with -o flock); nothing was trained"
+        ) from err
     try:
         handle.seek(0)
         handle.truncate()
-        handle.write(str(os.getpid()))
+        handle.write(f"{os.getpid()}@{socket.gethostname()}")
         handle.flush()
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+class RunFolderUnlockable(ValueError):
+    """The run folder's file system refuses file locks."""
 
 
 class RunFolderBusy(ValueError):
