@@ -122,13 +122,39 @@ def test_padding_rows_receive_no_gradient_and_do_not_change_the_loss() -> None:
     assert torch.count_nonzero(g1[[1, 4]]) == 0 and torch.count_nonzero(g2[[1, 4]]) == 0
 
 
+class _Matmuls(TorchDispatchMode):
+    """Counts the matrix products the ops under it run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 def test_no_gradient_is_formed_without_autograd() -> None:
-    (h1, h2, weight, bias), target = _problem((4,), 3, 5, seed=2)
-    with torch.no_grad():
-        loss = dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.0, bias=bias)
+    (h1, h2, weight, bias), target = _problem((8,), 3, 5, seed=2)
+    with torch.no_grad(), _Matmuls() as evaluation:
+        loss = dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.0, bias=bias, chunk_size=2)
+    with _Matmuls() as training:
+        dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.0, bias=bias, chunk_size=2)
     assert not loss.requires_grad
+    assert evaluation.count == 4  # one logits product per chunk of 2 rows, nothing more
+    assert training.count == 12  # and the gradients of hidden states and weight on top
     expected, _ = _explicit(h1, h2, weight, bias, target, 1.0)
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=0)
+
+
+def test_a_second_derivative_is_refused_not_silently_wrong() -> None:
+    (h1, h2, weight, _), target = _problem((4,), 3, 5, seed=3)
+    loss = dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.0)
+    with pytest.raises(RuntimeError, match="no second-order gradients"):
+        torch.autograd.grad(loss, h1, create_graph=True)
+    (grad,) = torch.autograd.grad(dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.0), h1)
+    assert not grad.requires_grad  # a plain first derivative still works
 
 
 def test_backward_scales_with_the_incoming_gradient_and_reaches_only_what_needs_it() -> None:

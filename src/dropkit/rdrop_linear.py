@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from dropkit._checks import check_int
 from dropkit.rdrop import RDropTerms, check_loss_weights
@@ -101,8 +100,10 @@ class _RDropLinear(torch.autograd.Function):
         ignore_index: int,
         label_smoothing: float,
         chunk_size: int | None,
+        form_grads: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        need_h1, need_h2, need_w, need_b = ctx.needs_input_grad[:4]
+        # under torch.no_grad() (form_grads False) no gradient is formed: the loss alone
+        need_h1, need_h2, need_w, need_b = (n and form_grads for n in ctx.needs_input_grad[:4])
         compute = torch.promote_types(weight.dtype, torch.float32)
         hidden_size, vocab = hidden1.shape[-1], weight.shape[0]
         flat1 = hidden1.reshape(-1, hidden_size)
@@ -178,11 +179,17 @@ class _RDropLinear(torch.autograd.Function):
         return loss, ce1, ce2, kl
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: a gradient of these gradients is asked
+            raise RuntimeError(
+                "rdrop_linear_loss / rdrop_linear_terms have no second-order gradients (its "
+                "gradients are formed in the forward, as constants): a gradient penalty or any "
+                "create_graph=True through it would be silently wrong. Use dropkit.rdrop_loss on "
+                "explicit logits (hidden @ weight.T) for that"
+            )
         saved = iter(ctx.saved_tensors)
         grads = tuple(next(saved) * grad_loss if present else None for present in ctx.present)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def rdrop_linear_terms(
@@ -200,6 +207,8 @@ def rdrop_linear_terms(
     """:func:`rdrop_linear_loss` with its parts: CE of each pass and the mean pairwise KL.
 
     The gradient flows through ``loss``; ``ce`` and ``kl`` are detached values for logging.
+    Under ``torch.no_grad()`` only the loss is computed (no gradient is formed), and a second
+    derivative (``create_graph=True``, e.g. a gradient penalty) raises ``RuntimeError``.
     """
     _check(hidden1, hidden2, weight, bias, target, alpha, label_smoothing, chunk_size)
     loss, ce1, ce2, kl = _RDropLinear.apply(
@@ -212,6 +221,7 @@ def rdrop_linear_terms(
         int(ignore_index),
         float(label_smoothing),
         chunk_size,
+        torch.is_grad_enabled(),
     )
     return RDropTerms(loss=loss, ce=(ce1, ce2), kl=kl)
 
