@@ -267,3 +267,33 @@ def test_invalid_input_is_refused_with_a_reason(change, error, match) -> None:
     args = {"hidden1": h1, "hidden2": h2, "weight": weight, "target": target, "bias": bias}
     with pytest.raises(error, match=match):
         dropkit.rdrop_linear_loss(**change(args))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_autocast_it_computes_in_float32_as_outside(dtype) -> None:
+    (h1, h2, weight, bias), target = _problem((6, 5), 8, 40, seed=7)
+    inputs = [t.detach().float().requires_grad_() for t in (h1, h2, weight, bias)]
+    plain = [t.detach().clone().requires_grad_() for t in inputs]
+    with torch.autocast("cpu", dtype=dtype):  # a manual loop's, or Lightning's bf16-mixed region
+        loss = dropkit.rdrop_linear_loss(*inputs[:3], target, 1.0, bias=inputs[3])
+    expected = dropkit.rdrop_linear_loss(*plain[:3], target, 1.0, bias=plain[3])
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
+    loss.backward()
+    expected.backward()
+    for got, want in zip(inputs, plain):
+        torch.testing.assert_close(got.grad, want.grad, rtol=0, atol=0)
+
+
+def test_fp16_gradients_are_cast_after_the_loss_scale_not_before() -> None:
+    g = torch.Generator().manual_seed(11)
+    n, hidden, vocab, scale = 2048, 16, 64, 2.0**16
+    h1, h2 = (torch.randn(n, hidden, generator=g).half().requires_grad_() for _ in range(2))
+    weight = (1e-3 * torch.randn(vocab, hidden, generator=g)).half().requires_grad_()
+    target = torch.randint(0, vocab, (n,), generator=g)
+    (scale * dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.0)).backward()  # a GradScaler
+    wide = [t.detach().float().requires_grad_() for t in (h1, h2, weight)]
+    dropkit.rdrop_linear_loss(*wide, target, 1.0).backward()
+    expected = (wide[0].grad * scale).half()  # float32 gradient, scaled, then rounded once
+    assert torch.equal(h1.grad, expected)
+    assert (h1.grad == 0).float().mean() <= (expected == 0).float().mean()

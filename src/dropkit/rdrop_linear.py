@@ -104,6 +104,29 @@ class _RDropLinear(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # under torch.no_grad() (form_grads False) no gradient is formed: the loss alone
         need_h1, need_h2, need_w, need_b = (n and form_grads for n in ctx.needs_input_grad[:4])
+        # autocast would run the products in bf16 / fp16: this loss computes in float32 (or
+        # float64) as promised, whatever region it is called from
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            return _RDropLinear._forward(
+                ctx, hidden1, hidden2, weight, bias, target, alpha, ignore_index,
+                label_smoothing, chunk_size, (need_h1, need_h2, need_w, need_b),
+            )  # fmt: skip
+
+    @staticmethod
+    def _forward(
+        ctx: Any,
+        hidden1: Tensor,
+        hidden2: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        target: Tensor,
+        alpha: float,
+        ignore_index: int,
+        label_smoothing: float,
+        chunk_size: int | None,
+        needs: tuple[bool, bool, bool, bool],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        need_h1, need_h2, need_w, need_b = needs
         compute = torch.promote_types(weight.dtype, torch.float32)
         hidden_size, vocab = hidden1.shape[-1], weight.shape[0]
         flat1 = hidden1.reshape(-1, hidden_size)
@@ -168,13 +191,21 @@ class _RDropLinear(torch.autograd.Function):
         ce1, ce2, kl = (sums / max(n, 1)).unbind()
         loss = ce1 + ce2 + alpha * kl
         ctx.mark_non_differentiable(ce1, ce2, kl)
+        # kept in the compute dtype: cast to the inputs' dtypes only in backward, after the
+        # incoming gradient (a GradScaler's scale) is applied, so fp16 gradients do not flush
         grads = (
-            None if grad_flat1 is None else grad_flat1.view_as(hidden1).to(hidden1.dtype),
-            None if grad_flat2 is None else grad_flat2.view_as(hidden2).to(hidden2.dtype),
-            None if grad_w is None else grad_w.to(weight.dtype),
-            None if grad_b is None or bias is None else grad_b.to(bias.dtype),
+            None if grad_flat1 is None else grad_flat1.view_as(hidden1),
+            None if grad_flat2 is None else grad_flat2.view_as(hidden2),
+            grad_w,
+            None if bias is None else grad_b,
         )
         ctx.present = tuple(g is not None for g in grads)
+        ctx.dtypes = (
+            hidden1.dtype,
+            hidden2.dtype,
+            weight.dtype,
+            None if bias is None else bias.dtype,
+        )
         ctx.save_for_backward(*(g for g in grads if g is not None))  # freed after backward
         return loss, ce1, ce2, kl
 
@@ -188,7 +219,10 @@ class _RDropLinear(torch.autograd.Function):
                 "explicit logits (hidden @ weight.T) for that"
             )
         saved = iter(ctx.saved_tensors)
-        grads = tuple(next(saved) * grad_loss if present else None for present in ctx.present)
+        grads = tuple(
+            (next(saved) * grad_loss).to(dtype) if present else None
+            for present, dtype in zip(ctx.present, ctx.dtypes)
+        )
         return (*grads, None, None, None, None, None, None)
 
 
@@ -247,8 +281,11 @@ def rdrop_linear_loss(
     ~10k). ``hidden*`` are ``(N, H)`` or ``(N, T, H)``, ``weight`` is ``(V, H)`` (an
     ``nn.Linear(H, V).weight``, tied embeddings included), ``target`` the hidden shape without H.
     Rows equal to ``ignore_index`` are skipped. Logits, log-sum-exp, softmax and every reduction
-    run in float32 (float64 stays float64); bf16 / fp16 inputs are upcast chunk by chunk, and the
-    weight once (plus a float32 gradient accumulator of the weight's size). ``chunk_size=None``
+    run in float32 (float64 stays float64), inside ``torch.autocast`` regions too; bf16 / fp16
+    inputs are upcast chunk by chunk, and the weight once. The gradients are kept in float32 until
+    backward has applied the incoming gradient (a ``GradScaler``'s scale), then cast to the
+    inputs' dtypes: for low-precision inputs that holds float32 buffers of the hidden states' and
+    the weight's sizes between forward and backward. ``chunk_size=None``
     picks :func:`default_chunk_size`.
     """
     return rdrop_linear_terms(
