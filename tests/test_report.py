@@ -15,6 +15,7 @@ from dropkit.experiments.report import (
     evaluate_claims,
     paired_curves,
 )
+from dropkit.experiments.stats import min_detectable_effect, seeds_for_power, seeds_needed
 
 T_975_2 = 4.302652729749462  # t quantile (0.975, 2 dof): (2p - 1) / sqrt(2p(1 - p))
 
@@ -131,8 +132,31 @@ def test_power_lines_say_which_claims_are_not_powered() -> None:
     results = two_arms([0.5, 0.6, 0.7], [0.6, 0.8, 0.9], [0.1] * 3)
     claims = evaluate_claims(config, results)
     (line,) = _power_lines(config, claims)
-    # half-width T * 0.0577 / sqrt(3) = 0.143 < the target 0.5 (in points: 14.3 vs 50)
-    assert line.startswith("- R: half-width 14.3 pt < the paper's effect 50 pt")
+    # diffs 0.1, 0.2, 0.2: sd 0.0577, MDE at 3 seeds = 0.30 (80% power) <= the target 0.5
+    mde = min_detectable_effect(math.sqrt(1 / 300), 3)
+    assert line.startswith(f"- R: MDE {100 * mde:.3g} pt ≤ the paper's effect 50 pt")
+    assert line.endswith("(powered).")
+
+
+def test_not_powered_advises_the_seeds_that_give_80_percent_power() -> None:
+    # the case: sd 1, the paper's effect 0.5: the half-width rule said 18 seeds
+    assert seeds_needed(1.0, 0.5) == 18
+    need = seeds_for_power(1.0, 0.5)
+    assert need == 34
+    assert min_detectable_effect(1.0, need) <= 0.5 < min_detectable_effect(1.0, need - 1)
+    config = parse_config(RAW)
+    results = two_arms([0.5, 0.6, 0.7], [0.5, 0.9, 0.6], [0.1] * 3)
+    (line,) = _power_lines(config, evaluate_claims(config, results))
+    assert "**not powered**" in line and "80% of the time (here 3)" in line
+
+
+def test_the_multiplicity_line_counts_one_sided_chance_by_test() -> None:
+    from dropkit.experiments.report import _multiplicity_line
+
+    sup = evaluate_claims(parse_config(RAW), two_arms([0.5] * 3, [0.6, 0.7, 0.8], [0.1] * 3))
+    line = _multiplicity_line(sup * 4)  # 8 superiority claims
+    assert "8 superiority claims" in line and "2.5% of the time" in line
+    assert "about 0.20 chance confirmations" in line
 
 
 def test_non_finite_seeds_are_failures_and_unmeasured_claims_are_named_in_power() -> None:

@@ -25,7 +25,7 @@ from dropkit.experiments.claims import (
 from dropkit.experiments.config import DynamicsSpec, ExperimentConfig, SettingSpec, parse_config
 from dropkit.experiments.io import read_json, write_atomic
 from dropkit.experiments.record import RunRecord
-from dropkit.experiments.stats import paired_t_interval, seeds_needed, t_quantile
+from dropkit.experiments.stats import paired_t_interval, seeds_for_power, t_quantile
 
 __all__ = ["build_report", "load_results", "summary_table"]
 
@@ -409,32 +409,54 @@ def _setting_section(setting: SettingSpec, figure_names: list[str]) -> list[str]
 
 
 def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[str]:
-    """For claims with the paper's effect as a target: did the interval get narrower than it?"""
+    """For claims with the paper's effect as a target: would an effect of that size have been
+    shown 80% of the time (MDE at most the target)? One power definition, the MDE column's."""
     targets = {c.id: c.target for c in config.claims if c.target is not None}
     lines = []
     for c in claims:
         target = targets.get(c.id)
         if target is None:
             continue
-        if c.effect is None or c.ci_low is None or c.ci_high is None:
+        if c.effect is None or c.ci_low is None or c.ci_high is None or c.mde is None:
             lines.append(f"- {c.id}: {c.verdict}, so not powered here: {c.reason}.")
             continue
         scale, unit = _scaled(c.metric)
         half = (c.ci_high - c.ci_low) / 2
         sd = half / t_quantile(0.95, c.n_seeds - 1) * math.sqrt(c.n_seeds)
-        if half < target:
+        if c.mde <= target:
             lines.append(
-                f"- {c.id}: half-width {half * scale:.3g}{unit} < the paper's effect "
-                f"{target * scale:.3g}{unit} (powered)."
+                f"- {c.id}: MDE {c.mde * scale:.3g}{unit} ≤ the paper's effect "
+                f"{target * scale:.3g}{unit}: an effect of the paper's size would show 80% of "
+                "the time (powered)."
             )
         else:
-            need = seeds_needed(sd, target)
+            need = seeds_for_power(sd, target)
             lines.append(
-                f"- {c.id}: half-width {half * scale:.3g}{unit} ≥ the paper's effect "
-                f"{target * scale:.3g}{unit}: **not powered**; about {need} seeds would bring "
-                f"it below (here {c.n_seeds})."
+                f"- {c.id}: MDE {c.mde * scale:.3g}{unit} > the paper's effect "
+                f"{target * scale:.3g}{unit}: **not powered**; about {need} seeds would show an "
+                f"effect of that size 80% of the time (here {c.n_seeds})."
             )
     return lines
+
+
+def _multiplicity_line(tested: list[ClaimResult]) -> str:
+    """How many verdicts chance alone would give, by test: a superiority claim is confirmed
+    when its 95% two-sided interval clears 0 on the paper's side, which with no effect happens
+    2.5% of the time (one side); a non-inferiority row reads non-inferior by chance at most 2.5%
+    of the time, when the true difference sits exactly at the margin."""
+    superiority = sum(c.test == "superiority" for c in tested)
+    non_inferiority = len(tested) - superiority
+    line = (
+        f"Multiplicity: {superiority} superiority claims are tested here; with no real effect "
+        "each reads *confirmed* by chance 2.5% of the time (its 95% interval clears 0 on the "
+        f"paper's side), about {0.025 * superiority:.2f} chance confirmations in all"
+    )
+    if non_inferiority:
+        line += (
+            f"; {non_inferiority} non-inferiority rows read *non-inferior* by chance at most 2.5% "
+            "of the time each (when the true difference sits at the margin)"
+        )
+    return line + ". Read single confirmations near the line with care."
 
 
 def _held_paragraph(
@@ -532,11 +554,11 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         f"{MAX_FAILED_SHARE:.0%} of a claim's seeds failed, its verdict is capped at "
         "*inconclusive*: the surviving seeds are a selected sample. "
         "A claim whose setting's regime claim is not confirmed is *not applicable*. "
-        "MDE: the smallest true effect these seeds would show 80% of the time at this spread.",
+        "MDE: the smallest true effect these seeds would show 80% of the time at this spread; "
+        "a claim is *powered* when its MDE is at most the paper's effect (one power "
+        "definition throughout, 80%).",
         "",
-        f"Multiplicity: {len(tested)} claims are tested here, each at 95%; with no real effects "
-        f"about {0.05 * len(tested):.1f} of them would still clear their line by chance, so read "
-        "single confirmations near the line with care.",
+        _multiplicity_line(tested),
         "",
         "## Claims",
         "",

@@ -4,6 +4,8 @@
 - :func:`paired_t_interval`: the same for the paired differences ``a - b``;
 - :func:`min_detectable_effect`: the smallest true paired difference the interval would show
   (clear 0) with a given probability, from the noncentral t distribution;
+- :func:`seeds_for_power`: how many seeds bring the minimum detectable effect down to a target
+  (the report's one power definition: 80% power);
 - :func:`seeds_needed`: how many seeds bring the interval's half-width below a target.
 
 scipy (the ``data`` extra) is imported inside the functions, so importing this module is cheap.
@@ -23,6 +25,7 @@ __all__ = [
     "mean_interval",
     "min_detectable_effect",
     "paired_t_interval",
+    "seeds_for_power",
     "seeds_needed",
     "t_quantile",
 ]
@@ -114,6 +117,30 @@ def min_detectable_effect(sd: float, n: int, level: float = 0.95, power: float =
         high *= 2
     nc = brentq(shortfall, 0.0, high, xtol=1e-12, rtol=1e-12)
     return float(nc * sd / math.sqrt(n))
+
+
+def seeds_for_power(sd: float, effect: float, level: float = 0.95, power: float = 0.8) -> int:
+    """The smallest ``n >= 2`` whose :func:`min_detectable_effect` is at most ``effect``: how
+    many seeds would show a true paired difference of ``effect`` with probability ``power``
+    when the differences have standard deviation ``sd`` (the MDE falls as ``n`` grows)."""
+    if not effect > 0:
+        raise ValueError(f"effect must be > 0, got {effect!r}")
+
+    def enough(n: int) -> bool:
+        return min_detectable_effect(sd, n, level, power) <= effect
+
+    if enough(2):
+        return 2
+    low, high = 2, 4  # invariant: not enough(low)
+    while not enough(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if enough(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 def seeds_needed(sd: float, half_width: float, level: float = 0.95) -> int:
