@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import pytest
@@ -371,3 +372,23 @@ def test_rdrop_makes_dropout_passes_agree_on_held_out_digits():
             return dropkit.symmetric_kl(out1, out2).item()
 
     assert train(alpha=1.0) < train(alpha=0.0)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "label_smoothing", "error"),
+    [
+        (math.nan, 0.0, ValueError),
+        (math.inf, 0.0, ValueError),
+        (1.0, math.nan, ValueError),
+        (1.0, True, TypeError),  # a bool is not a smoothing amount
+        (True, 0.0, TypeError),
+    ],
+)
+def test_loss_weights_must_be_real_finite_numbers(alpha, label_smoothing, error) -> None:
+    logits = torch.randn(4, 3)
+    target = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(error, match=r"alpha|label_smoothing"):
+        dropkit.rdrop_loss(logits, logits, target, alpha=alpha, label_smoothing=label_smoothing)
+    with pytest.raises(error, match=r"alpha|label_smoothing"):
+        dropkit.rdrop_linear_loss(torch.randn(4, 2), torch.randn(4, 2), torch.randn(3, 2), target,
+                                  alpha, label_smoothing=label_smoothing)  # fmt: skip

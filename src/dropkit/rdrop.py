@@ -13,6 +13,7 @@ squared difference of the two predictions.
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dropkit._checks import check_int
+from dropkit._checks import check_int, check_real
 from dropkit._deprecation import renamed_attribute
 from dropkit.sites import Site, find_sites, unwrap
 
@@ -55,10 +56,13 @@ def __getattr__(name: str) -> object:
 
 
 def check_loss_weights(alpha: float, label_smoothing: float) -> None:
-    """Refuse a negative KL weight or a label smoothing outside [0, 1] (shared by every loss)."""
-    if alpha < 0:
-        raise ValueError(f"alpha={alpha} must be >= 0 (the paper uses 0.5 to 5)")
-    if not 0.0 <= label_smoothing <= 1.0:
+    """Refuse a KL weight that is not a finite number >= 0, or a label smoothing that is not a
+    number in [0, 1] (a bool, NaN or inf included); shared by every loss."""
+    alpha = check_real(alpha, "alpha")
+    label_smoothing = check_real(label_smoothing, "label_smoothing")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha={alpha} must be a finite number >= 0 (the paper uses 0.5 to 5)")
+    if not 0.0 <= label_smoothing <= 1.0:  # NaN fails this too
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
 
 
