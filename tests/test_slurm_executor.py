@@ -98,8 +98,8 @@ def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, 
     out = tmp_path / "run"
     driver = _driver(config_path, out)
     label = "mine/early/seed 0"
-    log = out / "runs/mine/early/seed-0/log.jsonl"
-    wait_for(lambda: log.exists() and _job_id(out, label), 120, "the trial checkpoints once")
+    checkpoint = out / "runs/mine/early/seed-0/checkpoint.pt"
+    wait_for(lambda: checkpoint.exists() and _job_id(out, label), 120, "the trial checkpoints")
     job = _job_id(out, label)
     # what SLURM sends on preemption, as submitit's own tests do: SIGTERM (submitit's job
     # ignores it), then USR2, on which it checkpoints and requeues

@@ -188,14 +188,13 @@ def test_a_killed_run_resumes_trials_from_their_checkpoints_to_the_same_numbers(
     driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
 
     def mid_trial() -> bool:
-        """A trial has checkpointed at step 10 or 20 of 40: at least 2 s of it are left."""
-        folders = [p.parent for p in out.glob("runs/mine/*/seed-*/log.jsonl")]
-        return any(
-            (log := read_log(folder))
-            and log[-1]["step"] <= 20
-            and not (folder / "outcome.json").exists()
-            for folder in folders
-        )
+        """A trial has checkpointed (at step 10 or 20 of 40) and is still running: at least
+        2 s of it are left. The checkpoint, not the log line written just before it."""
+        for checkpoint in out.glob("runs/mine/*/seed-*/checkpoint.pt"):
+            log = read_log(checkpoint.parent)
+            if log and log[-1]["step"] <= 20 and not (checkpoint.parent / "outcome.json").exists():
+                return True
+        return False
 
     deadline = time.monotonic() + 120
     while not mid_trial() and time.monotonic() < deadline:
