@@ -14,7 +14,7 @@ scipy (the ``data`` extra) is imported inside the functions, so importing this m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import numpy as np
@@ -119,16 +119,9 @@ def min_detectable_effect(sd: float, n: int, level: float = 0.95, power: float =
     return float(nc * sd / math.sqrt(n))
 
 
-def seeds_for_power(sd: float, effect: float, level: float = 0.95, power: float = 0.8) -> int:
-    """The smallest ``n >= 2`` whose :func:`min_detectable_effect` is at most ``effect``: how
-    many seeds would show a true paired difference of ``effect`` with probability ``power``
-    when the differences have standard deviation ``sd`` (the MDE falls as ``n`` grows)."""
-    if not effect > 0:
-        raise ValueError(f"effect must be > 0, got {effect!r}")
-
-    def enough(n: int) -> bool:
-        return min_detectable_effect(sd, n, level, power) <= effect
-
+def _smallest_n(enough: Callable[[int], bool]) -> int:
+    """The smallest ``n >= 2`` with ``enough(n)``, for a condition that stays true once it holds:
+    doubling to bracket it, then bisection (large answers without a scan)."""
     if enough(2):
         return 2
     low, high = 2, 4  # invariant: not enough(low)
@@ -143,6 +136,16 @@ def seeds_for_power(sd: float, effect: float, level: float = 0.95, power: float 
     return high
 
 
+def seeds_for_power(sd: float, effect: float, level: float = 0.95, power: float = 0.8) -> int:
+    """The smallest ``n >= 2`` whose :func:`min_detectable_effect` is at most ``effect``: how
+    many seeds would show a true paired difference of ``effect`` with probability ``power``
+    when the differences have standard deviation ``sd`` (the MDE falls as ``n`` grows)."""
+    if not effect > 0:
+        raise ValueError(f"effect must be > 0, got {effect!r}")
+
+    return _smallest_n(lambda n: min_detectable_effect(sd, n, level, power) <= effect)
+
+
 def seeds_needed(sd: float, half_width: float, level: float = 0.95) -> int:
     """The smallest ``n >= 2`` with ``t.ppf(0.5 + level / 2, n - 1) * sd / sqrt(n) < half_width``.
 
@@ -155,18 +158,4 @@ def seeds_needed(sd: float, half_width: float, level: float = 0.95) -> int:
     if not half_width > 0:
         raise ValueError(f"half_width must be > 0, got {half_width!r}")
 
-    def narrow_enough(n: int) -> bool:
-        return t_quantile(level, n - 1) * sd / math.sqrt(n) < half_width
-
-    if narrow_enough(2):
-        return 2
-    low, high = 2, 4  # invariant: not narrow_enough(low)
-    while not narrow_enough(high):
-        low, high = high, high * 2
-    while high - low > 1:
-        mid = (low + high) // 2
-        if narrow_enough(mid):
-            high = mid
-        else:
-            low = mid
-    return high
+    return _smallest_n(lambda n: t_quantile(level, n - 1) * sd / math.sqrt(n) < half_width)
