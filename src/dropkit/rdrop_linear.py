@@ -104,29 +104,6 @@ class _RDropLinear(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # under torch.no_grad() (form_grads False) no gradient is formed: the loss alone
         need_h1, need_h2, need_w, need_b = (n and form_grads for n in ctx.needs_input_grad[:4])
-        # autocast would run the products in bf16 / fp16: this loss computes in float32 (or
-        # float64) as promised, whatever region it is called from
-        with torch.autocast(device_type=weight.device.type, enabled=False):
-            return _RDropLinear._forward(
-                ctx, hidden1, hidden2, weight, bias, target, alpha, ignore_index,
-                label_smoothing, chunk_size, (need_h1, need_h2, need_w, need_b),
-            )  # fmt: skip
-
-    @staticmethod
-    def _forward(
-        ctx: Any,
-        hidden1: Tensor,
-        hidden2: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        target: Tensor,
-        alpha: float,
-        ignore_index: int,
-        label_smoothing: float,
-        chunk_size: int | None,
-        needs: tuple[bool, bool, bool, bool],
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        need_h1, need_h2, need_w, need_b = needs
         compute = torch.promote_types(weight.dtype, torch.float32)
         hidden_size, vocab = hidden1.shape[-1], weight.shape[0]
         flat1 = hidden1.reshape(-1, hidden_size)
@@ -245,18 +222,21 @@ def rdrop_linear_terms(
     derivative (``create_graph=True``, e.g. a gradient penalty) raises ``RuntimeError``.
     """
     _check(hidden1, hidden2, weight, bias, target, alpha, label_smoothing, chunk_size)
-    loss, ce1, ce2, kl = _RDropLinear.apply(
-        hidden1,
-        hidden2,
-        weight,
-        bias,
-        target,
-        float(alpha),
-        int(ignore_index),
-        float(label_smoothing),
-        chunk_size,
-        torch.is_grad_enabled(),
-    )
+    # autocast would run the products in bf16 / fp16: this loss computes in float32 (or
+    # float64) as promised, whatever region it is called from (backward only scales and casts)
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        loss, ce1, ce2, kl = _RDropLinear.apply(
+            hidden1,
+            hidden2,
+            weight,
+            bias,
+            target,
+            float(alpha),
+            int(ignore_index),
+            float(label_smoothing),
+            chunk_size,
+            torch.is_grad_enabled(),
+        )
     return RDropTerms(loss=loss, ce=(ce1, ce2), kl=kl)
 
 
