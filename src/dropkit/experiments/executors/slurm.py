@@ -76,6 +76,25 @@ def _in_queue(job_id: str) -> bool:
     return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
+def _alive(job: Any) -> bool:
+    """Queued or running, by sacct, or by squeue while sacct does not know the job yet."""
+    state = _state(job)
+    return state in ACTIVE or (state == "UNKNOWN" and _in_queue(job.job_id))
+
+
+def _recorded_jobs(folder: Path, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{label: SlurmJob}`` of the job ids in ``folder/jobs.json`` (all, or those of
+    ``labels``), their states fetched with one sacct call."""
+    path = folder / JOBS_FILE
+    recorded = dict(read_json(path)) if path.exists() else {}
+    wanted = recorded if labels is None else [label for label in labels if label in recorded]
+    submitit = _submitit()
+    jobs = {label: submitit.SlurmJob(folder, recorded[label]) for label in wanted}
+    if jobs:
+        next(iter(jobs.values())).watcher.update()
+    return jobs
+
+
 def _ended(job: Any) -> bool:
     if job.paths.result_pickle.exists():
         return True
@@ -93,26 +112,14 @@ class SlurmExecutor:
         self.parameters = dict(parameters)
         self.detach = detach
 
-    def _recorded(self) -> dict[str, str]:
-        path = self.folder / JOBS_FILE
-        return dict(read_json(path)) if path.exists() else {}
-
     def _attach(self, labels: Sequence[str]) -> dict[str, Any]:
         """The recorded jobs of ``labels`` that are still queued or running, or have ended with
         a result this driver has not collected yet."""
-        submitit = _submitit()
-        recorded = self._recorded()
-        jobs = {label: submitit.SlurmJob(self.folder, recorded[label])
-                for label in labels if label in recorded}  # fmt: skip
-        if not jobs:
-            return {}
-        next(iter(jobs.values())).watcher.update()  # one sacct call for all of them
+        jobs = _recorded_jobs(self.folder, labels)
         return {
             label: job
             for label, job in jobs.items()
-            if job.paths.result_pickle.exists()
-            or _state(job) in ACTIVE
-            or (_state(job) == "UNKNOWN" and _in_queue(job.job_id))
+            if job.paths.result_pickle.exists() or _alive(job)
         }
 
     def _submit(self, jobs: Sequence[Job]) -> dict[str, Any]:
@@ -135,8 +142,9 @@ class SlurmExecutor:
         handles = self._attach(list(by_label))
         fresh = self._submit([job for label, job in by_label.items() if label not in handles])
         handles |= fresh
-        recorded = {**self._recorded(), **{label: h.job_id for label, h in handles.items()}}
-        write_json(self.folder / JOBS_FILE, recorded)
+        path = self.folder / JOBS_FILE
+        recorded = dict(read_json(path)) if path.exists() else {}
+        write_json(path, recorded | {label: h.job_id for label, h in handles.items()})
         if handles:
             ids = sorted({h.job_id.split("_")[0] for h in handles.values()})
             print(
@@ -155,7 +163,7 @@ class SlurmExecutor:
             for label, handle in list(pending.items()):
                 if _ended(handle):
                     on_done(by_label[label], self._output(pending.pop(label)))
-                elif _state(handle) != "UNKNOWN" or _in_queue(handle.job_id):
+                elif _alive(handle):
                     unknown_since.pop(label, None)
                 elif now - unknown_since.setdefault(label, now) > LOST_AFTER_S:
                     reason = f"SLURM job {handle.job_id} is known to neither sacct nor squeue"
@@ -181,11 +189,6 @@ class SlurmExecutor:
 
 def job_states(folder: Path) -> dict[str, str]:
     """``{label: SLURM state}`` of the jobs recorded in ``folder`` (for ``dropkit status``)."""
-    path = folder / JOBS_FILE
-    if not path.exists():
-        return {}
-    submitit = _submitit()
-    jobs = {label: submitit.SlurmJob(folder, job_id) for label, job_id in read_json(path).items()}
-    if jobs:
-        next(iter(jobs.values())).watcher.update()
-    return {label: f"{job.state} (job {job.job_id})" for label, job in jobs.items()}
+    return {
+        label: f"{job.state} (job {job.job_id})" for label, job in _recorded_jobs(folder).items()
+    }
