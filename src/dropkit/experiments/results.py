@@ -18,7 +18,14 @@ from typing import Any
 from dropkit.experiments.config import VariantSpec
 from dropkit.experiments.executors import Job, JobFailure
 from dropkit.experiments.io import write_json, write_jsonl
-from dropkit.experiments.plan import OUTCOME_FILE, Plan, outcome_path, read_outcome, run_dir
+from dropkit.experiments.plan import (
+    OUTCOME_FILE,
+    Plan,
+    outcome_path,
+    read_outcome,
+    run_dir,
+    trial_dir,
+)
 from dropkit.experiments.population import PopulationJob, PopulationOutput, cutoff_step
 from dropkit.experiments.record import Curve, RunRecord
 from dropkit.experiments.trial import TrialJob, TrialOutcome, read_log
@@ -89,7 +96,7 @@ class Results:
         outcomes = [read_outcome(outcome_path(out, setting_name, variant, s)) for s in seeds]
         if any(o is None for o in outcomes):
             return
-        logs = [read_log(outcome_path(out, setting_name, variant, s).parent) for s in seeds]
+        logs = [read_log(trial_dir(out, setting_name, variant, s)) for s in seeds]
         names = sorted({m for o in outcomes if o and o["metrics"] for m in o["metrics"]})
         metrics = {
             name: [
