@@ -253,3 +253,13 @@ def test_zero_spread_never_confirms():
     assert result.verdict == "inconclusive" and result.confirmed is False
     assert result.ci_low == result.ci_high == result.effect == 0.5 and result.mde is None
     assert "zero width" in result.reason
+
+
+def test_one_module_decides_verdicts():
+    # issue 20: the report formats and writes; every verdict, regime gate and window mean is
+    # decided in claims.py, so the report holds none of that code of its own
+    from dropkit.experiments import claims, report
+
+    assert report.evaluate_claims is claims.evaluate_claims
+    for name in ("_window_mean", "_claim_values", "evaluate_claim", "not_applicable"):
+        assert not hasattr(report, name), name

@@ -1,4 +1,5 @@
-"""The report's logic on hand-made run records: regime gating, window means, crossover, power."""
+"""On hand-made run records: the claims' regime gating and window means (decided in
+``claims.py``), and the report's crossover, power and held lines."""
 
 from __future__ import annotations
 
@@ -6,15 +7,10 @@ import math
 
 import pytest
 
-from dropkit.experiments.claims import not_applicable
+from dropkit.experiments.claims import evaluate_claims, not_applicable
 from dropkit.experiments.config import parse_config
 from dropkit.experiments.record import Curve, DynamicsSeries, RunRecord
-from dropkit.experiments.report import (
-    _held_paragraph,
-    _power_lines,
-    evaluate_claims,
-    paired_curves,
-)
+from dropkit.experiments.report import _held_paragraph, _power_lines, paired_curves
 from dropkit.experiments.stats import min_detectable_effect, seeds_for_power, seeds_needed
 
 T_975_2 = 4.302652729749462  # t quantile (0.975, 2 dof): (2p - 1) / sqrt(2p(1 - p))

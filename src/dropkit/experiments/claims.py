@@ -1,5 +1,10 @@
 """The papers' claims as paired comparisons over seeds, with effect sizes and 95% intervals.
 
+This module decides every verdict: :func:`evaluate_claim` for one claim on per-seed values,
+:func:`evaluate_claims` for a run folder's results (regime claims first, gating the others; a
+dynamics metric is averaged over its window here). :mod:`dropkit.experiments.report` only
+formats and writes what it returns.
+
 A claim compares one metric between two variants ``a`` and ``b`` of one setting, seed by seed
 (variants share seeds, so seed ``s`` of both arms saw the same initialisation stream and data
 order). The effect is the mean paired difference ``A - B``; its 95% interval ``[low, high]`` is
@@ -41,11 +46,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from dropkit.experiments.stats import min_detectable_effect, paired_t_interval
+
+if TYPE_CHECKING:  # config.py imports Claim from here: types only, no import cycle
+    from dropkit.experiments.config import DynamicsSpec, ExperimentConfig, SettingSpec
+    from dropkit.experiments.record import RunRecord
 
 __all__ = [
     "DIRECTIONS",
@@ -53,6 +62,7 @@ __all__ = [
     "Claim",
     "ClaimResult",
     "evaluate_claim",
+    "evaluate_claims",
     "not_applicable",
 ]
 
@@ -248,3 +258,59 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
         mde=mde,
         failed_seeds=failed,
     )
+
+
+def _window_mean(
+    results: Mapping[str, RunRecord], instrument: str, dynamics: DynamicsSpec
+) -> dict[str, dict[int, float]]:
+    """Per variant and seed: mean of an instrument over the window's checkpoints (step 0 out)."""
+    out: dict[str, dict[int, float]] = {}
+    for variant, record in results.items():
+        series = record.dynamics
+        if series is None or instrument not in series.values:
+            continue
+        inside = np.isin(series.steps, dynamics.window_steps(record.total_steps))
+        values = np.asarray(series.values[instrument], dtype=np.float64)  # [seed, checkpoint]
+        out[variant] = {
+            seed: float(values[i, inside].mean()) for i, seed in enumerate(record.seeds)
+        }
+    return out
+
+
+def _claim_values(
+    claim: Claim, setting: SettingSpec, results: Mapping[str, RunRecord]
+) -> dict[str, dict[int, float]]:
+    """``values[variant][seed]`` of the claim's metric: a final metric as recorded, a
+    ``dynamics:`` instrument as its mean over the setting's window."""
+    if claim.metric.startswith("dynamics:"):
+        assert setting.dynamics is not None  # the config parser checks it
+        instrument = claim.metric.removeprefix("dynamics:")
+        return _window_mean(results, instrument, setting.dynamics)
+    return {name: record.per_seed(claim.metric) for name, record in results.items()}
+
+
+def evaluate_claims(
+    config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]
+) -> list[ClaimResult]:
+    """Every claim's verdict; a claim whose setting's regime is not established is not applicable.
+
+    Regime claims are decided first. When a setting's regime claim is not ``confirmed``, the
+    setting is not shown to be in the regime the other claims presuppose, so they read
+    ``not applicable`` with the reason instead of a verdict.
+    """
+    settings = {s.name: s for s in config.settings}
+    regime_ids = {s.regime_claim for s in config.settings if s.regime_claim}
+    decided: dict[str, ClaimResult] = {}
+    for claim in sorted(config.claims, key=lambda c: c.id not in regime_ids):
+        setting = settings[claim.setting]
+        regime = decided.get(setting.regime_claim or "")
+        if claim.id != setting.regime_claim and regime is not None and not regime.confirmed:
+            reason = (
+                f"the {setting.regime} regime is not established: {regime.id} "
+                f"({regime.statement.lower()}) is {regime.verdict}"
+            )
+            decided[claim.id] = not_applicable(claim, reason)
+        else:
+            values = _claim_values(claim, setting, results.get(claim.setting, {}))
+            decided[claim.id] = evaluate_claim(claim, values)
+    return [decided[c.id] for c in config.claims]

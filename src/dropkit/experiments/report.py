@@ -15,14 +15,8 @@ from typing import Any
 import numpy as np
 
 from dropkit.experiments import figures
-from dropkit.experiments.claims import (
-    MAX_FAILED_SHARE,
-    Claim,
-    ClaimResult,
-    evaluate_claim,
-    not_applicable,
-)
-from dropkit.experiments.config import DynamicsSpec, ExperimentConfig, SettingSpec, parse_config
+from dropkit.experiments.claims import MAX_FAILED_SHARE, ClaimResult, evaluate_claims
+from dropkit.experiments.config import ExperimentConfig, SettingSpec, parse_config
 from dropkit.experiments.io import read_json, write_atomic
 from dropkit.experiments.record import RunRecord
 from dropkit.experiments.stats import paired_t_interval, seeds_for_power, t_quantile
@@ -57,60 +51,6 @@ def load_results(run_dir: Path, config: ExperimentConfig) -> dict[str, dict[str,
                 ) from err
         results[setting.name] = found
     return results
-
-
-def _window_mean(
-    results: Mapping[str, RunRecord], instrument: str, dynamics: DynamicsSpec
-) -> dict[str, dict[int, float]]:
-    """Per variant and seed: mean of an instrument over the window's checkpoints (step 0 out)."""
-    out: dict[str, dict[int, float]] = {}
-    for variant, record in results.items():
-        series = record.dynamics
-        if series is None or instrument not in series.values:
-            continue
-        inside = np.isin(series.steps, dynamics.window_steps(record.total_steps))
-        values = np.asarray(series.values[instrument], dtype=np.float64)  # [seed, checkpoint]
-        out[variant] = {
-            seed: float(values[i, inside].mean()) for i, seed in enumerate(record.seeds)
-        }
-    return out
-
-
-def _claim_values(
-    claim: Claim, setting: SettingSpec, results: Mapping[str, RunRecord]
-) -> dict[str, dict[int, float]]:
-    if claim.metric.startswith("dynamics:"):
-        assert setting.dynamics is not None  # the config parser checks it
-        instrument = claim.metric.removeprefix("dynamics:")
-        return _window_mean(results, instrument, setting.dynamics)
-    return {name: record.per_seed(claim.metric) for name, record in results.items()}
-
-
-def evaluate_claims(
-    config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]
-) -> list[ClaimResult]:
-    """Every claim's verdict; a claim whose setting's regime is not established is not applicable.
-
-    Regime claims are decided first. When a setting's regime claim is not ``confirmed``, the
-    setting is not shown to be in the regime the other claims presuppose, so they read
-    ``not applicable`` with the reason instead of a verdict.
-    """
-    settings = {s.name: s for s in config.settings}
-    regime_ids = {s.regime_claim for s in config.settings if s.regime_claim}
-    decided: dict[str, ClaimResult] = {}
-    for claim in sorted(config.claims, key=lambda c: c.id not in regime_ids):
-        setting = settings[claim.setting]
-        regime = decided.get(setting.regime_claim or "")
-        if claim.id != setting.regime_claim and regime is not None and not regime.confirmed:
-            reason = (
-                f"the {setting.regime} regime is not established: {regime.id} "
-                f"({regime.statement.lower()}) is {regime.verdict}"
-            )
-            decided[claim.id] = not_applicable(claim, reason)
-        else:
-            values = _claim_values(claim, setting, results.get(claim.setting, {}))
-            decided[claim.id] = evaluate_claim(claim, values)
-    return [decided[c.id] for c in config.claims]
 
 
 def _crossover(steps: list[int], means: list[float]) -> int | None:
