@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from dropkit.experiments.claims import (
     DIRECTIONS,
+    MIN_SEEDS,
     Claim,
     ClaimResult,
     evaluate_claim,
@@ -247,12 +248,55 @@ def test_test_property():
 
 
 def test_zero_spread_never_confirms():
-    # two seeds with identical differences: a zero-width interval that used to read confirmed
-    values = {"a": {0: 1.5, 1: 2.5}, "b": {0: 1.0, 1: 2.0}}
+    # three seeds (enough for a verdict) with identical differences: a zero-width interval that
+    # used to read confirmed
+    values = {"a": {0: 1.5, 1: 2.5, 2: 3.5}, "b": {0: 1.0, 1: 2.0, 2: 3.0}}
     result = evaluate_claim(claim(">"), values)
     assert result.verdict == "inconclusive" and result.confirmed is False
     assert result.ci_low == result.ci_high == result.effect == 0.5 and result.mde is None
     assert "zero width" in result.reason
+    assert "at least 3" not in result.reason
+
+
+def two_seeds(effect, base=0.5):
+    """Seeds 0 and 1 of :func:`three_seeds`: differences effect - 0.1 and effect."""
+    three = three_seeds(effect, base)
+    return {arm: {s: v for s, v in values.items() if s < 2} for arm, values in three.items()}
+
+
+# (direction, margin, effect, verdict): an interval that decides on 2 seeds as on 3. With
+# t(0.975, 1) = 12.71 and sd 0.0707 the half-width on 2 seeds is 0.635 around effect - 0.05.
+CLEAR_ON_TWO = [
+    (">", 0.0, 3.0, "confirmed"),  # 2 seeds: [2.32, 3.59]; 3 seeds: [2.75, 3.25]
+    (">", 0.0, -3.0, "opposite"),
+    ("<", 0.0, -3.0, "confirmed"),
+    (">=", 1.0, 0.1, "non-inferior"),  # 2 seeds: [-0.585, 0.685]; 3: [-0.148, 0.348]
+    ("<=", 1.0, -0.1, "non-inferior"),  # 2 seeds: [-0.785, 0.485]; 3: [-0.348, 0.148]
+]
+
+
+@pytest.mark.parametrize(("direction", "margin", "effect", "verdict"), CLEAR_ON_TWO)
+def test_a_verdict_needs_at_least_three_seeds(direction, margin, effect, verdict):
+    # issue 20: two seeds give an interval (1 degree of freedom) but one estimate of the spread;
+    # a verdict needs MIN_SEEDS = 3, below that the claim is inconclusive, still measured
+    assert MIN_SEEDS == 3
+    two = evaluate_claim(claim(direction, margin), two_seeds(effect))
+    assert (two.verdict, two.confirmed, two.n_seeds) == ("inconclusive", False, 2)
+    assert two.reason == (
+        "a verdict needs at least 3 finite paired seeds, this claim had 2: "
+        f"{verdict} capped at inconclusive"
+    )
+    assert math.isclose(two.effect, effect - SD / 2, abs_tol=1e-12)
+    assert two.ci_low < two.effect < two.ci_high and two.mde is not None
+
+    three = evaluate_claim(claim(direction, margin), three_seeds(effect))
+    assert (three.verdict, three.n_seeds, three.reason) == (verdict, 3, "")
+    assert three.confirmed is (verdict == "confirmed")
+
+
+def test_two_seeds_that_straddle_zero_are_inconclusive_without_the_seed_note():
+    result = evaluate_claim(claim(">"), two_seeds(0.0))
+    assert result.verdict == "inconclusive" and result.reason == ""
 
 
 def test_one_module_decides_verdicts():

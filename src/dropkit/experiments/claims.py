@@ -34,6 +34,11 @@ the reason says so; at 20% or fewer the verdict stands and the failures are list
 Zero spread: when every seed gives the same paired difference, the interval has zero width and
 would "confirm" on two seeds; such a claim reads *inconclusive* (no MDE), with the reason.
 
+Minimum seeds: a verdict of *confirmed*, *opposite* or *non-inferior* needs at least
+``MIN_SEEDS`` (3) finite paired seeds. On 2 the t interval exists (1 degree of freedom) but rests
+on a single estimate of the spread; such a claim reads *inconclusive*, still with its effect,
+interval and MDE, and the reason says how many seeds it had.
+
 ``confirmed`` is True only for the verdict *confirmed*. With fewer than 2 finite pairs the claim
 is *not measured*; :func:`not_applicable` marks a claim whose setting's regime claim was not
 confirmed. Both carry a ``reason`` and no effect, interval or mde. ``mde`` is the minimum
@@ -59,6 +64,7 @@ if TYPE_CHECKING:  # config.py imports Claim from here: types only, no import cy
 __all__ = [
     "DIRECTIONS",
     "MAX_FAILED_SHARE",
+    "MIN_SEEDS",
     "Claim",
     "ClaimResult",
     "evaluate_claim",
@@ -70,6 +76,7 @@ Direction = Literal["<", ">", ">=", "<="]
 DIRECTIONS: tuple[str, ...] = ("<", ">", ">=", "<=")
 NON_INFERIORITY = (">=", "<=")
 MAX_FAILED_SHARE = 0.2  # above this share of failed seeds, a verdict is capped at inconclusive
+MIN_SEEDS = 3  # fewer finite paired seeds than this: a verdict is capped at inconclusive
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,12 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
         )
     if verdict == "non-inferior" and _worse_within_margin(claim, low, high):
         notes.append(f"{claim.a} is worse than {claim.b}, by less than the margin")
+    if len(good) < MIN_SEEDS and verdict != "inconclusive":
+        notes.append(
+            f"a verdict needs at least {MIN_SEEDS} finite paired seeds, this claim had "
+            f"{len(good)}: {verdict} capped at inconclusive"
+        )
+        verdict = "inconclusive"
     if failed and len(failed) > MAX_FAILED_SHARE * len(seeds) and verdict != "inconclusive":
         notes.append(
             f"more than {MAX_FAILED_SHARE:.0%} of the seeds failed, so the survivors are a "

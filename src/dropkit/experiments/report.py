@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dropkit.experiments import figures
-from dropkit.experiments.claims import MAX_FAILED_SHARE, ClaimResult, evaluate_claims
+from dropkit.experiments.claims import MAX_FAILED_SHARE, MIN_SEEDS, ClaimResult, evaluate_claims
 from dropkit.experiments.config import ExperimentConfig, SettingSpec, parse_config
 from dropkit.experiments.io import read_json, write_atomic
 from dropkit.experiments.record import RunRecord
@@ -492,7 +492,9 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "improvement not shown (the reason notes when A is worse than B, within the margin); "
         "*opposite* only when the interval lies wholly beyond the margin. When more than "
         f"{MAX_FAILED_SHARE:.0%} of a claim's seeds failed, its verdict is capped at "
-        "*inconclusive*: the surviving seeds are a selected sample. "
+        "*inconclusive*: the surviving seeds are a selected sample. A verdict needs at least "
+        f"{MIN_SEEDS} finite paired seeds: with fewer, a claim reads *inconclusive* (its effect "
+        "and interval still shown). "
         "A claim whose setting's regime claim is not confirmed is *not applicable*. "
         "MDE: the smallest true effect these seeds would show 80% of the time at this spread; "
         "a claim is *powered* when its MDE is at most the paper's effect (one power "
