@@ -273,9 +273,12 @@ def _seeded_llama() -> "transformers.PreTrainedModel":
     return _llama()
 
 
-def test_rdrop_trainer_rejects_a_negative_alpha(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="rdrop_alpha"):
-        RDropTrainer(model=_bert(), args=_args(tmp_path), rdrop_alpha=-1.0)
+@pytest.mark.parametrize("alpha", [-1.0, float("nan"), float("inf")])
+def test_rdrop_trainer_rejects_an_alpha_that_is_not_finite_and_non_negative(
+    tmp_path: Path, alpha: float
+) -> None:
+    with pytest.raises(ValueError, match=r"rdrop_alpha=.* must be a finite number >= 0"):
+        RDropTrainer(model=_bert(), args=_args(tmp_path), rdrop_alpha=alpha)
 
 
 def test_callback_rejects_unknown_options() -> None:

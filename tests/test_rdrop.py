@@ -392,3 +392,6 @@ def test_loss_weights_must_be_real_finite_numbers(alpha, label_smoothing, error)
     with pytest.raises(error, match=r"alpha|label_smoothing"):
         dropkit.rdrop_linear_loss(torch.randn(4, 2), torch.randn(4, 2), torch.randn(3, 2), target,
                                   alpha, label_smoothing=label_smoothing)  # fmt: skip
+    if label_smoothing == 0.0:  # regression has no smoothing; its alpha has the same check
+        with pytest.raises(error, match="alpha"):
+            dropkit.rdrop_regression_loss(logits, logits, logits, alpha=alpha)

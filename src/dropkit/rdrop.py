@@ -40,10 +40,11 @@ __all__ = [
 
 
 class RDropTerms(NamedTuple):
-    """The R-Drop loss and its parts, for logging without recomputing (parts keep their graph).
+    """The R-Drop loss and its parts, for logging without recomputing.
 
-    Returned by :func:`rdrop_terms` (and :func:`dropkit.rdrop_linear_terms`); formerly
-    ``RDropLoss``.
+    Returned by :func:`rdrop_terms`, whose parts keep their graph, and by
+    :func:`dropkit.rdrop_linear_terms`, whose parts are values only (a backward through them
+    raises); formerly ``RDropLoss``.
     """
 
     loss: Tensor
@@ -55,13 +56,20 @@ def __getattr__(name: str) -> object:
     return renamed_attribute(__name__, name, {"RDropLoss": ("RDropTerms", lambda: RDropTerms)})
 
 
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """``alpha`` as a float, refused unless a finite number >= 0 (a bool, NaN or inf included);
+    the one check of R-Drop's consistency weight, for every loss and integration."""
+    alpha = check_real(alpha, name)
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"{name}={alpha} must be a finite number >= 0 (the paper uses 0.5 to 5)")
+    return alpha
+
+
 def check_loss_weights(alpha: float, label_smoothing: float) -> None:
     """Refuse a KL weight that is not a finite number >= 0, or a label smoothing that is not a
-    number in [0, 1] (a bool, NaN or inf included); shared by every loss."""
-    alpha = check_real(alpha, "alpha")
+    number in [0, 1] (a bool, NaN or inf included); shared by every classification loss."""
+    check_alpha(alpha)
     label_smoothing = check_real(label_smoothing, "label_smoothing")
-    if not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha={alpha} must be a finite number >= 0 (the paper uses 0.5 to 5)")
     if not 0.0 <= label_smoothing <= 1.0:  # NaN fails this too
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1]")
 
@@ -213,8 +221,7 @@ def rdrop_regression_loss(
             f"target has shape {tuple(target.shape)} but predictions have "
             f"{tuple(pred1.shape)}; reshape one to match (e.g. pred.squeeze(-1))"
         )
-    if alpha < 0:
-        raise ValueError(f"alpha={alpha} must be >= 0")
+    check_alpha(alpha)
     dtype = torch.promote_types(pred1.dtype, torch.float32)
     target = target.to(dtype)
     task = F.mse_loss(pred1.to(dtype), target) + F.mse_loss(pred2.to(dtype), target)

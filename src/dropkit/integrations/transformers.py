@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
 from dropkit.integrations import GlobalStepSchedule
-from dropkit.rdrop import RDropTerms, rdrop_forward, rdrop_terms
+from dropkit.rdrop import RDropTerms, check_alpha, rdrop_forward, rdrop_terms
 from dropkit.rdrop_linear import rdrop_linear_terms
 from dropkit.sites import unwrap
 
@@ -142,14 +142,11 @@ class RDropTrainer(Trainer):
         rdrop_fused_linear: bool = False,
         **kwargs: Any,
     ) -> None:
-        if isinstance(rdrop_alpha, bool) or not isinstance(rdrop_alpha, (int, float)):
-            raise TypeError(f"rdrop_alpha must be a float >= 0, got {rdrop_alpha!r}")
-        if rdrop_alpha < 0:
-            raise ValueError(f"rdrop_alpha={rdrop_alpha} must be >= 0 (the paper uses 0.5 to 5)")
+        rdrop_alpha = check_alpha(rdrop_alpha, "rdrop_alpha")
         if not isinstance(rdrop_fused_linear, bool):
             raise TypeError(f"rdrop_fused_linear must be True or False, got {rdrop_fused_linear!r}")
         super().__init__(*args, **kwargs)
-        self.rdrop_alpha = float(rdrop_alpha)
+        self.rdrop_alpha = rdrop_alpha
         self.rdrop_fused_linear = rdrop_fused_linear
         self._head_checked = False
         self._rdrop_sums: Tensor | None = None  # (ce, kl) summed over micro-batches since a log
