@@ -91,11 +91,16 @@ def test_tensor_rate_one_gives_exact_zeros_and_zero_gradients() -> None:
         assert torch.equal(grad, torch.zeros_like(grad))
 
 
-def test_modules_mirror_their_rate_in_a_non_persistent_buffer() -> None:
+def test_modules_mirror_their_rate_in_a_private_non_persistent_buffer() -> None:
     drop, path = dropkit.Dropout(0.2), dropkit.DropPath(0.0)
     drop.p, path.drop_prob = 0.35, 0.5
-    assert drop.p_tensor.item() == pytest.approx(0.35) and path.drop_prob_tensor.item() == 0.5
+    assert drop._p_tensor.item() == pytest.approx(0.35) and path._drop_prob_tensor.item() == 0.5
     assert drop.state_dict() == {} and path.state_dict() == {}  # checkpoints are unchanged
+    # the mirror is not API: code that wrote a public p_tensor (bypassing `active`, which a
+    # compiled site at rate 0 obeys) now fails loudly instead of being silently ignored
+    for site, old in ((drop, "p_tensor"), (path, "drop_prob_tensor")):
+        with pytest.raises(AttributeError):
+            getattr(site, old).fill_(0.3)
 
 
 def test_dropkit_modules_compile_twice_at_most_and_drop_at_every_scheduled_rate() -> None:

@@ -76,6 +76,16 @@ def test_subpackages_are_reachable_as_attributes_after_import_dropkit() -> None:
     assert out.stdout.split() == ["True", "dropkit.integrations", "dropkit.experiments"]
 
 
+def test_star_import_loads_no_tier_above_the_core() -> None:
+    code = (
+        "import sys; from dropkit import *; import dropkit; "
+        "print(sorted(m for m in sys.modules if m.startswith('dropkit.experiments'))); "
+        "print(dropkit.advise.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "dropkit.experiments.advise"]
+
+
 def test_advise_takes_n_batches_and_warns_on_gde_batches() -> None:
     from dropkit.experiments.data import load_dataset
 
@@ -85,3 +95,20 @@ def test_advise_takes_n_batches_and_warns_on_gde_batches() -> None:
             lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), digits, gde_batches=4
         )
     assert advice.recommendation == "no_dropout"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: dropkit.drop_path(torch.ones(4, 3), 0.0, True, p=0.5),
+        lambda: dd.DynamicsRecorder(nn.Linear(3, 2), ["grad_norm"], cadence=1, schedule=3),
+        lambda: dd.DynamicsRecorder(nn.Linear(3, 2), ["gdv"], n_batches=2, num_batches=4),
+        lambda: dropkit.advise(lambda: nn.Linear(64, 10), "digits", n_batches=8, gde_batches=4),
+    ],
+    ids=["drop_path", "recorder-cadence", "recorder-n_batches", "advise"],
+)
+def test_a_keyword_and_its_deprecated_name_together_are_refused(call) -> None:
+    """Both names given (even the new one at its default value) could disagree: refused before
+    anything runs, instead of silently taking the deprecated one."""
+    with pytest.raises(TypeError, match=r"got both .*=.*its deprecated name"):
+        call()

@@ -29,9 +29,19 @@ def renamed_attribute(
     raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
 
-def renamed_keyword(function: str, old: str, new: str, old_value: Any, new_value: Any) -> Any:
-    """The value for keyword ``new``, where a caller may still pass it as ``old`` (None: not)."""
+def renamed_keyword(
+    function: str, old: str, new: str, old_value: Any, new_value: Any, default: Any = None
+) -> Any:
+    """The value for keyword ``new``, which a caller may still pass as ``old``.
+
+    ``None`` means not passed, for both: neither gives ``default``, and both are refused (the
+    two could disagree, and silently preferring one would hide it).
+    """
     if old_value is None:
-        return new_value
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise TypeError(
+            f"{function}() got both {new}= and {old}=, its deprecated name; pass {new}= only"
+        )
     warn_renamed(f"{function}({old}=...)", f"{new}=...", stacklevel=4)
     return old_value

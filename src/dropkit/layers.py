@@ -71,7 +71,7 @@ def dropout(x: Tensor, p: float | Tensor, training: bool = True) -> Tensor:
 
 def drop_path(
     x: Tensor,
-    drop_prob: float | Tensor = 0.0,
+    drop_prob: float | Tensor | None = None,
     training: bool | None = None,
     *,
     p: float | Tensor | None = None,
@@ -82,9 +82,10 @@ def drop_path(
     timm's ``drop_path`` and torchvision's ``StochasticDepth(mode="row")``; the rate may be a
     0-dim tensor, as for :func:`dropout`. The names are timm's, whose ``training`` defaults to
     False: dropkit's defaulted to True, so leaving it out warns (and still drops) until 0.3,
-    when the default becomes False. ``p`` is the deprecated name of ``drop_prob``.
+    when the default becomes False. ``drop_prob`` defaults to 0; ``p`` is its deprecated name
+    (passing both raises ``TypeError``).
     """
-    drop_prob = renamed_keyword("drop_path", "p", "drop_prob", p, drop_prob)
+    drop_prob = renamed_keyword("drop_path", "p", "drop_prob", p, drop_prob, default=0.0)
     if training is None:
         warnings.warn(
             "drop_path(x, drop_prob) without training=: the default is True here but False in "
@@ -108,16 +109,17 @@ def drop_path(
 class Dropout(nn.Module):
     """Inverted dropout whose rate ``p`` may be changed at any time (validated on write).
 
-    The rate is mirrored in the non-persistent 0-dim buffer ``p_tensor``, which the forward reads
-    under ``torch.compile`` so that a changing rate causes no recompilation, and in ``active``
-    (rate > 0), so that a compiled site at rate 0 is no op at all.
+    The rate is mirrored in a private, non-persistent 0-dim buffer, which the forward reads under
+    ``torch.compile`` so that a changing rate causes no recompilation, and in ``active`` (rate >
+    0), so that a compiled site at rate 0 is no op at all. Set the rate through ``p`` only: the
+    mirrors follow it (writing the buffer would bypass ``active`` and the eager path).
     """
 
-    p_tensor: Tensor
+    _p_tensor: Tensor
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
-        self.register_buffer("p_tensor", torch.zeros(()), persistent=False)
+        self.register_buffer("_p_tensor", torch.zeros(()), persistent=False)
         self.p = p
 
     @property
@@ -129,7 +131,7 @@ class Dropout(nn.Module):
     def p(self, value: float) -> None:
         self._p = check_rate(value, "Dropout.p")
         self.active = self._p > 0.0  # guarded by Dynamo: flips only when the rate crosses 0
-        self.p_tensor.fill_(self._p)
+        self._p_tensor.fill_(self._p)
 
     def forward(self, x: Tensor) -> Tensor:
         """Zero each element with probability ``p`` and scale survivors by ``1 / (1 - p)``
@@ -137,7 +139,7 @@ class Dropout(nn.Module):
         if torch.compiler.is_compiling():
             if not (self.active and self.training):
                 return x  # the graph without the site: no random op, no multiply
-            return dropout(x, self.p_tensor)
+            return dropout(x, self._p_tensor)
         return dropout(x, self._p, self.training)
 
     def extra_repr(self) -> str:
@@ -150,15 +152,15 @@ class DropPath(nn.Module):
 
     The attribute is named ``drop_prob`` as in timm, so code written for timm's ``DropPath``
     (including the official early-dropout scheduler) works on it unchanged. Like
-    :class:`Dropout`, it mirrors the rate in a 0-dim buffer (``drop_prob_tensor``) and in
-    ``active``, read under ``torch.compile``.
+    :class:`Dropout`, it mirrors the rate in a private 0-dim buffer and in ``active``, read under
+    ``torch.compile``; set the rate through ``drop_prob`` only.
     """
 
-    drop_prob_tensor: Tensor
+    _drop_prob_tensor: Tensor
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        self.register_buffer("drop_prob_tensor", torch.zeros(()), persistent=False)
+        self.register_buffer("_drop_prob_tensor", torch.zeros(()), persistent=False)
         self.drop_prob = drop_prob
 
     @property
@@ -170,7 +172,7 @@ class DropPath(nn.Module):
     def drop_prob(self, value: float) -> None:
         self._drop_prob = check_rate(value, "DropPath.drop_prob")
         self.active = self._drop_prob > 0.0  # guarded by Dynamo: flips only when the rate crosses 0
-        self.drop_prob_tensor.fill_(self._drop_prob)
+        self._drop_prob_tensor.fill_(self._drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         """Zero the whole branch of each sample with probability ``drop_prob`` and scale the
@@ -178,7 +180,7 @@ class DropPath(nn.Module):
         if torch.compiler.is_compiling():
             if not (self.active and self.training):
                 return x  # the graph without the site: no random op, no multiply
-            return drop_path(x, self.drop_prob_tensor, True)
+            return drop_path(x, self._drop_prob_tensor, True)
         return drop_path(x, self._drop_prob, self.training)
 
     def extra_repr(self) -> str:

@@ -104,7 +104,8 @@ class DynamicsRecorder:
         instruments: names from ``INSTRUMENTS``, or a mapping name -> cadence to give
             instruments their own cadences (``None`` = the shared ``cadence``).
         cadence: when instruments run: an int n (every n steps) or a callable ``step -> bool``
-            (``every(n)``, ``log_spaced(end, num)``, ``at([...])``). Formerly ``schedule``.
+            (``every(n)``, ``log_spaced(end, num)``, ``at([...])``); default every step. Formerly
+            ``schedule``.
         path: JSON Lines file, appended to (``None``: records are only kept in ``rec.records``).
         run: name written into every record, to tell runs apart in one file.
         loss_fn: ``loss_fn(model, batch) -> mean loss``; default cross-entropy on (inputs, targets).
@@ -137,7 +138,7 @@ class DynamicsRecorder:
             "distance",
         ),
         *,
-        cadence: Cadence | int = 1,
+        cadence: Cadence | int | None = None,
         path: str | os.PathLike[str] | None = None,
         run: str | None = None,
         loss_fn: LossFn = cross_entropy_loss,
@@ -156,7 +157,9 @@ class DynamicsRecorder:
         schedule: Cadence | int | None = None,
         num_batches: int | None = None,
     ) -> None:
-        cadence = renamed_keyword("DynamicsRecorder", "schedule", "cadence", schedule, cadence)
+        cadence = renamed_keyword(
+            "DynamicsRecorder", "schedule", "cadence", schedule, cadence, default=1
+        )
         n_batches = renamed_keyword(
             "DynamicsRecorder", "num_batches", "n_batches", num_batches, n_batches
         )

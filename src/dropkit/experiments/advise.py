@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 RECOMMENDATIONS = ("early_dropout", "early_sd", "late_sd", "standard_dropout", "no_dropout")
+"""The values ``Advice.recommendation`` takes."""
 PAPER_CUTOFF = 1 / 6  # 50 of 300 epochs; the paper finds 1% to 50% of the run works
 LATE_SD_P = 0.4  # the paper's late stochastic depth rate (ViT-B)
 
@@ -170,7 +171,7 @@ def advise(
     drop_path_p: float = 0.1,
     validation_fraction: float = 0.1,
     threshold: float = 0.1,
-    n_batches: int = 8,
+    n_batches: int | None = None,
     figure: str | Path | None = None,
     gde_batches: int | None = None,
 ) -> Advice:
@@ -182,10 +183,13 @@ def advise(
     the run ``train`` lays out (default ``TrainConfig()``). ``budget`` defaults to
     :func:`default_budget` of the run's warm-up, so the probe ends past it. ``data`` is a
     :class:`~dropkit.experiments.data.Dataset` or a name / ``.npz`` path for ``load_dataset``.
-    GDE is measured over ``n_batches`` mini-batch gradients (formerly ``gde_batches``).
+    GDE is measured over ``n_batches`` mini-batch gradients (default 8; formerly
+    ``gde_batches``).
     ``figure`` writes the probes' training-loss curves there (needs matplotlib).
     """
-    n_batches = renamed_keyword("advise", "gde_batches", "n_batches", gde_batches, n_batches)
+    n_batches = renamed_keyword(
+        "advise", "gde_batches", "n_batches", gde_batches, n_batches, default=8
+    )
     n_batches = check_int(n_batches, "n_batches", 2, " (mini-batch gradients for GDE)")
     train = train or TrainConfig()
     budget = default_budget(train.warmup_frac) if budget is None else budget
