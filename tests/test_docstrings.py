@@ -24,6 +24,7 @@ MODULES = [
     "dropkit.integrations.lightning",
     "dropkit.integrations.transformers",
     "dropkit.experiments",
+    "dropkit.experiments.advise",  # dropkit.advise, lazy and out of dropkit.__all__
 ]
 OPTIONAL = {
     "dropkit.integrations.lightning": "lightning",

@@ -42,7 +42,8 @@ _SUBPACKAGES = frozenset({"diagnostics", "experiments", "integrations"})
 def __getattr__(name: str) -> object:
     # The subpackages and ``dropkit.advise`` (experiments tier: it trains probes) load on first
     # use, as torch's do, so ``import dropkit`` stays light and the core never loads the tiers
-    # above it.
+    # above it. ``advise`` is left out of ``__all__`` so that ``from dropkit import *`` does not
+    # load it either.
     if name in _SUBPACKAGES:
         return importlib.import_module(f"dropkit.{name}")
     if name == "advise":
@@ -59,7 +60,6 @@ __all__ = [
     "RDropTerms",
     "Site",
     "__version__",
-    "advise",
     "consistency_mse",
     "describe",
     "drop_path",
