@@ -85,7 +85,6 @@ def test_agrees_with_the_python_loop_reference_of_test_rdrop() -> None:
     torch.testing.assert_close(got.loss, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.stack(got.ce), torch.stack([ce1, ce2]), rtol=1e-12, atol=0)
     torch.testing.assert_close(got.kl, kl, rtol=1e-12, atol=0)
-    assert not (got.ce[0].requires_grad or got.kl.requires_grad)  # parts are for logging
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 6])
@@ -297,3 +296,73 @@ def test_fp16_gradients_are_cast_after_the_loss_scale_not_before() -> None:
     expected = (wide[0].grad * scale).half()  # float32 gradient, scaled, then rounded once
     assert torch.equal(h1.grad, expected)
     assert (h1.grad == 0).float().mean() <= (expected == 0).float().mean()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_class_masked_out_by_a_minus_inf_bias_gives_rdrop_losss_value_and_gradients(
+    smoothing,
+) -> None:
+    (h1, h2, weight, bias), target = _problem((6,), 4, 7, seed=11)
+    target = target.clamp(max=5)  # the masked class is never a target: the loss stays finite
+    masked = bias.detach().clone()
+    masked[6] = -math.inf
+    masked.requires_grad_()
+    inputs = (h1, h2, weight)
+    kw = dict(label_smoothing=smoothing)
+    loss = dropkit.rdrop_linear_loss(h1, h2, weight, target, 1.5, bias=masked, chunk_size=4, **kw)
+    expected, _ = _explicit(h1, h2, weight, masked, target, 1.5, **kw)
+    if smoothing:  # smoothing spreads mass onto the -inf class: infinite for both paths alike
+        assert math.isinf(loss.item()) and math.isinf(expected.item())
+        return
+    assert math.isfinite(loss.item())
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(_grads(loss, inputs), _grads(expected, inputs)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_float64_hidden_states_with_a_float32_weight_compute_in_float64() -> None:
+    (h1, h2, weight, _), target = _problem((5,), 4, 6, seed=12)
+    weight32 = weight.detach().float().requires_grad_()
+    loss = dropkit.rdrop_linear_loss(h1, h2, weight32, target, 1.0)
+    # the reference: the same float32 weight values, everything else in float64
+    expected, _ = _explicit(h1, h2, weight32.detach().double(), None, target, 1.0)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=0)  # float32 math: ~1e-7
+    (grad_w,) = torch.autograd.grad(loss, weight32)
+    assert grad_w.dtype == torch.float32  # each gradient in its input's dtype
+
+
+def test_the_parts_are_values_and_a_backward_through_them_is_refused() -> None:
+    (h1, h2, weight, bias), target = _problem((6,), 3, 5, seed=13)
+    terms = dropkit.rdrop_linear_terms(h1, h2, weight, target, 1.0, bias=bias)
+    expected = dropkit.rdrop_terms(_explicit(h1, h2, weight, bias, target, 1.0)[1], target, 1.0)
+    for got, want in zip((*terms.ce, terms.kl), (*expected.ce, expected.kl)):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=0)
+        with pytest.raises(RuntimeError, match="values for logging"):
+            torch.autograd.grad(got, h1, retain_graph=True)
+    with pytest.raises(RuntimeError, match="values for logging"):  # also beside the loss
+        torch.autograd.grad(terms.loss + terms.kl, h1, retain_graph=True)
+    (grad,) = torch.autograd.grad(terms.loss, h1)  # the loss alone still differentiates
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.loss, h1)[0], rtol=1e-10, atol=0)
+
+
+def test_under_torch_compile_the_model_compiles_around_one_graph_break() -> None:
+    (h1, h2, weight, bias), target = _problem((2, 5), 4, 9, seed=14, dtype=torch.float32)
+    target[0, 1] = -100
+
+    def step(h1, h2, weight, bias, target):
+        return 3 * dropkit.rdrop_linear_loss(
+            h1.tanh(), h2.tanh(), weight, target, 0.7, bias=bias, chunk_size=3
+        )
+
+    inputs = (h1, h2, weight, bias)
+    expected = step(*inputs, target)
+    explained = torch._dynamo.explain(step)(*inputs, target)
+    assert explained.graph_break_count == 1  # was 4: nonzero's data-dependent row count
+    assert "torch.compiler.disable" in explained.break_reasons[0].reason
+    torch._dynamo.reset()
+    loss = torch.compile(step)(*inputs, target)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(_grads(loss, inputs), _grads(expected, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

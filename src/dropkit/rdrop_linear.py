@@ -12,7 +12,8 @@ non-ignored rows (paper Eq. 4: ``ce1 + ce2 + alpha/2 * (KL(p||q) + KL(q||p))``, 
     ∂ce/∂z1 = p - (1 - ε) onehot(y) - ε / V                (ε: label smoothing)
     ∂(KL(p||q) + KL(q||p))/∂z1 = p ⊙ (d - KL(p||q)) + (p - q)
 
-and symmetrically for ``z2``; ``∂loss/∂z1 = (∂ce/∂z1 + alpha/2 ∂KL/∂z1) / n``.
+and symmetrically for ``z2``; ``∂loss/∂z1 = (∂ce/∂z1 + alpha/2 ∂KL/∂z1) / n``. A class whose
+bias is ``-inf`` (masked out) has ``p = q = 0`` and contributes nothing to the KL or its gradient.
 """
 
 from __future__ import annotations
@@ -80,13 +81,37 @@ def _check(
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    sharded = [name for name, t in (("hidden1", hidden1), ("hidden2", hidden2), ("weight", weight),
+               ("bias", bias)) if t is not None and _is_dtensor(t)]  # fmt: skip
+    if sharded:
+        raise TypeError(
+            f"{' and '.join(sharded)} is a DTensor: FSDP2 gathers a module's parameters only "
+            "inside that module's forward, and this loss reads the output layer's weight outside "
+            "it. Call the loss inside the forward of the fully_shard-ed module that holds the "
+            "output layer: keep that layer in the model's root fully_shard group and compute the "
+            "loss in the model's forward, or shard a small module that holds the layer and "
+            "computes the loss in its forward (see the R-Drop guide, section FSDP)"
+        )
     check_loss_weights(alpha, label_smoothing)
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", 1, " (rows per chunk), or None to choose")
 
 
+def _is_dtensor(tensor: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
 class _RDropLinear(torch.autograd.Function):
-    """Loss and CE/KL parts in the forward; the gradients, formed there too, scaled in backward."""
+    """Loss and CE/KL parts in the forward; the gradients, formed there too, scaled in backward.
+
+    The parts are outputs that require grad only so that a backward through them can be refused
+    (their gradients are never formed): ``set_materialize_grads(False)`` hands backward ``None``
+    for an output that the loss being differentiated does not use.
+    """
 
     @staticmethod
     def forward(
@@ -104,7 +129,10 @@ class _RDropLinear(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # under torch.no_grad() (form_grads False) no gradient is formed: the loss alone
         need_h1, need_h2, need_w, need_b = (n and form_grads for n in ctx.needs_input_grad[:4])
-        compute = torch.promote_types(weight.dtype, torch.float32)
+        compute = torch.float32  # at least: float64 anywhere computes in float64
+        for tensor in (hidden1, hidden2, weight, bias):
+            if tensor is not None:
+                compute = torch.promote_types(compute, tensor.dtype)
         hidden_size, vocab = hidden1.shape[-1], weight.shape[0]
         flat1 = hidden1.reshape(-1, hidden_size)
         flat2 = hidden2.reshape(-1, hidden_size)
@@ -114,6 +142,10 @@ class _RDropLinear(torch.autograd.Function):
         weight_c = weight.to(compute)
         bias_c = None if bias is None else bias.to(compute)
         half, eps = alpha / 2.0, label_smoothing
+        # classes masked out by a -inf bias are -inf in both passes: log p - log q is NaN there
+        ruled_out = None
+        if bias_c is not None and bool(torch.isneginf(bias_c).any()):
+            ruled_out = torch.isneginf(bias_c)
 
         sums = torch.zeros(3, dtype=compute, device=weight.device)  # ce1, ce2, kl (row sums)
         grad_flat1 = torch.zeros_like(flat1, dtype=compute) if need_h1 else None
@@ -133,6 +165,8 @@ class _RDropLinear(torch.autograd.Function):
             nll = -z.gather(1, both_targets).squeeze(1)
             ce = (1.0 - eps) * nll - eps * z.mean(dim=1) if eps else nll
             d = log_p - log_q
+            if ruled_out is not None:
+                d.masked_fill_(ruled_out, 0.0)  # p = q = 0 there: no KL, no gradient
             z.exp_()  # probabilities, in place
             p, q = z[:c], z[c:]
             kl_pq = (p * d).sum(dim=1)
@@ -167,7 +201,7 @@ class _RDropLinear(torch.autograd.Function):
                 grad_b += g.sum(dim=0)
         ce1, ce2, kl = (sums / max(n, 1)).unbind()
         loss = ce1 + ce2 + alpha * kl
-        ctx.mark_non_differentiable(ce1, ce2, kl)
+        ctx.set_materialize_grads(False)
         # kept in the compute dtype: cast to the inputs' dtypes only in backward, after the
         # incoming gradient (a GradScaler's scale) is applied, so fp16 gradients do not flush
         grads = (
@@ -187,7 +221,15 @@ class _RDropLinear(torch.autograd.Function):
         return loss, ce1, ce2, kl
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad_loss: Tensor | None, *grad_parts: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        if any(g is not None for g in grad_parts):
+            raise RuntimeError(
+                "the parts of rdrop_linear_terms (ce, kl) are values for logging: their "
+                "gradients are not formed (only the loss's are). Weight the KL with alpha, or use "
+                "dropkit.rdrop_terms on explicit logits to differentiate the parts separately"
+            )
         if torch.is_grad_enabled():  # create_graph=True: a gradient of these gradients is asked
             raise RuntimeError(
                 "rdrop_linear_loss / rdrop_linear_terms have no second-order gradients (its "
@@ -195,6 +237,8 @@ class _RDropLinear(torch.autograd.Function):
                 "create_graph=True through it would be silently wrong. Use dropkit.rdrop_loss on "
                 "explicit logits (hidden @ weight.T) for that"
             )
+        if grad_loss is None:  # reached only through unused outputs
+            return (None,) * 10
         saved = iter(ctx.saved_tensors)
         grads = tuple(
             (next(saved) * grad_loss).to(dtype) if present else None
@@ -217,11 +261,30 @@ def rdrop_linear_terms(
 ) -> RDropTerms:
     """:func:`rdrop_linear_loss` with its parts: CE of each pass and the mean pairwise KL.
 
-    The gradient flows through ``loss``; ``ce`` and ``kl`` are detached values for logging.
-    Under ``torch.no_grad()`` only the loss is computed (no gradient is formed), and a second
-    derivative (``create_graph=True``, e.g. a gradient penalty) raises ``RuntimeError``.
+    The gradient flows through ``loss`` only: ``ce`` and ``kl`` are values for logging, and a
+    backward through them raises ``RuntimeError`` (their own gradients are never formed; use
+    :func:`dropkit.rdrop_terms` on explicit logits for that). Under ``torch.no_grad()`` only the
+    loss is computed (no gradient is formed), and a second derivative (``create_graph=True``,
+    e.g. a gradient penalty) raises ``RuntimeError``.
     """
     _check(hidden1, hidden2, weight, bias, target, alpha, label_smoothing, chunk_size)
+    return _terms(
+        hidden1, hidden2, weight, bias, target, alpha, ignore_index, label_smoothing, chunk_size
+    )
+
+
+@torch.compiler.disable  # the row count after padding is data-dependent: one clean graph break
+def _terms(
+    hidden1: Tensor,
+    hidden2: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    alpha: float,
+    ignore_index: int,
+    label_smoothing: float,
+    chunk_size: int | None,
+) -> RDropTerms:
     # autocast would run the products in bf16 / fp16: this loss computes in float32 (or
     # float64) as promised, whatever region it is called from (backward only scales and casts)
     with torch.autocast(device_type=weight.device.type, enabled=False):
@@ -266,7 +329,13 @@ def rdrop_linear_loss(
     backward has applied the incoming gradient (a ``GradScaler``'s scale), then cast to the
     inputs' dtypes: for low-precision inputs that holds float32 buffers of the hidden states' and
     the weight's sizes between forward and backward. ``chunk_size=None``
-    picks :func:`default_chunk_size`.
+    picks :func:`default_chunk_size`. A bias entry of ``-inf`` masks its class out, as in
+    :func:`dropkit.rdrop_loss`.
+
+    Under ``torch.compile`` the loss runs eagerly, as one graph break (the number of rows left
+    after padding is data-dependent); the model around it compiles, and ``fullgraph=True``
+    refuses it. Under FSDP2 call it inside the forward of the sharded module that holds the
+    output layer (a weight still sharded as a ``DTensor`` is refused, with how to fix it).
     """
     return rdrop_linear_terms(
         hidden1,
