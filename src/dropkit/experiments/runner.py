@@ -10,12 +10,9 @@ comes out the same. One command at a time may write a run folder (an advisory lo
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -29,6 +26,7 @@ from dropkit._optional import import_optional
 from dropkit.experiments.config import ConfigError, ExperimentConfig
 from dropkit.experiments.executors import Job, make_executor
 from dropkit.experiments.io import read_json, write_json, write_jsonl
+from dropkit.experiments.lock import RunFolderBusy, RunFolderUnlockable, one_writer
 from dropkit.experiments.plan import make_plan
 from dropkit.experiments.preflight import preflight
 from dropkit.experiments.report import build_report, load_results, summary_table
@@ -115,7 +113,7 @@ class Interrupted(Exception):
 @contextmanager
 def _signals_raise() -> Iterator[None]:
     """Turn SIGINT, SIGTERM and SIGUSR1/2 (what ``sbatch --signal`` sends before a time limit)
-    into an exception in the main thread, then restore."""
+    into an exception in the main thread, then restore (those of them the platform has)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -123,7 +121,8 @@ def _signals_raise() -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         raise _Signal(signum)
 
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    names = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")  # Windows has no SIGUSR1/2
+    signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
     previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
@@ -136,50 +135,6 @@ class _Signal(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-@contextmanager
-def _one_writer(out: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``out/.lock`` (released by the OS if the holder is killed); the
-    file says who holds it, ``pid@host``, since on a cluster the holder may be another node."""
-    path = out / ".lock"
-    handle = path.open("a+", encoding="utf-8")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid, _, host = (handle.read().strip() or "unknown").partition("@")
-        handle.close()
-        where = f" on {host}" if host else ""
-        raise RunFolderBusy(
-            f"{out} is being written by another dropkit command (pid {pid}{where}); wait for it "
-            "to finish, or pass another --out"
-        ) from None
-    except OSError as err:  # ENOLCK, EOPNOTSUPP: NFS without lockd, Lustre without -o flock
-        handle.close()
-        raise RunFolderUnlockable(
-            f"{out} is on a file system without file locks (flock: {err.strerror or err}); "
-            "dropkit locks a run folder so that two commands never write it at once. Pass an "
-            "--out on a file system with locks (a local disk, NFS with lockd, Lustre mounted "
-            "with -o flock); nothing was trained"
-        ) from err
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}@{socket.gethostname()}")
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-class RunFolderUnlockable(ValueError):
-    """The run folder's file system refuses file locks."""
-
-
-class RunFolderBusy(ValueError):
-    """Another command holds the run folder's lock."""
 
 
 def run_experiment(
@@ -204,7 +159,7 @@ def run_experiment(
     if detach and config.executor.kind != "slurm":
         raise ConfigError("--detach submits to a cluster: it needs --executor slurm")
     out.mkdir(parents=True, exist_ok=True)
-    with _one_writer(out):
+    with one_writer(out):
         return _run_locked(config, out, cache_dir, workers, progress, detach)
 
 
@@ -290,7 +245,7 @@ def _gather_records(out: Path, config: ExperimentConfig) -> None:
             if path.exists():
                 rows += [
                     {"setting": setting.name, **row}
-                    for row in map(json.loads, path.read_text().splitlines())
+                    for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
                 ]
     write_jsonl(out / "records.jsonl", rows)
 
