@@ -1,9 +1,10 @@
 """The local executor: jobs in this process (``workers=1``) or a pool of worker processes.
 
 Workers are spawned, one intra-op thread each, ignore SIGINT (the driver decides), and end at once
-when the driver dies, even by SIGKILL (a watchdog thread), so none outlives the command. When the
-driver is interrupted or a job raises, the workers are terminated and joined before the error
-goes on: finished jobs were already handed to ``on_done``, the rest run again on a rerun.
+when the driver dies, even by SIGKILL (a watchdog thread waits on the driver: a pipe on POSIX, a
+process handle on Windows), so none outlives the command. When the driver is interrupted or a
+job raises, the workers are terminated and joined before the error goes on: finished jobs were
+already handed to ``on_done``, the rest run again on a rerun.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -27,16 +27,21 @@ __all__ = ["LocalExecutor"]
 _progress_queue: Any = None  # a worker's channel for progress, set by _init_worker
 
 
-def _init_worker(queue: Any, parent: int) -> None:
+def _init_worker(queue: Any) -> None:
     """In each worker: one thread, progress to ``queue``, and exit when the parent is gone."""
     global _progress_queue
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _progress_queue = queue
+    # the driver, as multiprocessing knows it in a spawned process: joining it waits on its
+    # sentinel, which becomes ready when the driver dies however it ends (polling os.getppid()
+    # would not do: on Windows it keeps returning the dead parent's pid)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: nothing to watch
+        return
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
+        parent.join()
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -71,7 +76,7 @@ class LocalExecutor:
             min(self.workers, len(jobs)),
             mp_context=context,
             initializer=_init_worker,
-            initargs=(queue, os.getpid()),
+            initargs=(queue,),
         )
         try:
             pending = {pool.submit(_run_in_worker, job): job for job in jobs}
