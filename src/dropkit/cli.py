@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import os
 import sys
@@ -132,7 +133,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_console() -> None:
+    """Reports and tables hold "−", "≥", "±": a console whose encoding cannot show every
+    character (a Windows code page, the C locale) gets ``\\u2212`` escapes, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_console()
     args = _parser().parse_args(argv)
     if args.command == "sites":
         print(describe(_load_factory(args.factory)()))

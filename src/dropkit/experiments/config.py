@@ -574,7 +574,7 @@ def _read_yaml(path: Path) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
 
@@ -604,4 +604,4 @@ def builtin_config(name: str) -> ExperimentConfig:
     )
     if name not in available:
         raise ValueError(f"no built-in config {name!r}; available: {available}")
-    return parse_config(yaml.safe_load((files / f"{name}.yaml").read_text()))
+    return parse_config(yaml.safe_load((files / f"{name}.yaml").read_text(encoding="utf-8")))

@@ -31,7 +31,7 @@ def write_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~_umask())  # by path: Windows has no os.fchmod
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:  # full or read-only disk: nothing half-written, and the path named
