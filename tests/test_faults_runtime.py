@@ -42,7 +42,8 @@ TINY_RUN = {
 
 
 def _write_config(path: Path, raw: dict | None = None) -> Path:
-    path.write_text(yaml.safe_dump(raw or TINY_RUN))
+    # in the dict's order (settings and variants run in file order), not sorted
+    path.write_text(yaml.safe_dump(raw or TINY_RUN, sort_keys=False))
     return path
 
 
@@ -53,9 +54,51 @@ def _slow(raw: dict, epochs: int = 60) -> dict:
     return slow
 
 
+def _quick_then_slow(epochs: int = 30) -> dict:
+    """A setting ``brief`` (2 epochs, both variants done in about a second each) run before the
+    tiny config's ``digits`` trained ``epochs`` long: interrupted once ``brief`` is done, a run
+    has finished jobs to keep and unfinished ones to resume."""
+    raw = _slow(TINY_RUN, epochs)
+    brief = json.loads(json.dumps(TINY_RUN["settings"]["digits"]))
+    raw["settings"] = {"brief": brief, **raw["settings"]}
+    return raw
+
+
+BRIEF = {"brief/dropout", "brief/none"}  # the jobs of _quick_then_slow that finish first
+
+
 def _results(out: Path) -> set[str]:
+    """``setting/variant`` of every run with a result."""
     runs = out / "runs"
-    return {p.parent.name for p in runs.rglob("result.json")} if runs.exists() else set()
+    found = runs.rglob("result.json") if runs.exists() else []
+    return {f"{p.parent.parent.name}/{p.parent.name}" for p in found}
+
+
+def _wait_for_results(out: Path, wanted: set[str], process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not wanted <= _results(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wanted <= _results(out), f"{sorted(wanted)} never finished: {sorted(_results(out))}"
+
+
+def _snapshot(out: Path, runs: set[str]) -> dict[str, tuple[bytes, int]]:
+    """Each run's result file: its bytes and its modification time in nanoseconds."""
+    files = {run: out / "runs" / run / "result.json" for run in runs}
+    return {run: (path.read_bytes(), path.stat().st_mtime_ns) for run, path in files.items()}
+
+
+def _resume_keeps(out: Path, config: Path, kept: dict[str, tuple[bytes, int]], capsys) -> None:
+    """The same command again: it trains only the unfinished runs, and the finished ones keep
+    their result files byte for byte, never rewritten."""
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    started = {line.split("] ")[1].split(":")[0] for line in err.splitlines()
+               if line.startswith("[job ")}  # fmt: skip
+    assert started == {"digits/dropout", "digits/none"}, err
+    assert _snapshot(out, set(kept)) == kept
+    assert _results(out) == BRIEF | {"digits/dropout", "digits/none"}
+    assert (out / "report.json").exists()
 
 
 def _cli(*args: str) -> list[str]:
@@ -68,45 +111,55 @@ def _cli(*args: str) -> list[str]:
     [("1", signal.SIGTERM), ("2", signal.SIGTERM), ("1", signal.SIGUSR1), ("2", signal.SIGUSR2)],
 )  # SIGUSR1/2: what `sbatch --signal` sends a driver running in a job before its time limit
 def test_sigterm_stops_the_workers_keeps_finished_runs_and_says_how_to_resume(
-    tmp_path, workers, signum
+    tmp_path, workers, signum, capsys
 ):
-    raw = _slow(TINY_RUN)
-    raw["settings"]["digits"]["variants"]["none"] = {}  # the quick arm, which finishes first
-    config = _write_config(tmp_path / "c.yaml", raw)
+    config = _write_config(tmp_path / "c.yaml", _quick_then_slow())
     out = tmp_path / "out"
     process = subprocess.Popen(
         _cli("run", str(config), "--out", str(out), "--workers", workers),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (out / "config.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # training is under way
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == 128 + signum
+    try:
+        _wait_for_results(out, BRIEF, process)  # `digits` is training now, for seconds yet
+        kept = _snapshot(out, BRIEF)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signum, err
     name = signal.Signals(signum).name
-    assert f"interrupted by {name}" in err and "run the same command again to resume" in err
+    assert f"interrupted by {name}: 2 of 4 jobs finished and are kept" in err
+    assert "run the same command again to resume" in err
+    assert _results(out) == BRIEF  # the finished runs stay, the interrupted ones left no result
+    assert _snapshot(out, BRIEF) == kept
     assert not list(out.rglob("*.tmp"))  # no partial file left behind
     assert not (out / "report.json").exists()
     # (the autouse fixture fails this test if a worker or the resource tracker is still alive)
+    _resume_keeps(out, config, kept, capsys)
 
 
-def test_workers_exit_when_their_parent_is_killed(tmp_path):
-    config = _write_config(tmp_path / "c.yaml", _slow(TINY_RUN, epochs=200))
+def test_workers_exit_when_their_parent_is_killed(tmp_path, capsys):
+    config = _write_config(tmp_path / "c.yaml", _quick_then_slow())
     out = tmp_path / "out"
     process = subprocess.Popen(
         _cli("run", str(config), "--out", str(out), "--workers", "2"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (out / "config.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    process.kill()
-    process.wait()
-    assert _results(out) == set()  # killed before any run finished: nothing written as a result
+    try:
+        _wait_for_results(out, BRIEF, process)  # both workers are training `digits` now
+        kept = _snapshot(out, BRIEF)
+    finally:
+        process.kill()
+        process.wait()
+    # a kill gives no chance to clean up: the finished runs stay as they were, and the runs the
+    # workers were training left no result (only the driver writes one, once a run is done)
+    assert _results(out) == BRIEF
+    assert _snapshot(out, BRIEF) == kept
+    assert not (out / "report.json").exists()
     # the watchdog ends each worker once it runs; the autouse fixture checks none outlives this
+    _resume_keeps(out, config, kept, capsys)
 
 
 def test_a_second_command_on_the_same_folder_is_refused_with_the_holders_pid(tmp_path, capsys):
@@ -186,7 +239,7 @@ def test_a_full_disk_names_the_file_and_leaves_nothing_half_written(tmp_path, ca
     assert _results(out) == set() and not list(out.rglob("*.tmp"))
     monkeypatch.setattr(os, "replace", real_replace)  # space freed: the same command resumes
     assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
-    assert _results(out) == {"none", "dropout"}
+    assert _results(out) == {"digits/none", "digits/dropout"}
 
 
 def test_a_config_changed_between_a_crash_and_the_resume_is_refused(tmp_path, capsys):
