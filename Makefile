@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test docs lint bench clean slurm-up slurm-down
+.PHONY: install demo test test-fast docs lint bench clean slurm-up slurm-down
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src/dropkit
 	$(VENV)/bin/python -m pytest -n 2 -q
+
+# While editing: the suite without the tests marked `slow` (end to end, more than a few seconds
+# each). `make test`, which CI runs, still runs everything.
+test-fast: install
+	$(VENV)/bin/python -m pytest -n 2 -q -m "not slow"
 
 # The documentation site, into site/; strict: a broken reference or any warning fails.
 docs: install
