@@ -30,7 +30,7 @@ def test_make_test_runs_everything_and_test_fast_leaves_out_the_slow_tests():
     assert " -m " not in _pytest("test").split("-m pytest", 1)[1]  # no marker selects for CI
     assert _pytest("test-fast").endswith('-m "not slow"')
     assert "test-fast" in (ROOT / "Makefile").read_text().split(".PHONY:", 1)[1].splitlines()[0]
-    assert "`make test-fast`" in (ROOT / "docs" / "getting-started.md").read_text()
+    assert "`make test-fast`" in (ROOT / "docs" / "contributing.md").read_text()
 
 
 def test_the_slow_marker_deselects_the_end_to_end_tests():
