@@ -104,3 +104,28 @@ def test_every_module_in_dropkit_all_has_an_api_section() -> None:
             assert f"::: {obj.__name__}\n" in page, name
         elif name not in vars(dropkit):  # served by the module's __getattr__
             assert f"::: {obj.__module__}.{obj.__name__}\n" in page, name
+
+
+def _imported_names(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_every_block_imports_the_modules_it_uses(page: Path) -> None:
+    """A block copied alone must not fail on a missing import: what any block of the page imports
+    (``torch``, ``nn``, ``dropkit``, ...), a block that uses it imports itself."""
+    blocks = [(line, ast.parse(code)) for line, code, _ in _blocks(page)]
+    imported_on_page = set().union(*(_imported_names(tree) for _, tree in blocks))
+    missing = []
+    for line, tree in blocks:
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        lacking = sorted((used & imported_on_page) - _imported_names(tree))
+        if lacking:
+            missing.append(f"line {line}: {', '.join(lacking)}")
+    assert not missing, f"{page.name}: blocks using modules they do not import:\n" + "\n".join(
+        missing
+    )
