@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test test-fast docs lint bench clean slurm-up slurm-down
+.PHONY: install demo test test-fast docs figures lint bench clean slurm-up slurm-down
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test-fast: install
 # The documentation site, into site/; strict: a broken reference or any warning fails.
 docs: install
 	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The documentation's figures, drawn by the library and a real demo run (never hand-edited):
+# the schedules, and the figures of runs/demo that the demo guide embeds (run `make demo` first).
+figures: install
+	$(VENV)/bin/python tools/docs/figures.py schedules
+	$(VENV)/bin/python tools/docs/figures.py demo runs/demo
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

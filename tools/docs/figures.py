@@ -1,0 +1,81 @@
+"""Draw the documentation's figures (``make figures``): never hand-edited images.
+
+``schedules``: the four schedules of ``dropkit.schedules`` over one run, and the per-block rate
+profile stochastic depth gets, drawn from the library itself. ``demo RUN_DIR``: copies the
+figures of a finished ``dropkit demo`` run folder that the demo guide embeds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from dropkit import schedules  # noqa: E402
+
+FIGURES = Path(__file__).resolve().parents[2] / "docs" / "figures"
+DEMO_FIGURES = (
+    "underfit_train_loss.png",
+    "underfit_test_acc.png",
+    "underfit_dynamics.png",
+    "underfit_dynamics_difference.png",
+    "overfit_test_acc.png",
+)
+"""The demo figures the demo guide embeds (a setting's name, then the figure's)."""
+
+
+def draw_schedules(path: Path, total_steps: int = 600) -> Path:
+    """Rate against step for standard, early (linear and constant) and late schedules at
+    p = 0.1, cutoff 1/6 (the paper's 50 of 300 epochs; dotted), and the linear depth profile."""
+    steps = range(total_steps)
+    shown = {
+        "standard(0.1)": schedules.standard(0.1),
+        'early(0.1, 1/6, "linear")': schedules.early(0.1, 1 / 6, shape="linear"),
+        'early(0.1, 1/6, "constant")': schedules.early(0.1, 1 / 6, shape="constant"),
+        "late(0.1, 1/6)": schedules.late(0.1, 1 / 6),
+    }
+    fig, axes = plt.subplots(1, 5, figsize=(13, 2.6), sharey=True)
+    for ax, (name, schedule) in zip(axes, shown.items()):
+        ax.plot(list(steps), [schedule(step, total_steps) for step in steps], linewidth=2)
+        ax.axvline(total_steps / 6, color="grey", linestyle=":", linewidth=1)
+        ax.set(title=name, xlabel="optimizer step")
+        ax.title.set_fontsize(9)
+    axes[0].set_ylabel("rate")
+    blocks = 12
+    profile = schedules.depth_profile(blocks, "linear")
+    axes[4].bar(range(blocks), [0.1 * r for r in profile], color="tab:purple")
+    axes[4].set(title="depth_profile(12), rate 0.1", xlabel="block", xticks=range(0, blocks, 2))
+    axes[4].title.set_fontsize(9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def copy_demo(run_dir: Path) -> list[Path]:
+    """Copy the embedded figures of a finished demo run folder into ``docs/figures/demo``."""
+    out = FIGURES / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in DEMO_FIGURES:
+        source = run_dir / "figures" / name
+        if not source.is_file():
+            raise SystemExit(f"{source} is missing: run `dropkit demo --out {run_dir}` first")
+        copied.append(Path(shutil.copyfile(source, out / name)))
+    return copied
+
+
+if __name__ == "__main__":
+    what = sys.argv[1:] or ["schedules"]
+    if what[0] == "schedules":
+        print(draw_schedules(FIGURES / "schedules.png"))
+    elif what[0] == "demo" and len(what) == 2:
+        print(*copy_demo(Path(what[1])), sep="\n")
+    else:
+        raise SystemExit("usage: figures.py schedules | figures.py demo RUN_DIR")
