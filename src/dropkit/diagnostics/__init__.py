@@ -1,13 +1,17 @@
 """Training-dynamics diagnostics: the early-dropout paper's analyses and R-Drop's inconsistency.
 
 Pure functions over flattened gradients (streamed, O(|θ|) memory), helpers that produce those
-gradients from ``(model, loss_fn, batches)`` without disturbing training, and a recorder that
-runs them on cadences (``step -> bool``: every n steps, log-spaced, at given steps)::
+gradients from ``(model, loss_fn, batches)`` without disturbing training, and a recorder,
+[`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder], that runs them on cadences
+(``step -> bool``: every n steps, log-spaced, at given steps):
 
-    from dropkit import diagnostics as dd
-    dd.gradient_direction_variance(grads)             # GDV in [0, 1]
-    dd.gradient_direction_error(grads, full_grad)     # GDE in [0, 1]
-    dd.measure_gradient_set(model, batches, full)     # all of G's statistics in one pass
+```python
+from dropkit import diagnostics as dd
+
+dd.gradient_direction_variance(grads)             # GDV in [0, 1]
+dd.gradient_direction_error(grads, full_grad)     # GDE in [0, 1]
+dd.measure_gradient_set(model, batches, full)     # all of G's statistics in one pass
+```
 """
 
 from dropkit._deprecation import renamed_attribute
@@ -32,6 +36,7 @@ from dropkit.diagnostics.gradient_set import (
 )
 from dropkit.diagnostics.gradients import (
     LossFn,
+    Method,
     VmapFallbackWarning,
     cross_entropy_loss,
     flatten_gradients,
@@ -39,12 +44,13 @@ from dropkit.diagnostics.gradients import (
     mini_batch_gradients,
 )
 from dropkit.diagnostics.inconsistency import Inconsistency, train_test_inconsistency
-from dropkit.diagnostics.recorder import INSTRUMENTS, DynamicsRecorder
+from dropkit.diagnostics.recorder import INSTRUMENTS, BatchSource, DynamicsRecorder
 from dropkit.diagnostics.tracking import At, Cadence, Every, at, every, log_spaced
 
 __all__ = [
     "INSTRUMENTS",
     "At",
+    "BatchSource",
     "BiasVariance",
     "BiasVarianceAccumulator",
     "Cadence",
@@ -55,6 +61,7 @@ __all__ = [
     "GradientSetStats",
     "Inconsistency",
     "LossFn",
+    "Method",
     "VmapFallbackWarning",
     "at",
     "cross_entropy_loss",

@@ -15,7 +15,22 @@ __all__ = ["DistanceFromInit", "parameter_distance"]
 
 
 def parameter_distance(current: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
-    """‖current - reference‖₂ over the named tensors of ``current`` (float64 accumulation)."""
+    """‖current - reference‖₂ over the named tensors of ``current`` (float64 accumulation).
+
+    Each tensor of ``current`` is compared with the tensor of the same name in ``reference``
+    (moved to the reference's device); names only in ``reference`` are ignored.
+
+    Args:
+        current: The parameters now, ``{name: tensor}``, e.g. ``dict(model.named_parameters())``.
+        reference: The parameters to measure from (W_0), with the same names and shapes.
+
+    Returns:
+        The Euclidean distance over all tensors taken together, as a Python float.
+
+    Raises:
+        ValueError: If ``reference`` lacks a name of ``current``, or a tensor's shape differs
+            from its reference's.
+    """
     missing = [name for name in current if name not in reference]
     if missing:
         raise ValueError(
@@ -38,9 +53,35 @@ def parameter_distance(current: Mapping[str, Tensor], reference: Mapping[str, Te
 class DistanceFromInit:
     """Keeps a snapshot of W_0 once; calling it returns ‖W_t - W_0‖₂ for the model now.
 
-    ``device="cpu"`` keeps the snapshot off the accelerator (each call then copies the current
-    parameters to the CPU); ``None`` keeps it next to each parameter. ``reference`` supplies W_0
-    explicitly (e.g. saved at initialisation, for a resumed run) instead of snapshotting now.
+    Build it at initialisation; each call ``distance()`` then returns the distance of the
+    model's current parameters from the snapshot, as
+    [`parameter_distance`][dropkit.diagnostics.parameter_distance] does. The snapshot holds
+    every named parameter (frozen ones too) and costs one copy of the model's parameters.
+
+    Args:
+        model: The model to follow; its ``named_parameters()`` are read at every call.
+        device: Where the snapshot lives: ``"cpu"`` keeps it off the accelerator (each call then
+            copies the current parameters to the CPU); ``None`` (default) keeps each tensor on
+            its parameter's device.
+        reference: W_0 as ``{name: tensor}`` (e.g. saved at initialisation, for a resumed run),
+            copied instead of snapshotting the model now.
+
+    Attributes:
+        model: The model followed.
+        reference: The snapshot W_0, ``{name: tensor}``.
+
+    Raises:
+        ValueError: When called, if the model has a parameter the snapshot lacks or of another
+            shape (its architecture changed).
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        distance = dd.DistanceFromInit(model, device="cpu")
+        ...  # train
+        print(distance())  # ‖W_t - W_0‖₂
+        ```
     """
 
     def __init__(

@@ -1,16 +1,18 @@
 """The one measurement path for a set G of mini-batch gradients (GDV, GDE, bias², variance).
 
-Every caller that measures G (the :class:`~dropkit.diagnostics.DynamicsRecorder`, the demo's
-dynamics probe, the advisor) goes through here, so they draw G, take ĝ and seed the dropout
-masks the same way:
+Every caller that measures G (the [`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder],
+the demo's dynamics probe, the advisor) goes through here, so they draw G, take ĝ and seed the
+dropout masks the same way:
 
-- :func:`step_seed` is the seeding rule: a measurement of run seed ``s`` at step ``t`` uses the
-  seed ``step_seed(s, t)`` for both G's draw and the dropout masks;
-- :func:`sample_batches` is the rule for drawing G: mini-batches of indices drawn uniformly
-  with replacement from a private generator seeded by ``seed``;
-- :func:`whole_data_batches` is the rule for ĝ: the whole given training set, in chunks;
-- :func:`measure_gradient_set` streams G once (O(|θ|) memory) and returns
-  :class:`GradientSetStats`; the one ``seed`` it gets seeds the masks of both passes.
+- [`step_seed`][dropkit.diagnostics.step_seed] is the seeding rule: a measurement of run seed
+  ``s`` at step ``t`` uses the seed ``step_seed(s, t)`` for both G's draw and the dropout masks;
+- [`sample_batches`][dropkit.diagnostics.sample_batches] is the rule for drawing G: mini-batches
+  of indices drawn uniformly with replacement from a private generator seeded by ``seed``;
+- [`whole_data_batches`][dropkit.diagnostics.whole_data_batches] is the rule for ĝ: the whole
+  given training set, in chunks;
+- [`measure_gradient_set`][dropkit.diagnostics.measure_gradient_set] streams G once (O(|θ|)
+  memory) and returns [`GradientSetStats`][dropkit.diagnostics.GradientSetStats]; the one
+  ``seed`` it gets seeds the masks of both passes.
 """
 
 from __future__ import annotations
@@ -46,7 +48,21 @@ def step_seed(seed: int, step: int) -> int:
     """The seed of a measurement of run ``seed`` at optimizer ``step`` (a 63-bit int).
 
     Mixed by numpy's ``SeedSequence``, so nearby (seed, step) pairs give unrelated streams and
-    no two pairs collide the way ``a * seed + step`` would.
+    no two pairs collide the way ``a * seed + step`` would. Pass the result as the ``seed`` of
+    [`sample_batches`][dropkit.diagnostics.sample_batches] and of
+    [`measure_gradient_set`][dropkit.diagnostics.measure_gradient_set] to measure as the
+    recorder does.
+
+    Args:
+        seed: The run's seed (a non-negative int).
+        step: The optimizer step measured at (a non-negative int).
+
+    Returns:
+        A seed in ``[0, 2**63)``, the same for the same pair on every platform.
+
+    Raises:
+        TypeError: If ``seed`` or ``step`` is not an int.
+        ValueError: If either is negative.
     """
     seed, step = check_int(seed, "seed", 0), check_int(step, "step", 0)
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1)
@@ -71,9 +87,32 @@ def sample_batches(
 ) -> list[tuple[Tensor, Tensor]]:
     """G's mini-batches: ``n_batches`` batches of ``batch_size`` samples of ``(x, y)``.
 
-    Indices are drawn uniformly with replacement, batch after batch, from a private
+    Indices are drawn uniformly with replacement, batch after batch, from a private CPU
     ``torch.Generator`` seeded with ``seed``: the same seed gives the same G, and the global
     RNG (what training draws next) is not touched.
+
+    Args:
+        x: Inputs with a leading sample dimension.
+        y: Targets, one per sample of ``x``.
+        n_batches: |G|, how many mini-batches to draw (at least 1).
+        batch_size: Samples per mini-batch (at least 1; may exceed ``len(x)``, since samples are
+            drawn with replacement).
+        seed: Seeds the draw (an int; e.g. ``step_seed(run_seed, step)``).
+
+    Returns:
+        ``n_batches`` pairs ``(x[index], y[index])``, on the devices of ``x`` and ``y``.
+
+    Raises:
+        TypeError: If ``n_batches``, ``batch_size`` or ``seed`` is not an int.
+        ValueError: If ``x`` or ``y`` is not a tensor with a leading dimension, their lengths
+            differ or are 0, or ``n_batches`` or ``batch_size`` is below 1.
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        batches = dd.sample_batches(x_train, y_train, n_batches=32, batch_size=128, seed=0)
+        ```
     """
     n = _check_pair(x, y)
     n_batches = check_int(n_batches, "n_batches", 1)
@@ -90,8 +129,23 @@ def sample_batches(
 def whole_data_batches(x: Tensor, y: Tensor, chunk: int = 8192) -> list[tuple[Tensor, Tensor]]:
     """ĝ's batches: the whole of ``(x, y)`` in consecutive chunks of at most ``chunk`` samples.
 
-    Every sample appears exactly once; ``full_gradient`` weights each chunk by its size, so the
+    Every sample appears exactly once;
+    [`full_gradient`][dropkit.diagnostics.full_gradient] weights each chunk by its size, so the
     last, shorter chunk still gives the exact whole-data mean gradient.
+
+    Args:
+        x: Inputs with a leading sample dimension.
+        y: Targets, one per sample of ``x``.
+        chunk: The most samples per batch (at least 1; default 8192). Memory, not the result,
+            depends on it.
+
+    Returns:
+        The pairs ``(x_chunk, y_chunk)`` in order (views of ``x`` and ``y``, no copy).
+
+    Raises:
+        TypeError: If ``chunk`` is not an int.
+        ValueError: If ``x`` or ``y`` is not a tensor with a leading dimension, their lengths
+            differ or are 0, or ``chunk < 1``.
     """
     _check_pair(x, y)
     check_int(chunk, "chunk", 1)
@@ -101,10 +155,21 @@ def whole_data_batches(x: Tensor, y: Tensor, chunk: int = 8192) -> list[tuple[Te
 class GradientSetStats(NamedTuple):
     """What one measurement of G gives.
 
-    ``gdv`` is None with fewer than 2 gradients; ``gde`` and the bias / variance terms are None
-    when no full batches were given (they compare G with ĝ). ``bias_sq`` / ``variance`` are on
-    raw gradients, ``unit_*`` on unit-normalised ones; ``mean_batch_grad_norm`` is the mean of
-    ‖g_i‖₂ over G (float64), not the norm of the training step's ``.grad``.
+    What [`measure_gradient_set`][dropkit.diagnostics.measure_gradient_set] returns. The
+    terms that compare G with ĝ are None when no full batches were given.
+
+    Attributes:
+        gdv: Gradient direction variance of G, in [0, 1]; None with fewer than 2 gradients.
+        gde: Gradient direction error of G against ĝ, in [0, 1]; None without full batches.
+        bias_sq: ‖ḡ - ĝ‖² on raw gradients; None without full batches.
+        variance: 1/|G| Σ ‖g - ḡ‖² on raw gradients; None without full batches.
+        unit_bias_sq: The squared bias on unit-normalised gradients (g/‖g‖ against ĝ/‖ĝ‖);
+            None without full batches.
+        unit_variance: The variance on unit-normalised gradients, in [0, 1]; None without full
+            batches.
+        mean_batch_grad_norm: The mean of ‖g_i‖₂ over G (float64), not the norm of the
+            training step's ``.grad``.
+        num_grads: |G|, how many mini-batch gradients were measured.
     """
 
     gdv: float | None
@@ -131,7 +196,11 @@ class GradientSetStats(NamedTuple):
         return self.unit_bias_sq + self.unit_variance
 
     def to_dict(self) -> dict[str, Any]:
-        """The statistics as a plain dict (for JSON records)."""
+        """The statistics as a plain dict (for JSON records).
+
+        Returns:
+            ``{field: value}`` for the eight fields (not the ``error`` properties).
+        """
         return self._asdict()
 
 
@@ -147,10 +216,50 @@ def measure_gradient_set(
 ) -> GradientSetStats:
     """GDV, GDE, bias² / variance and the mean gradient norm of the set G that ``batches`` give.
 
-    One streamed pass of :func:`mini_batch_gradients` (dropout as in training) feeds all the
-    statistics, and ĝ is :func:`full_gradient` over ``full_batches`` (dropout off) when given.
-    ``seed`` seeds the masks of both calls (``None``: derived from the global RNG state, which
-    is never advanced), so one seed fixes the whole measurement. Training state is left as is.
+    One streamed pass of
+    [`mini_batch_gradients`][dropkit.diagnostics.mini_batch_gradients] (dropout as in
+    training) feeds all the statistics, and ĝ is
+    [`full_gradient`][dropkit.diagnostics.full_gradient] over ``full_batches`` (dropout off)
+    when given. One seed fixes the whole measurement. Training state (parameters, ``.grad``,
+    buffers, modes, dropout rates, the global RNG) is left as is.
+
+    Args:
+        model: The model, in the mode it trains in.
+        batches: G's mini-batches, e.g. from
+            [`sample_batches`][dropkit.diagnostics.sample_batches] (at least one).
+        full_batches: The batches ĝ is taken over, e.g. from
+            [`whole_data_batches`][dropkit.diagnostics.whole_data_batches]; ``None`` (default)
+            skips ĝ and the statistics that need it.
+        loss_fn: ``loss_fn(model, batch) -> mean loss`` (default
+            [`cross_entropy_loss`][dropkit.diagnostics.cross_entropy_loss]).
+        method: How the mini-batch gradients are taken: ``"auto"`` (default), ``"vmap"`` or
+            ``"loop"``; see [`Method`][dropkit.diagnostics.Method].
+        chunk_size: Mini-batches ``vmap`` differentiates at once (default 8).
+        seed: Seeds the dropout masks of both passes (``None``, the default: derived from the
+            global RNG state, which is never advanced).
+
+    Returns:
+        The statistics of G; GDV needs at least 2 mini-batches, and the terms against ĝ need
+            ``full_batches``.
+
+    Raises:
+        ValueError: If ``batches`` is empty, a gradient has a zero or non-finite norm, or as
+            [`mini_batch_gradients`][dropkit.diagnostics.mini_batch_gradients] and
+            [`full_gradient`][dropkit.diagnostics.full_gradient] raise.
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        seed = dd.step_seed(run_seed, step)
+        stats = dd.measure_gradient_set(
+            model,
+            dd.sample_batches(x_train, y_train, n_batches=32, batch_size=128, seed=seed),
+            dd.whole_data_batches(x_train, y_train),
+            seed=seed,
+        )
+        stats.gdv, stats.gde, stats.error
+        ```
     """
     direction = DirectionAccumulator()
     spread = None if full_batches is None else BiasVarianceAccumulator()

@@ -1,18 +1,20 @@
 """Gradients for the diagnostics, taken without disturbing training.
 
-- :func:`mini_batch_gradients` yields the flattened gradient of each mini-batch with dropout as in
-  training (the set G of the early-dropout paper), either vectorised with ``torch.func``
-  (``vmap`` over chunks of mini-batches, ``randomness="different"`` so every mini-batch draws its
-  own dropout masks) or in a plain loop; ``method="auto"`` tries ``vmap`` and falls back to the loop
-  where ``vmap`` cannot run the model (BatchNorm in train mode writes its running statistics, which
-  ``vmap`` refuses).
-- :func:`full_gradient` is the paper's ĝ: the gradient of the mean loss over the batches you pass
-  (the whole training set, or a fixed large subset) with dropout switched off through its sites
-  and every other module left in its current (training) mode.
+- [`mini_batch_gradients`][dropkit.diagnostics.mini_batch_gradients] yields the flattened
+  gradient of each mini-batch with dropout as in training (the set G of the early-dropout
+  paper), either vectorised with ``torch.func`` (``vmap`` over chunks of mini-batches,
+  ``randomness="different"`` so every mini-batch draws its own dropout masks) or in a plain loop;
+  ``method="auto"`` tries ``vmap`` and falls back to the loop where ``vmap`` cannot run the model
+  (BatchNorm in train mode writes its running statistics, which ``vmap`` refuses).
+- [`full_gradient`][dropkit.diagnostics.full_gradient] is the paper's ĝ: the gradient of the
+  mean loss over the batches you pass (the whole training set, or a fixed large subset) with
+  dropout switched off through its sites and every other module left in its current (training)
+  mode.
 
 A loss function has the form ``loss_fn(model, batch) -> scalar tensor``; the default,
-:func:`cross_entropy_loss`, reads ``batch`` as ``(inputs, targets)``. Flattened gradients follow
-the order of ``model.named_parameters()`` restricted to parameters that require grad.
+[`cross_entropy_loss`][dropkit.diagnostics.cross_entropy_loss], reads ``batch`` as
+``(inputs, targets)``. Flattened gradients follow the order of ``model.named_parameters()``
+restricted to parameters that require grad.
 
 Parameters, ``.grad``, buffers (BatchNorm running statistics), every module's train/eval flag,
 the dropout rates and the global RNG state are exactly as before after each call (and, for the
@@ -41,6 +43,7 @@ from dropkit.diagnostics._state import (
 
 __all__ = [
     "LossFn",
+    "Method",
     "VmapFallbackWarning",
     "cross_entropy_loss",
     "flatten_gradients",
@@ -49,8 +52,29 @@ __all__ = [
 ]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
-"""``loss_fn(model, batch) -> mean loss``: how the gradient helpers score a batch."""
+"""``loss_fn(model, batch) -> mean loss``: how the gradient helpers score a batch.
+
+Called with the model and one batch exactly as the batch source gives it (a tuple, a dict, ...),
+it returns the batch's *mean* loss as a scalar tensor (any tensor with one element). The default
+everywhere is [`cross_entropy_loss`][dropkit.diagnostics.cross_entropy_loss], for batches
+``(inputs, targets)``; for other layouts pass e.g.
+``lambda model, batch: F.mse_loss(model(batch["x"]), batch["y"])``.
+"""
 Method = Literal["auto", "vmap", "loop"]
+"""How mini-batch gradients are taken: ``"auto"``, ``"vmap"`` or ``"loop"``.
+
+- ``"vmap"``: stack up to ``chunk_size`` consecutive mini-batches of equal shapes and
+  differentiate them at once with ``torch.func.vmap`` (each draws its own dropout masks); fastest
+  for small models, and an error when the model cannot be vectorised.
+- ``"loop"``: one forward / backward per mini-batch; runs any model.
+- ``"auto"`` (the default): try ``"vmap"``, and fall back to the loop with a
+  [`VmapFallbackWarning`][dropkit.diagnostics.VmapFallbackWarning] (once per model) where it
+  fails, e.g. BatchNorm in train mode.
+
+Without active dropout the methods give the same numbers (up to floating-point rounding); with
+it, both draw every mini-batch's masks afresh from the same distribution, not necessarily the
+same masks.
+"""
 METHODS: tuple[str, ...] = ("auto", "vmap", "loop")
 
 # Models on which vmap failed under method="auto": later calls go straight to the loop.
@@ -58,14 +82,30 @@ _vmap_failed: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDiction
 
 
 class VmapFallbackWarning(UserWarning):
-    """``method="auto"`` could not vectorise the model and used the sequential loop."""
+    """``method="auto"`` could not vectorise the model and used the sequential loop.
+
+    Warned once per model (later calls on the same model go straight to the loop); the message
+    names the error ``vmap`` met. Pass ``method="loop"`` to skip the attempt, or filter the
+    warning with ``warnings.filterwarnings("ignore", category=VmapFallbackWarning)``.
+    """
 
 
 def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
     """Mean cross-entropy of ``model(inputs)`` for ``batch = (inputs, targets)``.
 
-    Logits of shape ``(..., C)`` are compared with targets of shape ``(...)`` (tokens included);
-    targets equal to -100 are ignored.
+    The default [`LossFn`][dropkit.diagnostics.LossFn]. Logits of shape ``(..., C)`` are
+    compared with class-index targets of shape ``(...)`` (sequences of tokens included); targets
+    equal to -100 are ignored, as in ``torch.nn.functional.cross_entropy``.
+
+    Args:
+        model: The model; ``model(inputs)`` must return logits.
+        batch: A pair ``(inputs, targets)`` (a tuple or a list).
+
+    Returns:
+        The mean cross-entropy, a scalar tensor attached to the graph.
+
+    Raises:
+        ValueError: If ``batch`` is not a pair.
     """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ValueError(
@@ -78,7 +118,20 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
 
 
 def flatten_gradients(grads: Iterable[Tensor | None], params: Iterable[Tensor]) -> Tensor:
-    """One 1-D tensor from per-parameter gradients; a missing gradient counts as zeros."""
+    """One 1-D tensor from per-parameter gradients; a missing gradient counts as zeros.
+
+    The layout every diagnostic uses: the gradients reshaped to 1-D and concatenated in the
+    order given.
+
+    Args:
+        grads: One gradient per parameter, ``None`` for a parameter the loss does not reach
+            (what ``torch.autograd.grad(..., allow_unused=True)`` returns).
+        params: The parameters, in the same order (their shapes, dtypes and devices fill in the
+            zeros of a missing gradient).
+
+    Returns:
+        A 1-D tensor with one entry per parameter element, in the gradients' dtype.
+    """
     parts = [
         torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None else g.reshape(-1)
         for g, p in zip(grads, params)
@@ -140,7 +193,7 @@ def _stack(batches: list[Any]) -> tuple[Any, Any]:
 class _ChunkReader:
     """Consecutive mini-batches in chunks of at most ``size`` with equal signatures.
 
-    Batches are pulled only when :meth:`next_chunk` is called, so a caller can pull them inside
+    Batches are pulled only when `next_chunk` is called, so a caller can pull them inside
     the diagnostic RNG stream (a shuffling DataLoader draws from the global RNG as it iterates).
     """
 
@@ -222,14 +275,49 @@ def mini_batch_gradients(
 ) -> Iterator[Tensor]:
     """Yield the flattened gradient of ``loss_fn(model, batch)`` for each mini-batch.
 
-    Dropout is as in training (the model's current rates and modes) and each mini-batch draws
-    its own masks from a private random stream (``seed``; ``None`` derives one from the global
-    state without advancing it). ``method="vmap"`` stacks up to ``chunk_size`` consecutive
-    mini-batches of equal shapes and differentiates them at once with ``torch.func``; ``"loop"``
-    does one forward/backward per mini-batch; ``"auto"`` tries vmap and falls back to the loop
-    (with a :class:`VmapFallbackWarning`, once per model). Memory holds at most one chunk of
-    gradients. Training state is restored around every chunk, so the consumer may do anything
-    between yielded gradients.
+    The set G of the early-dropout paper. Dropout is as in training (the model's current rates
+    and modes) and each mini-batch draws its own masks from a private random stream, so the
+    masks training draws next are untouched. ``method="vmap"`` stacks up to ``chunk_size``
+    consecutive mini-batches of equal shapes and differentiates them at once with
+    ``torch.func``; ``"loop"`` does one forward / backward per mini-batch; ``"auto"`` tries vmap
+    and falls back to the loop (with a
+    [`VmapFallbackWarning`][dropkit.diagnostics.VmapFallbackWarning], once per model). Memory
+    holds at most one chunk of gradients. Parameters, ``.grad``, buffers, modes and the global
+    RNG are restored around every chunk, so the consumer may do anything between yielded
+    gradients.
+
+    Args:
+        model: The model, in the mode it trains in (usually train mode).
+        batches: The mini-batches, in any form ``loss_fn`` accepts; iterated lazily, inside the
+            private random stream (a shuffling ``DataLoader`` does not advance training's RNG).
+        loss_fn: ``loss_fn(model, batch) -> mean loss`` (default
+            [`cross_entropy_loss`][dropkit.diagnostics.cross_entropy_loss]).
+        method: ``"auto"`` (default), ``"vmap"`` or ``"loop"``; see
+            [`Method`][dropkit.diagnostics.Method].
+        chunk_size: How many mini-batches ``vmap`` differentiates at once (at least 1; default
+            8). Larger is faster and holds more gradients in memory.
+        seed: Seeds the private random stream of the dropout masks (``None``, the default,
+            derives one from the global RNG state at the call, without advancing it).
+
+    Returns:
+        An iterator of float 1-D tensors, one per mini-batch in order, each with one entry per
+            trainable parameter element (``named_parameters()`` order, parameters with
+            ``requires_grad``), on the parameters' device.
+
+    Raises:
+        ValueError: At the call, if ``method`` is unknown, ``chunk_size < 1`` or the model has
+            no trainable parameter; while iterating, if ``loss_fn`` does not return a scalar
+            tensor.
+        TypeError: At the call, if ``chunk_size`` is not an int.
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        batches = dd.sample_batches(x_train, y_train, n_batches=16, batch_size=64, seed=0)
+        for grad in dd.mini_batch_gradients(model, batches, seed=0):
+            print(grad.norm())
+        ```
     """
     check_method(method)
     check_chunk_size(chunk_size)
@@ -308,7 +396,35 @@ def full_gradient(
     every other module keeps its current mode, so call this while the model is in train mode.
     ``loss_fn`` must return the *mean* loss of a batch; batch gradients are combined weighted by
     batch size (the leading dim of the first tensor in each batch), so unequal batches give the
-    exact full-data mean. Returns a float64 1-D tensor; a loop, since nothing here is random.
+    exact full-data mean. One forward / backward per batch, in a loop (with dropout off there
+    are no masks to vectorise over). Training state is left as it was.
+
+    Args:
+        model: The model, in the mode it trains in.
+        batches: The batches to average over: the whole training set (see
+            [`whole_data_batches`][dropkit.diagnostics.whole_data_batches]) or a fixed large
+            subset.
+        loss_fn: ``loss_fn(model, batch) -> mean loss`` (default
+            [`cross_entropy_loss`][dropkit.diagnostics.cross_entropy_loss]).
+        seed: Seeds the private random stream for anything random left in the forward (other
+            than dropout) and for the iteration of ``batches`` (``None``, the default: derived
+            from the global RNG state without advancing it).
+
+    Returns:
+        ĝ as a float64 1-D tensor, laid out like the gradients of
+            [`mini_batch_gradients`][dropkit.diagnostics.mini_batch_gradients].
+
+    Raises:
+        ValueError: If ``batches`` is empty, a batch holds no tensor with a leading dimension
+            (its size cannot be told), the model has no trainable parameter, or ``loss_fn``
+            does not return a scalar tensor.
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        full = dd.full_gradient(model, dd.whole_data_batches(x_train, y_train))
+        ```
     """
     _, params = trainable_parameters(model)
     total: Tensor | None = None

@@ -29,7 +29,22 @@ __all__ = ["Inconsistency", "train_test_inconsistency"]
 
 
 class Inconsistency(NamedTuple):
-    """What :func:`train_test_inconsistency` measured; the accuracies are None without targets."""
+    """What [`train_test_inconsistency`][dropkit.diagnostics.train_test_inconsistency] measured.
+
+    With no active dropout in the model the KL is 0 up to rounding (~1e-17), the disagreement
+    and the accuracy gap 0.
+
+    Attributes:
+        kl: KL(P̄_mc ‖ P_det) in nats, the mean over rows of the divergence of the deterministic
+            prediction from the Monte-Carlo average (float64, at least 0).
+        disagreement: The fraction of rows, in [0, 1], whose argmax class differs between the
+            deterministic prediction and the Monte-Carlo average.
+        accuracy_gap: ``deterministic_accuracy - mc_accuracy``; None without targets.
+        deterministic_accuracy: Accuracy of the deterministic (dropout-off) prediction, in
+            [0, 1]; None without targets.
+        mc_accuracy: Accuracy of the argmax of the averaged Monte-Carlo probabilities, in
+            [0, 1]; None without targets.
+    """
 
     kl: float
     disagreement: float
@@ -59,8 +74,41 @@ def train_test_inconsistency(
 ) -> Inconsistency:
     """KL, argmax disagreement and accuracy gap between the deterministic and MC predictions.
 
-    ``forward(model, inputs)`` returns logits (default ``model(inputs)``). Rows whose target is
-    ``ignore_index`` are left out. Training state (buffers, modes, rates, RNG) is untouched.
+    R-Drop's train/test inconsistency on one batch: the prediction with dropout off (as at test
+    time) against the mean of the softmax probabilities of ``passes`` forward passes with
+    dropout as in training. Runs under ``torch.no_grad()``; every non-dropout module keeps its
+    current mode. Training state (buffers, modes, rates, RNG) is untouched.
+
+    Args:
+        model: The model, in the mode it trains in (dropout active).
+        inputs: One batch of inputs, in whatever form ``forward`` takes.
+        targets: Class indices, one per row of logits (any shape with that many elements);
+            ``None`` (default) skips the accuracies.
+        passes: Monte-Carlo dropout passes averaged (at least 1; default 8).
+        forward: ``forward(model, inputs) -> logits`` of shape ``(..., classes)``; default
+            ``model(inputs)``. Pass e.g. ``lambda m, x: m(x).logits`` for a model that returns
+            an object.
+        ignore_index: Rows whose target equals it are left out of every number (default -100,
+            as in ``torch.nn.functional.cross_entropy``).
+        seed: Seeds the masks of the Monte-Carlo passes (``None``, the default: derived from the
+            global RNG state without advancing it).
+
+    Returns:
+        The KL divergence, the disagreement and, with targets, the accuracies.
+
+    Raises:
+        TypeError: If ``passes`` is not an int.
+        ValueError: If ``passes < 1``, the forward does not return logits with a class
+            dimension, ``targets`` does not give one entry per row, or every target equals
+            ``ignore_index``.
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        result = dd.train_test_inconsistency(model, x_val, y_val, passes=16, seed=0)
+        result.kl, result.disagreement, result.accuracy_gap
+        ```
     """
     passes = check_int(passes, "passes", 1, " (Monte-Carlo passes)")
     run = forward or (lambda m, x: m(x))

@@ -2,23 +2,27 @@
 
 One recorder per run. Call ``rec.step(step)`` once per optimizer step, after ``loss.backward()``
 (``grad_norm`` reads ``.grad``, so before ``optimizer.zero_grad()``); instruments whose cadence
-is due run and each writes one JSON object per (step, instrument)::
+is due run and each writes one JSON object per (step, instrument):
 
-    {"run": "vit-early", "step": 100, "instrument": "gdv", "value": 0.41, "seconds": 0.21,
-     "num_grads": 32}
+```json
+{"run": "vit-early", "step": 100, "instrument": "gdv", "value": 0.41, "seconds": 0.21,
+ "num_grads": 32}
+```
 
-Instruments (``INSTRUMENTS``):
+Instruments ([`INSTRUMENTS`][dropkit.diagnostics.INSTRUMENTS]):
 
 - ``grad_norm``: ‖g‖₂ from ``.grad`` (free);
 - ``distance``: ‖W_t - W_0‖₂, W_0 snapshotted when the recorder is built;
 - ``gdv``, ``gde``, ``bias_variance``: over ``n_batches`` mini-batch gradients from ``batches``
-  and ĝ from ``full_batches`` (dropout off), one shared :func:`measure_gradient_set` per step;
+  and ĝ from ``full_batches`` (dropout off), one shared
+  [`measure_gradient_set`][dropkit.diagnostics.measure_gradient_set] per step;
 - ``inconsistency``: deterministic vs Monte-Carlo dropout prediction on the ``heldout`` batch.
 
 ``value`` is a float, or a dict of floats for ``bias_variance`` and ``inconsistency``.
 ``seconds`` is the wall time the record cost; a pass shared by several instruments at a step is
-split evenly among them, so the ``seconds`` of a run add up to ``rec.seconds``, the recorder's
-whole cost (also broken down in ``rec.cost``, with ``"writing"`` for file and TensorBoard I/O).
+split evenly among them, so the ``seconds`` of a run add up to the instruments' entries of
+``rec.cost``; ``rec.seconds``, the recorder's whole cost, adds ``rec.cost["writing"]`` (file and
+TensorBoard I/O), which no record carries.
 Training state (parameters, ``.grad``, buffers, modes, dropout rates, RNG) is left untouched.
 """
 
@@ -52,7 +56,7 @@ from dropkit.diagnostics.gradients import (
 from dropkit.diagnostics.inconsistency import train_test_inconsistency
 from dropkit.diagnostics.tracking import Cadence, every
 
-__all__ = ["INSTRUMENTS", "DynamicsRecorder"]
+__all__ = ["INSTRUMENTS", "BatchSource", "DynamicsRecorder"]
 
 INSTRUMENTS: tuple[str, ...] = (
     "grad_norm",
@@ -62,11 +66,25 @@ INSTRUMENTS: tuple[str, ...] = (
     "bias_variance",
     "inconsistency",
 )
-"""The instruments a :class:`DynamicsRecorder` can run, by name."""
+"""The instruments a [`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder] can run, by name.
+
+``grad_norm`` (‖g‖₂ of ``.grad``), ``distance`` (‖W_t - W_0‖₂), ``gdv``, ``gde`` and
+``bias_variance`` (over the mini-batch gradients G and ĝ) and ``inconsistency`` (deterministic vs
+Monte-Carlo dropout prediction).
+"""
 _GRADIENT_SET = ("gdv", "gde", "bias_variance")
 _NEEDS_FULL = ("gde", "bias_variance")
 
 BatchSource = Callable[[], Iterable[Any]] | Iterable[Any]
+"""Where a [`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder] gets its batches.
+
+Either a re-iterable of batches, iterated afresh at every measured step (a list gives the same
+batches every time, a ``DataLoader`` with ``shuffle=True`` fresh ones), or a callable with no
+arguments that returns an iterable, called at every measured step (e.g.
+``lambda: dd.sample_batches(x, y, 32, 128, seed=next(seeds))``). A batch is whatever the
+recorder's ``loss_fn`` accepts, ``(inputs, targets)`` by default. It is read inside the
+recorder's private random stream, so a shuffling source does not advance training's RNG.
+"""
 
 
 class _Batches:
@@ -99,35 +117,102 @@ def _step_seed(seed: int | None, step: int) -> int | None:
 class DynamicsRecorder:
     """Runs diagnostic instruments on their cadences and records them (JSONL, TensorBoard).
 
+    One recorder per run. Call [`step`][dropkit.diagnostics.DynamicsRecorder.step] once per
+    optimizer step, after ``loss.backward()`` and before ``optimizer.zero_grad()`` (``grad_norm``
+    reads ``.grad``); the instruments whose cadence is due run, and each writes one record
+    ``{"run", "step", "instrument", "value", "seconds"}`` (plus ``"num_grads"`` for the
+    gradient-set instruments) to ``records``, to ``path`` as a JSON line, and to TensorBoard.
+    ``value`` is a float, or a dict of floats for ``bias_variance`` (``bias_sq``, ``variance``,
+    ``error`` and their ``unit_*`` forms) and ``inconsistency`` (the fields of
+    [`Inconsistency`][dropkit.diagnostics.Inconsistency]). Training state (parameters,
+    ``.grad``, buffers, modes, dropout rates, RNG) is left untouched. Use it as a context manager,
+    or call [`close`][dropkit.diagnostics.DynamicsRecorder.close] at the end.
+
     Args:
-        model: the model being trained (``loss_fn`` receives it).
-        instruments: names from ``INSTRUMENTS``, or a mapping name -> cadence to give
-            instruments their own cadences (``None`` = the shared ``cadence``).
-        cadence: when instruments run: an int n (every n steps) or a callable ``step -> bool``
-            (``every(n)``, ``log_spaced(end, num)``, ``at([...])``); default every step. Formerly
-            ``schedule``.
-        path: JSON Lines file, appended to (``None``: records are only kept in ``rec.records``).
-        run: name written into every record, to tell runs apart in one file.
-        loss_fn: ``loss_fn(model, batch) -> mean loss``; default cross-entropy on (inputs, targets).
-        batches: where mini-batches for G come from: a re-iterable (a list of batches gives the
-            same G at every step; a DataLoader gives fresh ones) or a callable returning an
-            iterable. ``n_batches`` caps how many are taken per step (|G|); formerly
-            ``num_batches``.
-        full_batches: the batches over which ĝ is taken (the training set or a fixed subset),
-            in the same forms; needed by ``gde`` and ``bias_variance``.
-        heldout: ``(inputs, targets)`` or ``inputs`` (or a callable returning one) for
-            ``inconsistency``; ``forward(model, inputs) -> logits`` if ``model(inputs)`` is not.
-        passes: Monte-Carlo dropout passes for ``inconsistency``.
-        method: how mini-batch gradients are taken (see ``mini_batch_gradients``).
-        chunk_size: mini-batches differentiated at once by ``method="vmap"``.
-        seed: seeds the diagnostic dropout masks per step (``None``: derived from the training
-            RNG state); training's own random stream is never advanced.
-        snapshot_device: where W_0 lives (``"cpu"`` spares accelerator memory).
-        init_params: W_0 as ``{name: tensor}`` for a resumed run, instead of a snapshot now.
-        tensorboard: ``True`` writes scalars to ``<path without suffix>_tb/``, a path writes
-            there; needs the ``tensorboard`` package.
-        schedule: deprecated name of ``cadence``.
-        num_batches: deprecated name of ``n_batches``.
+        model: The model being trained (``loss_fn`` and ``forward`` receive it).
+        instruments: Names from [`INSTRUMENTS`][dropkit.diagnostics.INSTRUMENTS] (a single name
+            works too), or a mapping ``{name: cadence}`` giving instruments their own cadences
+            (``None``: the shared ``cadence``). Default ``("grad_norm", "distance")``.
+        cadence: When instruments run: an int ``n`` (every n steps, from step 0) or a callable
+            ``step -> bool`` such as [`every`][dropkit.diagnostics.every],
+            [`log_spaced`][dropkit.diagnostics.log_spaced] or [`at`][dropkit.diagnostics.at];
+            ``None`` (default): every step.
+        path: A JSON Lines file to append the records to (its folder is created); ``None``
+            (default): records are only kept in ``records``.
+        run: A name written into every record, to tell runs apart in one file; ``None``
+            (default) leaves the key out.
+        loss_fn: ``loss_fn(model, batch) -> mean loss`` for the gradient-set instruments
+            (default [`cross_entropy_loss`][dropkit.diagnostics.cross_entropy_loss], batches
+            ``(inputs, targets)``).
+        batches: Where G's mini-batches come from (see
+            [`BatchSource`][dropkit.diagnostics.BatchSource]); needed by ``gdv``, ``gde`` and
+            ``bias_variance``.
+        n_batches: |G|: at most this many batches are taken from ``batches`` per measured step
+            (at least 1; ``gdv`` needs 2). ``None`` (default) takes them all.
+        full_batches: The batches ĝ is taken over (the training set or a fixed subset, e.g.
+            [`whole_data_batches`][dropkit.diagnostics.whole_data_batches]), in the same forms;
+            needed by ``gde`` and ``bias_variance``.
+        heldout: The batch ``inconsistency`` measures on: ``(inputs, targets)``, or ``inputs``
+            alone (no accuracies), or a callable with no arguments returning one of those.
+            A tuple or list of length 2 is always read as ``(inputs, targets)``.
+        forward: ``forward(model, inputs) -> logits`` for ``inconsistency``, when
+            ``model(inputs)`` does not return logits (default ``None``: ``model(inputs)``).
+        passes: Monte-Carlo dropout passes for ``inconsistency`` (default 8).
+        method: How mini-batch gradients are taken: ``"auto"`` (default), ``"vmap"`` or
+            ``"loop"``; see [`Method`][dropkit.diagnostics.Method].
+        chunk_size: Mini-batches differentiated at once by ``vmap`` (at least 1; default 8).
+        seed: Seeds the diagnostics' randomness per step: the measurement at step ``t`` uses
+            ``step_seed(seed, t)`` for its dropout masks and for reading its batches (default 0).
+            ``None`` derives it from the training RNG state. Training's own random stream is
+            never advanced either way.
+        snapshot_device: Where W_0 for ``distance`` is kept: ``"cpu"`` spares accelerator
+            memory; ``None`` (default) keeps each tensor on its parameter's device.
+        init_params: W_0 as ``{name: tensor}`` (e.g. saved at initialisation, for a resumed
+            run), instead of a snapshot of the model now.
+        tensorboard: ``True`` writes scalars to ``<path without suffix>_tb/`` next to ``path``,
+            a path writes them there, ``False`` (default) writes none. Needs the
+            ``tensorboard`` package.
+        schedule: Deprecated name of ``cadence``.
+        num_batches: Deprecated name of ``n_batches``.
+
+    Attributes:
+        records: Every record written so far, in order.
+        cost: Wall-clock seconds spent per instrument, plus ``"writing"`` for file and
+            TensorBoard I/O; [`seconds`][dropkit.diagnostics.DynamicsRecorder.seconds] is their
+            sum. A pass shared by several instruments at a step is split evenly among them, so
+            the records' ``seconds`` add up to the instruments' entries (writing is in no
+            record).
+        path: The JSON Lines file, or None.
+        cadences: Each chosen instrument's cadence, ``{name: step -> bool}``.
+
+    Raises:
+        ValueError: If an instrument name is unknown or none is given, an instrument lacks its
+            data (``batches``, ``full_batches`` or ``heldout``), ``n_batches``, ``chunk_size`` or
+            ``method`` is out of range, or ``tensorboard=True`` without a ``path``.
+        TypeError: If a cadence is neither an int nor a callable, ``n_batches`` or
+            ``chunk_size`` is not an int, or both ``cadence`` and ``schedule`` (or
+            ``n_batches`` and ``num_batches``) are given.
+        ImportError: If ``tensorboard`` is requested but the package is not installed (the
+            message names ``pip install 'dropkit[tensorboard]'``).
+
+    Examples:
+        ```python
+        from dropkit import diagnostics as dd
+
+        with dd.DynamicsRecorder(
+            model,
+            {"grad_norm": 1, "gdv": dd.log_spaced(total_steps, num=20)},
+            path="dynamics.jsonl",
+            run="early-dropout",
+            batches=dd.sample_batches(x_train, y_train, n_batches=16, batch_size=64, seed=0),
+        ) as recorder:
+            for step, (x, y) in enumerate(loader):
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                recorder.step(step)
+                optimizer.step()
+                optimizer.zero_grad()
+        ```
     """
 
     def __init__(
@@ -225,17 +310,38 @@ class DynamicsRecorder:
 
     @property
     def seconds(self) -> float:
-        """Total wall time the recorder has spent (instruments and writing)."""
+        """Total wall-clock seconds the recorder has spent (instruments and writing)."""
         return sum(self.cost.values())
 
     def due(self, step: int) -> list[str]:
-        """The instruments whose cadence runs at ``step``."""
+        """The instruments whose cadence runs at ``step``.
+
+        Args:
+            step: An optimizer step.
+
+        Returns:
+            The names of the instruments due, in the order they were given (empty if none).
+        """
         return [name for name, cadence in self.cadences.items() if cadence(step)]
 
     def step(self, step: int | None = None) -> list[dict[str, Any]]:
-        """Run the instruments due at ``step`` (default: one more than the last call's).
+        """Run the instruments due at ``step`` and write their records.
 
-        Returns the records written (empty when nothing is due).
+        Call it once per optimizer step, after ``loss.backward()`` and before
+        ``optimizer.zero_grad()``.
+
+        Args:
+            step: The 0-based optimizer step; ``None`` (default) means one more than the last
+                call's (0 on the first call).
+
+        Returns:
+            The records written at this step, one per instrument due (empty when none is due).
+
+        Raises:
+            TypeError: If ``step`` is not an int.
+            ValueError: If ``step`` is negative, ``gdv`` gets fewer than 2 gradients, or an
+                instrument fails (e.g. ``grad_norm`` called after ``zero_grad()``, see
+                [`gradient_norm`][dropkit.diagnostics.gradient_norm]).
         """
         if step is None:
             step = self._counter
@@ -354,7 +460,10 @@ class DynamicsRecorder:
             self._writer.flush()
 
     def close(self) -> None:
-        """Close the JSONL file and the TensorBoard writer (records stay in ``rec.records``)."""
+        """Close the JSONL file and the TensorBoard writer (records stay in ``records``).
+
+        Leaving a ``with`` block calls it; calling it again does nothing.
+        """
         if self._file is not None:
             self._file.close()
             self._file = None
