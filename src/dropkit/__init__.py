@@ -3,6 +3,12 @@
 Early / late dropout schedules ("Dropout Reduces Underfitting", Liu et al., ICML 2023) on any
 PyTorch model, through the sites where dropout and stochastic depth happen, and R-Drop
 consistency regularization (Liang et al., NeurIPS 2021).
+
+Start with [`describe`][dropkit.describe], which lists the dropout sites of a model; schedule
+them with [`DropoutScheduler`][dropkit.DropoutScheduler] and the [`schedules`][dropkit.schedules];
+train with R-Drop through [`rdrop_forward`][dropkit.rdrop_forward] and
+[`rdrop_loss`][dropkit.rdrop_loss] (or [`rdrop_linear_loss`][dropkit.rdrop_linear_loss] for large
+vocabularies).
 """
 
 import importlib
@@ -32,7 +38,7 @@ from dropkit.sites import (
     unregister_site,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 """The version of dropkit."""
 
 

@@ -10,7 +10,7 @@ REMOVED_IN = "0.3"
 
 
 def warn_renamed(old: str, new: str, stacklevel: int = 3) -> None:
-    """Warn that ``old`` was renamed ``new`` and goes away in :data:`REMOVED_IN`."""
+    """Warn that ``old`` was renamed ``new`` and goes away in ``REMOVED_IN``."""
     warnings.warn(
         f"{old} is deprecated and will be removed in dropkit {REMOVED_IN}: use {new}",
         FutureWarning,

@@ -4,20 +4,18 @@ dropkit's core needs only torch and numpy. Everything else belongs to an extra o
 ``pyproject.toml`` and is imported here, never at the import of a dropkit module that does not
 need it:
 
-======================  ===============  ==================================================
-package                 extra            needed for
-======================  ===============  ==================================================
-pyyaml                  ``data``         experiment configs (:mod:`dropkit.experiments`)
-scipy                   ``data``         the confidence intervals of reports and advice
-tqdm                    ``data``         the progress bars of ``dropkit run`` / ``demo``
-mnist1d, scikit-learn   ``data``         the built-in datasets
-matplotlib              ``plot``         the figures of reports and advice
-tensorboard             ``tensorboard``  ``DynamicsRecorder(tensorboard=...)``
-lightning               ``lightning``    :mod:`dropkit.integrations.lightning`
-transformers            ``hf``           :mod:`dropkit.integrations.transformers`
-======================  ===============  ==================================================
+| package | extra | needed for |
+| --- | --- | --- |
+| pyyaml | `data` | experiment configs ([`dropkit.experiments`][dropkit.experiments]) |
+| scipy | `data` | the confidence intervals of reports and advice |
+| tqdm | `data` | the progress bars of `dropkit run` / `demo` |
+| mnist1d, scikit-learn | `data` | the built-in datasets |
+| matplotlib | `plot` | the figures of reports and advice |
+| tensorboard | `tensorboard` | `DynamicsRecorder(tensorboard=...)` |
+| lightning | `lightning` | [`dropkit.integrations.lightning`][dropkit.integrations.lightning] |
+| transformers | `hf` | [`dropkit.integrations.transformers`][dropkit.integrations.transformers] |
 
-A missing one raises :class:`MissingDependency`, an ``ImportError`` whose message gives the pip
+A missing one raises ``MissingDependency``, an ``ImportError`` whose message gives the pip
 line: ``scipy is not installed; dropkit needs it for the confidence intervals: pip install
 'dropkit[data]'``.
 """
@@ -57,7 +55,7 @@ def _missing(module: str, extra: str, purpose: str, err: ImportError | None) -> 
 
 
 def require(module: str, extra: str, purpose: str) -> None:
-    """Raise :class:`MissingDependency` unless ``module`` can be found (it is not imported).
+    """Raise ``MissingDependency`` unless ``module`` can be found (it is not imported).
 
     For checks before any work starts: ``require("matplotlib", "plot", "for the report's
     figures")`` fails with "matplotlib is not installed; dropkit needs it for the report's
@@ -72,7 +70,7 @@ def require(module: str, extra: str, purpose: str) -> None:
 
 
 def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
-    """Import and return ``module``, or raise :class:`MissingDependency` naming ``extra``.
+    """Import and return ``module``, or raise ``MissingDependency`` naming ``extra``.
 
     ``import_optional("scipy.stats", "data", "for confidence intervals").t`` is
     ``scipy.stats.t``; a ``None`` in ``sys.modules`` (how tests hide a package) counts as
@@ -87,9 +85,9 @@ def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
 @contextlib.contextmanager
 def optional_imports(module: str, extra: str, purpose: str) -> Iterator[None]:
     """Module-level imports of an optional package, for the modules that exist to use it (the
-    integrations): a failing import inside the block raises :class:`MissingDependency`.
+    integrations): a failing import inside the block raises ``MissingDependency``.
 
-    Unlike :func:`import_optional` the imports stay plain ``import`` statements, so type
+    Unlike ``import_optional`` the imports stay plain ``import`` statements, so type
     checkers see the package::
 
         with optional_imports("lightning", "lightning", "for dropkit.integrations.lightning"):

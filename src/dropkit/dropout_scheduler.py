@@ -36,6 +36,13 @@ from dropkit.sites import Site, describe, find_sites
 __all__ = ["DropoutScheduler", "ScheduleLike"]
 
 ScheduleLike = Schedule | float | Sequence[float] | np.ndarray
+"""What [`DropoutScheduler`][dropkit.DropoutScheduler] and the integration callbacks accept as a
+schedule: a [`Schedule`][dropkit.schedules.Schedule] (a callable ``(step, total_steps) -> rate``,
+such as [`early`][dropkit.schedules.early], [`late`][dropkit.schedules.late] or
+[`standard`][dropkit.schedules.standard]); a number, the same rate at every step (as
+[`standard`][dropkit.schedules.standard]); or a sequence or array of rates, one per optimizer
+step, the last holding after (as [`from_array`][dropkit.schedules.from_array]). Rates lie in
+[0, 1]; a bool or a string is refused."""
 
 
 def _as_schedule(spec: ScheduleLike, kind: str) -> Schedule:
@@ -84,22 +91,78 @@ def _check_compile_levels(levels: int) -> int:
 class DropoutScheduler:
     """Apply a dropout schedule and/or a drop-path schedule to every controllable site of a model.
 
-    Dropout sites (modules and attention floats) all get the dropout schedule's rate. Drop-path
-    sites get the drop-path schedule's rate times their block's depth multiplier (``depth_rule``,
-    ``"linear"`` as in timm: block ``i`` of ``L`` gets ``i / (L - 1)``). Steps are optimizer steps.
+    The way to run early or late dropout on a model you already have: the scheduler finds the
+    model's sites once (see [`find_sites`][dropkit.find_sites]) and writes the scheduled rate into
+    them as training advances, like a ``torch.optim.lr_scheduler``. The constructor applies the
+    rates of step 0; call [`step`][dropkit.DropoutScheduler.step] after each
+    ``optimizer.step()``. Dropout sites (modules and attention floats) all get the dropout
+    schedule's rate. Drop-path sites get the drop-path schedule's rate times their block's depth
+    multiplier (see [`depth_profile`][dropkit.schedules.depth_profile]). Steps are optimizer
+    steps, counted from 0.
 
     Args:
-        model: the model (DDP / ``torch.compile`` wrappers are fine).
-        total_steps: optimizer steps in the whole run; past it the last rate holds (warns once).
-        dropout: schedule for dropout sites, or None to leave them alone.
-        drop_path: schedule for stochastic-depth sites, or None to leave them alone.
-        depth_rule: ``"linear"`` or ``"uniform"`` multipliers across drop-path blocks.
+        model: The model (DDP / ``torch.compile`` wrappers are fine). Its sites are found once,
+            here: call [`replace_placeholders`][dropkit.replace_placeholders] before, not after.
+        total_steps: Optimizer steps in the whole run (at least 1); past it the last rate holds
+            (warns once).
+        dropout: Schedule for dropout sites, or None to leave them alone: a schedule, a float
+            or an array of rates (see
+            [`ScheduleLike`][dropkit.dropout_scheduler.ScheduleLike]).
+        drop_path: Schedule for stochastic-depth sites, or None to leave them alone.
+        depth_rule: How the drop-path rate scales across blocks: ``"linear"`` (timm's rule: block
+            ``i`` of ``L`` gets ``i / (L - 1)`` of it) or ``"uniform"`` (every block all of it).
         on_missing: ``"raise"`` (default) or ``"warn"`` when a scheduled kind has no
             controllable site in the model.
-        compile_levels: for ``torch.compile``: snap each kind's rate to the nearest of this many
-            evenly spaced values from 0 to the schedule's peak, so a compiled model recompiles
-            at most this many times per kind. Not needed when every site is a dropkit
-            ``Dropout`` / ``DropPath``, which never recompile.
+        compile_levels: For ``torch.compile``: snap each kind's rate to the nearest of this many
+            (at least 2) evenly spaced values from 0 to the schedule's peak, so a compiled model
+            recompiles at most this many times per kind. None (the default) writes the exact
+            rates. Not needed when every site is a dropkit [`Dropout`][dropkit.Dropout] /
+            [`DropPath`][dropkit.DropPath], which never recompile.
+
+    Attributes:
+        total_steps: The run length in optimizer steps.
+        schedules: The schedule of each scheduled kind, keyed ``"dropout"`` / ``"drop_path"``
+            (floats and arrays given to the constructor turned into schedules).
+        compile_levels: The number of rate levels, or None.
+        last_step: The optimizer step whose rates are applied (0 after construction).
+
+    Raises:
+        TypeError: If ``total_steps`` or ``compile_levels`` is not an int, or ``dropout`` /
+            ``drop_path`` is not a schedule, a number or an array of rates.
+        ValueError: If neither ``dropout`` nor ``drop_path`` is given, ``total_steps`` is below
+            1, ``on_missing`` is unknown, ``depth_rule`` is unknown (checked when drop-path
+            sites are scheduled), ``compile_levels`` is below 2 or above Dynamo's recompile
+            limit, a scheduled kind has no controllable site (with ``on_missing="raise"``; the
+            message shows [`describe`][dropkit.describe]), or a schedule gives a rate outside
+            [0, 1].
+
+    Warns:
+        UserWarning: For sites of a scheduled kind that cannot be scheduled (they stay off),
+            for a kind without sites under ``on_missing="warn"``, and once when stepped past
+            ``total_steps``.
+
+    Examples:
+        ```python
+        import torch
+        from torch import nn
+
+        import dropkit
+
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        total_steps = 100  # optimizer steps: epochs x batches per epoch
+        scheduler = dropkit.DropoutScheduler(
+            model, total_steps, dropout=dropkit.schedules.early(p=0.1, cutoff=0.2, shape="linear")
+        )
+        for step in range(total_steps):
+            x, y = torch.randn(16, 8), torch.randint(0, 2, (16,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        print(scheduler.get_last_p())  # {'dropout': 0.0}: off after the first 20 steps
+        ```
     """
 
     def __init__(
@@ -179,7 +242,18 @@ class DropoutScheduler:
         return targets
 
     def step(self) -> None:
-        """Advance one optimizer step and write the new rates (only where they changed)."""
+        """Advance one optimizer step and write the new rates (only where they changed).
+
+        Call it after ``optimizer.step()``, once per optimizer step (not per micro-batch under
+        gradient accumulation).
+
+        Raises:
+            RuntimeError: If the scheduler was [`remove`][dropkit.DropoutScheduler.remove]d.
+            ValueError: If a schedule gives a rate outside [0, 1].
+
+        Warns:
+            UserWarning: Once, when stepped past ``total_steps``: the last rates then hold.
+        """
         self.last_step += 1
         self._apply(force=False)
 
@@ -218,15 +292,42 @@ class DropoutScheduler:
         return peak * (level / top)  # exactly 0 and exactly the peak at the ends
 
     def get_last_p(self) -> dict[str, float]:
-        """The rate each scheduled kind got at the current step (before depth multipliers)."""
+        """The rate each scheduled kind got at the current step (before depth multipliers).
+
+        For logging, like ``lr_scheduler.get_last_lr()``.
+
+        Returns:
+            A new dict mapping each scheduled kind (``"dropout"``, ``"drop_path"``) to its rate,
+                after ``compile_levels`` snapping.
+        """
         return dict(self._last_p)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data to resume from: the current step and the run length."""
+        """Plain data to resume from: the current step and the run length.
+
+        Save it in a checkpoint beside the optimizer's; the schedules themselves are not saved
+        (build the scheduler with the same ones, then
+        [`load_state_dict`][dropkit.DropoutScheduler.load_state_dict]).
+
+        Returns:
+            ``{"last_step": ..., "total_steps": ...}``.
+        """
         return {"last_step": self.last_step, "total_steps": self.total_steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the step and re-apply its rates at once."""
+        """Restore the step and re-apply its rates at once.
+
+        Args:
+            state_dict: What [`state_dict`][dropkit.DropoutScheduler.state_dict] returned.
+
+        Raises:
+            KeyError: If ``state_dict`` lacks ``"last_step"`` or ``"total_steps"``.
+            RuntimeError: If the scheduler was [`remove`][dropkit.DropoutScheduler.remove]d.
+
+        Warns:
+            UserWarning: If the saved ``total_steps`` differs from this scheduler's: the rates
+                follow this scheduler's.
+        """
         missing = {"last_step", "total_steps"} - state_dict.keys()
         if missing:
             raise KeyError(
@@ -243,7 +344,12 @@ class DropoutScheduler:
         self._apply(force=True)
 
     def remove(self) -> None:
-        """Restore every site's rate as the model was built, and stop scheduling."""
+        """Restore every site's rate as the model was built, and stop scheduling.
+
+        "As built" means the rates the controllable sites had when this scheduler was created,
+        for every kind, scheduled or not. Afterwards [`step`][dropkit.DropoutScheduler.step] and
+        [`load_state_dict`][dropkit.DropoutScheduler.load_state_dict] raise ``RuntimeError``.
+        """
         for site, rate in self._built_rates.items():
             site.set_p(rate)
         self._removed = True

@@ -27,7 +27,21 @@ __all__ = ["DropPath", "Dropout", "check_rate", "drop_path", "dropout"]
 
 
 def check_rate(p: float, name: str = "p") -> float:
-    """Return ``p`` as a float, or raise if it is not a probability."""
+    """Return ``p`` as a float, or raise if it is not a probability.
+
+    The one check of a dropout rate, shared by the layers, the schedules and the scheduler.
+
+    Args:
+        p: The rate to check: a Python or numpy number, not a bool.
+        name: The name the error messages give the rate.
+
+    Returns:
+        ``p`` as a ``float`` in [0, 1].
+
+    Raises:
+        TypeError: If ``p`` is not a number (or is a bool).
+        ValueError: If ``p`` lies outside [0, 1] or is NaN.
+    """
     p = check_real(p, name, " in [0, 1]")
     if not 0.0 <= p <= 1.0:  # also rejects NaN
         raise ValueError(f"{name}={p} is not a probability: pass a rate in [0, 1]")
@@ -53,10 +67,34 @@ def _keep_with_tensor_rate(x: Tensor, p: Tensor, mask_shape: tuple[int, ...]) ->
 def dropout(x: Tensor, p: float | Tensor, training: bool = True) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale survivors by 1/(1-p).
 
-    Identity when ``training`` is False or ``p == 0``; all zeros when ``p == 1``. The expected
-    value of the output equals the input, so nothing needs rescaling at test time. ``p`` may be a
-    0-dim tensor (the graph-friendly form used under ``torch.compile``); a tensor rate is not
-    validated here, since that would need its value on the host.
+    The expected value of the output equals the input, so nothing needs rescaling at test time.
+    The functional form of [`Dropout`][dropkit.Dropout], for models that call dropout in their
+    ``forward`` rather than holding a module.
+
+    Args:
+        x: The input, of any shape; each element is kept or zeroed independently.
+        p: The probability of zeroing an element, in [0, 1]. It may be a 0-dim tensor (the
+            graph-friendly form used under ``torch.compile``); a tensor rate is not validated,
+            since that would need its value on the host.
+        training: Apply dropout; when False the input is returned unchanged, as in eval mode.
+
+    Returns:
+        A tensor shaped like ``x``: ``x`` itself when ``training`` is False or ``p == 0``, all
+            zeros when ``p == 1`` (with a zero gradient back to ``x``), otherwise ``x`` with each
+            element zeroed with probability ``p`` and the survivors scaled by ``1 / (1 - p)``.
+
+    Raises:
+        TypeError: If a non-tensor ``p`` is not a number (or is a bool).
+        ValueError: If a non-tensor ``p`` lies outside [0, 1] or is NaN.
+
+    Examples:
+        >>> import torch
+        >>> from dropkit import dropout
+        >>> x = torch.ones(4)
+        >>> dropout(x, 0.5, training=False)
+        tensor([1., 1., 1., 1.])
+        >>> set(dropout(x, 0.5).tolist()) <= {0.0, 2.0}  # survivors scaled by 1 / (1 - 0.5)
+        True
     """
     if isinstance(p, Tensor):
         return _keep_with_tensor_rate(x, p, x.shape) if training else x
@@ -79,11 +117,43 @@ def drop_path(
     """Stochastic depth, "row" mode: drop a whole sample's residual branch with ``drop_prob``.
 
     One Bernoulli draw per sample (dimension 0), survivors scaled by 1/(1-drop_prob), as in
-    timm's ``drop_path`` and torchvision's ``StochasticDepth(mode="row")``; the rate may be a
-    0-dim tensor, as for :func:`dropout`. The names are timm's, whose ``training`` defaults to
-    False: dropkit's defaulted to True, so leaving it out warns (and still drops) until 0.3,
-    when the default becomes False. ``drop_prob`` defaults to 0; ``p`` is its deprecated name
-    (passing both raises ``TypeError``).
+    timm's ``drop_path`` and torchvision's ``StochasticDepth(mode="row")``. Apply it to the output
+    of a residual branch before adding it back (``x + drop_path(branch(x), rate, self.training)``):
+    a dropped sample then skips the branch. The functional form of
+    [`DropPath`][dropkit.DropPath].
+
+    Args:
+        x: The branch output, batch first: ``(N, ...)``.
+        drop_prob: The probability of dropping a sample's branch, in [0, 1]; None (the default)
+            means 0. It may be a 0-dim tensor, not validated, as for
+            [`dropout`][dropkit.dropout].
+        training: Apply stochastic depth; when False the input is returned unchanged. The names
+            are timm's, whose ``training`` defaults to False: dropkit's defaulted to True, so
+            leaving it out warns and still drops until dropkit 0.3, when the default becomes
+            False. Pass it (``self.training`` in a module).
+        p: Deprecated name of drop_prob.
+
+    Returns:
+        A tensor shaped like ``x``: ``x`` itself when ``training`` is False or the rate is 0,
+            all zeros when it is 1, otherwise ``x`` with each sample zeroed with probability
+            ``drop_prob`` and the kept ones scaled by ``1 / (1 - drop_prob)``.
+
+    Raises:
+        TypeError: If both ``drop_prob`` and ``p`` are given, or a non-tensor rate is not a
+            number (or is a bool).
+        ValueError: If a non-tensor rate lies outside [0, 1] or is NaN.
+
+    Warns:
+        FutureWarning: If ``training`` is left out, or the rate is passed as ``p``.
+
+    Examples:
+        >>> import torch
+        >>> from dropkit import drop_path
+        >>> _ = torch.manual_seed(0)
+        >>> branch = torch.ones(8, 3)
+        >>> out = drop_path(branch, drop_prob=0.25, training=True)
+        >>> sorted(set(out.sum(dim=1).tolist()) - {0.0})  # whole rows kept (x 1 / 0.75) or zeroed
+        [4.0]
     """
     drop_prob = renamed_keyword("drop_path", "p", "drop_prob", p, drop_prob, default=0.0)
     if training is None:
@@ -109,10 +179,34 @@ def drop_path(
 class Dropout(nn.Module):
     """Inverted dropout whose rate ``p`` may be changed at any time (validated on write).
 
-    The rate is mirrored in a private, non-persistent 0-dim buffer, which the forward reads under
-    ``torch.compile`` so that a changing rate causes no recompilation, and in ``active`` (rate >
-    0), so that a compiled site at rate 0 is no op at all. Set the rate through ``p`` only: the
-    mirrors follow it (writing the buffer would bypass ``active`` and the eager path).
+    A drop-in replacement for ``nn.Dropout`` built for schedules: it exists at every rate,
+    including 0, so a site built "switched off" can be switched on later, and under
+    ``torch.compile`` a changing rate causes no recompilation. The rate is mirrored in a private,
+    non-persistent 0-dim buffer, which the forward reads under ``torch.compile``, and in
+    ``active``, so that a compiled site at rate 0 is no op at all. Set the rate through ``p``
+    only: the mirrors follow it (writing the buffer would bypass ``active`` and the eager path).
+    [`find_sites`][dropkit.find_sites] recognises it as a ``"dropout"`` site.
+
+    Args:
+        p: The initial dropout rate, in [0, 1].
+
+    Attributes:
+        active: Whether the rate is above 0; kept in step with ``p``, read under
+            ``torch.compile`` (do not set it).
+
+    Raises:
+        TypeError: If ``p`` is not a number (or is a bool), here or when ``p`` is set later.
+        ValueError: If ``p`` lies outside [0, 1] or is NaN, here or when ``p`` is set later.
+
+    Examples:
+        >>> import torch
+        >>> from dropkit import Dropout
+        >>> layer = Dropout(0.0)
+        >>> layer.p = 0.2  # what a schedule does: used from the next forward
+        >>> layer
+        Dropout(p=0.2)
+        >>> layer.eval()(torch.ones(3))
+        tensor([1., 1., 1.])
     """
 
     _p_tensor: Tensor
@@ -150,10 +244,44 @@ class Dropout(nn.Module):
 class DropPath(nn.Module):
     """Stochastic depth on a residual branch; ``drop_prob`` may be changed at any time.
 
-    The attribute is named ``drop_prob`` as in timm, so code written for timm's ``DropPath``
-    (including the official early-dropout scheduler) works on it unchanged. Like
-    :class:`Dropout`, it mirrors the rate in a private 0-dim buffer and in ``active``, read under
-    ``torch.compile``; set the rate through ``drop_prob`` only.
+    The module form of [`drop_path`][dropkit.drop_path]: in training it zeroes the whole input
+    of a sample with probability ``drop_prob`` (and scales the kept ones by
+    ``1 / (1 - drop_prob)``), so wrap a residual branch's output with it. The attribute is named
+    ``drop_prob`` as in timm, so code written for timm's ``DropPath`` (including the official
+    early-dropout scheduler) works on it unchanged. Like [`Dropout`][dropkit.Dropout], it exists
+    at every rate including 0 and mirrors the rate in a private 0-dim buffer and in ``active``,
+    read under ``torch.compile``; set the rate through ``drop_prob`` only.
+    [`find_sites`][dropkit.find_sites] recognises it as a ``"drop_path"`` site.
+
+    Args:
+        drop_prob: The initial probability of dropping a sample's branch, in [0, 1].
+
+    Attributes:
+        active: Whether the rate is above 0; kept in step with ``drop_prob``, read under
+            ``torch.compile`` (do not set it).
+
+    Raises:
+        TypeError: If ``drop_prob`` is not a number (or is a bool), here or when it is set
+            later.
+        ValueError: If ``drop_prob`` lies outside [0, 1] or is NaN, here or when it is set
+            later.
+
+    Examples:
+        ```python
+        from torch import nn
+
+        from dropkit import DropPath
+
+
+        class Block(nn.Module):
+            def __init__(self, dim: int, drop_prob: float = 0.0) -> None:
+                super().__init__()
+                self.mlp = nn.Linear(dim, dim)
+                self.drop_path = DropPath(drop_prob)  # schedulable even when built at 0
+
+            def forward(self, x):
+                return x + self.drop_path(self.mlp(x))
+        ```
     """
 
     _drop_prob_tensor: Tensor

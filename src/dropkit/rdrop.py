@@ -42,14 +42,22 @@ __all__ = [
 class RDropTerms(NamedTuple):
     """The R-Drop loss and its parts, for logging without recomputing.
 
-    Returned by :func:`rdrop_terms`, whose parts keep their graph, and by
-    :func:`dropkit.rdrop_linear_terms`, whose parts are values only (a backward through them
-    raises); formerly ``RDropLoss``.
+    Returned by [`rdrop_terms`][dropkit.rdrop_terms], whose parts keep their graph, and by
+    [`rdrop_linear_terms`][dropkit.rdrop_linear_terms], whose parts are values only (a backward
+    through them raises); formerly ``RDropLoss``. A named tuple: ``loss, ce, kl = terms`` works.
+
+    Attributes:
+        loss: The loss to minimise, a 0-dim tensor: ``sum(ce) + alpha * kl``.
+        ce: The task loss (cross-entropy) of each pass, one 0-dim tensor per pass, each
+            averaged over the non-ignored rows.
+        kl: The mean pairwise KL divergence between the passes' predicted distributions, a
+            0-dim tensor: ``(KL(P1 || P2) + KL(P2 || P1)) / 2`` for two passes, summed over
+            classes and averaged over the non-ignored rows. Unweighted (``alpha`` is not in it).
     """
 
     loss: Tensor
-    ce: tuple[Tensor, ...]  # task loss of each pass
-    kl: Tensor  # mean pairwise KL: (KL12 + KL21) / 2 for two passes
+    ce: tuple[Tensor, ...]
+    kl: Tensor
 
 
 def __getattr__(name: str) -> object:
@@ -131,8 +139,31 @@ def _check_same_shapes(tensors: Sequence[Tensor], what: str) -> None:
 def mean_pairwise_kl(logits: Sequence[Tensor], mask: Tensor | None = None) -> Tensor:
     """``1/(m(m-1)) sum_{i != j} KL(P_i || P_j)`` from the logits of ``m`` passes.
 
-    KL is summed over the last (class) dimension and averaged over rows; ``mask`` (bool, shaped
-    like a pass's logits without the class dimension) keeps the rows where it is True.
+    R-Drop's consistency term alone, for a loss you assemble yourself. Log-probabilities are
+    taken in float32 at least; a class that is ``-inf`` in every pass contributes 0.
+
+    Args:
+        logits: The logits of ``m >= 2`` passes, all the same shape ``(..., C)``, classes last;
+            KL is summed over the class dimension.
+        mask: Which rows to average over: a bool tensor shaped like a pass's logits without the
+            class dimension, True where a row counts. None (the default) averages over all rows.
+
+    Returns:
+        A 0-dim tensor (float32, or float64 for float64 logits), 0 if ``mask`` selects no row.
+
+    Raises:
+        ValueError: If fewer than two passes are given, their shapes differ, or ``mask`` has
+            the wrong shape.
+
+    Examples:
+        >>> import torch
+        >>> from dropkit import mean_pairwise_kl
+        >>> a = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # two rows, two classes
+        >>> b = torch.tensor([[0.0, 2.0], [0.0, 0.0]])  # disagrees on the first row only
+        >>> mean_pairwise_kl([a, b])
+        tensor(0.7616)
+        >>> mean_pairwise_kl([a, b], mask=torch.tensor([False, True]))
+        tensor(0.)
     """
     _check_same_shapes(logits, "logits")
     m = len(logits)
@@ -143,8 +174,21 @@ def mean_pairwise_kl(logits: Sequence[Tensor], mask: Tensor | None = None) -> Te
 def symmetric_kl(logits1: Tensor, logits2: Tensor, mask: Tensor | None = None) -> Tensor:
     """``(KL(P1 || P2) + KL(P2 || P1)) / 2``: summed over classes, averaged over (unmasked) rows.
 
-    Works for ``(N, C)`` and ``(N, T, C)`` logits. Exactly 0 for identical inputs, non-negative,
-    symmetric, finite where a class is ``-inf`` in both passes.
+    [`mean_pairwise_kl`][dropkit.mean_pairwise_kl] for two passes. Exactly 0 for identical
+    inputs, non-negative, symmetric, finite where a class is ``-inf`` in both passes.
+
+    Args:
+        logits1: The first pass's logits, ``(N, C)`` or ``(N, T, C)`` (any shape with classes
+            last).
+        logits2: The second pass's logits, the same shape.
+        mask: Which rows to average over: a bool tensor shaped like the logits without the class
+            dimension, True where a row counts. None (the default) averages over all rows.
+
+    Returns:
+        A 0-dim tensor (float32, or float64 for float64 logits).
+
+    Raises:
+        ValueError: If the two shapes differ or ``mask`` has the wrong shape.
     """
     return mean_pairwise_kl((logits1, logits2), mask)
 
@@ -165,9 +209,47 @@ def rdrop_terms(
 ) -> RDropTerms:
     """R-Drop loss over ``m >= 2`` passes with its parts: ``sum_i CE_i + alpha * mean pairwise KL``.
 
-    ``target`` has the logits' shape without the class dimension; positions equal to
-    ``ignore_index`` (padding) are left out of both CE and KL, which share one normaliser (the
-    number of non-ignored positions).
+    Paper Eq. 4, for classification and token-level tasks: the cross-entropy of every pass plus
+    ``alpha`` times the mean pairwise KL between them. Positions equal to ``ignore_index``
+    (padding) are left out of both CE and KL, which share one normaliser (the number of
+    non-ignored positions). Use it instead of [`rdrop_loss`][dropkit.rdrop_loss] to log the parts
+    or for more than two passes.
+
+    Args:
+        logits: The logits of ``m >= 2`` passes (e.g. from
+            [`rdrop_forward`][dropkit.rdrop_forward]), all the same shape ``(N, C)`` or
+            ``(N, T, C)``, classes last.
+        target: Class indices (an integer tensor) shaped like a pass's logits without the class
+            dimension; ``ignore_index`` marks positions to leave out.
+        alpha: The weight of the KL term, a finite number >= 0 (the paper uses 0.5 to 5).
+        ignore_index: The target value of positions to leave out (-100, as in
+            ``torch.nn.functional.cross_entropy``).
+        label_smoothing: Label smoothing of the cross-entropy terms, in [0, 1], as in
+            ``torch.nn.functional.cross_entropy``.
+
+    Returns:
+        The loss and its parts, as [`RDropTerms`][dropkit.RDropTerms]; all keep their graph.
+            The parts are computed in float32 at least.
+
+    Raises:
+        TypeError: If ``alpha`` or ``label_smoothing`` is not a number.
+        ValueError: If fewer than two passes are given, their shapes differ, ``target`` has the
+            wrong shape, ``alpha`` is negative or not finite, or ``label_smoothing`` lies
+            outside [0, 1].
+
+    Examples:
+        ```python
+        import torch
+        from torch import nn
+
+        import dropkit
+
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+        x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+        terms = dropkit.rdrop_terms(dropkit.rdrop_forward(model, x), y, alpha=1.0)
+        terms.loss.backward()
+        print(f"ce {sum(terms.ce).item() / 2:.3f}  kl {terms.kl.item():.4f}")
+        ```
     """
     _check_same_shapes(logits, "logits")
     if tuple(target.shape) != tuple(logits[0].shape[:-1]):
@@ -199,13 +281,64 @@ def rdrop_loss(
 ) -> Tensor:
     """Paper Eq. 4: ``ce1 + ce2 + alpha/2 * (KL12 + KL21)``, averaged over non-ignored rows.
 
-    Use :func:`rdrop_terms` for the parts (CE per pass, KL) or for more than two passes.
+    R-Drop (Liang et al., NeurIPS 2021) for classification: two dropout passes of the same
+    batch are trained to agree. Use [`rdrop_terms`][dropkit.rdrop_terms] for the parts (CE per
+    pass, KL) or for more than two passes, and
+    [`rdrop_linear_loss`][dropkit.rdrop_linear_loss] when the logits of a large vocabulary do
+    not fit in memory.
+
+    Args:
+        logits1: The first pass's logits, ``(N, C)`` or ``(N, T, C)``, classes last.
+        logits2: The second pass's logits, the same shape.
+        target: Class indices (an integer tensor) shaped like the logits without the class
+            dimension.
+        alpha: The weight of the KL term, a finite number >= 0 (the paper uses 0.5 to 5).
+        ignore_index: The target value of positions to leave out of CE and KL (-100, as in
+            ``torch.nn.functional.cross_entropy``).
+        label_smoothing: Label smoothing of the cross-entropy terms, in [0, 1].
+
+    Returns:
+        The loss, a 0-dim tensor (float32 at least) with its graph.
+
+    Raises:
+        TypeError: If ``alpha`` or ``label_smoothing`` is not a number.
+        ValueError: If the two shapes differ, ``target`` has the wrong shape, ``alpha`` is
+            negative or not finite, or ``label_smoothing`` lies outside [0, 1].
+
+    Examples:
+        ```python
+        import torch
+        from torch import nn
+
+        import dropkit
+
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+        x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+        logits1, logits2 = dropkit.rdrop_forward(model, x)  # one forward on [x; x]
+        loss = dropkit.rdrop_loss(logits1, logits2, y, alpha=1.0)
+        loss.backward()
+        ```
     """
     return rdrop_terms((logits1, logits2), target, alpha, ignore_index, label_smoothing).loss
 
 
 def consistency_mse(pred1: Tensor, pred2: Tensor) -> Tensor:
-    """Mean squared difference between two passes' predictions (R-Drop for regression)."""
+    """Mean squared difference between two passes' predictions (R-Drop for regression).
+
+    The consistency term of [`rdrop_regression_loss`][dropkit.rdrop_regression_loss], in place
+    of the KL of classification.
+
+    Args:
+        pred1: The first pass's predictions, any shape.
+        pred2: The second pass's predictions, the same shape.
+
+    Returns:
+        The mean over all elements of ``(pred1 - pred2) ** 2``, a 0-dim tensor (float32 at
+            least).
+
+    Raises:
+        ValueError: If the two shapes differ.
+    """
     _check_same_shapes((pred1, pred2), "predictions")
     dtype = torch.promote_types(pred1.dtype, torch.float32)
     return F.mse_loss(pred1.to(dtype), pred2.to(dtype))
@@ -214,7 +347,23 @@ def consistency_mse(pred1: Tensor, pred2: Tensor) -> Tensor:
 def rdrop_regression_loss(
     pred1: Tensor, pred2: Tensor, target: Tensor, alpha: float = 1.0
 ) -> Tensor:
-    """``mse(pred1, y) + mse(pred2, y) + alpha * mse(pred1, pred2)``: R-Drop for regression."""
+    """``mse(pred1, y) + mse(pred2, y) + alpha * mse(pred1, pred2)``: R-Drop for regression.
+
+    Each ``mse`` is the mean over all elements, computed in float32 at least.
+
+    Args:
+        pred1: The first pass's predictions.
+        pred2: The second pass's predictions, the same shape.
+        target: The regression targets, the predictions' shape (squeeze a trailing 1 first).
+        alpha: The weight of the consistency term, a finite number >= 0.
+
+    Returns:
+        The loss, a 0-dim tensor with its graph.
+
+    Raises:
+        TypeError: If ``alpha`` is not a number.
+        ValueError: If the shapes differ, or ``alpha`` is negative or not finite.
+    """
     _check_same_shapes((pred1, pred2), "predictions")
     if target.shape != pred1.shape:
         raise ValueError(
@@ -329,10 +478,48 @@ def _check_batchnorm_on_single_sample(model: nn.Module, passes: int) -> list[Any
 def rdrop_forward(model: nn.Module, *args: Any, passes: int = 2, **kwargs: Any) -> tuple[Any, ...]:
     """Run ``model`` once on the inputs repeated ``passes`` times along dim 0; split the output.
 
-    Every tensor in ``args`` / ``kwargs`` (nested tuples, lists and dicts included, e.g. a
-    Hugging Face batch passed as ``**batch``) is repeated; the outputs (tensors, tuples, dicts,
-    ``ModelOutput``) come back as one object per pass. In eval mode the model runs once and the
-    same output is returned for every pass. BatchNorm statistics see the repeated batch.
+    R-Drop's passes in one forward, as the paper's code does: dropout draws different masks for
+    each copy of the batch, and one large forward is faster than ``passes`` small ones. Every
+    tensor in ``args`` / ``kwargs`` (nested tuples, lists and dicts included, e.g. a Hugging Face
+    batch passed as ``**batch``) is repeated; 0-dim tensors and other values are passed as they
+    are. BatchNorm statistics see the repeated batch. In eval mode the model runs once, on the
+    batch as given, and the same output is returned for every pass. Under DDP each rank repeats
+    its own batch.
+
+    Args:
+        model: The model; it must treat dim 0 of every input and output as the batch (no
+            reduction over it, e.g. no loss computed inside a Hugging Face model: do not pass
+            ``labels``).
+        *args: Positional inputs of ``model``.
+        passes: The number of passes, at least 2 (the paper uses 2).
+        **kwargs: Keyword inputs of ``model``.
+
+    Returns:
+        One output per pass, each of the type and structure ``model`` returns (tensors, tuples,
+            dicts, ``ModelOutput``), with batch size that of the inputs.
+
+    Raises:
+        TypeError: If ``model`` is an ``nn.DataParallel`` (it would split a pair's passes
+            across devices), or ``passes`` is not an int.
+        ValueError: If ``passes`` is below 2, the inputs hold no batched tensor or disagree on
+            the batch size, an output is not batch-major, or a BatchNorm layer in training mode
+            would normalise copies of a single sample.
+
+    Warns:
+        UserWarning: Once per model, if it has no active dropout (every site at rate 0 or in
+            eval mode): the passes are then identical and the KL term is 0.
+
+    Examples:
+        ```python
+        import torch
+        from torch import nn
+
+        import dropkit
+
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+        x = torch.randn(16, 8)
+        logits1, logits2 = dropkit.rdrop_forward(model, x)  # each (16, 3), different masks
+        ```
     """
     passes = check_int(passes, "passes", 2)
     if isinstance(model, nn.DataParallel):

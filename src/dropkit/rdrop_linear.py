@@ -37,8 +37,22 @@ def default_chunk_size(rows: int, vocab: int, hidden: int) -> int:
     """Rows per chunk when ``chunk_size=None``: a power of two, ``<= hidden``, ``<= 2**23 / vocab``.
 
     The first bound keeps a chunk's logits no larger than the projection itself (``V x H``), the
-    second caps them at 32 MiB per pass in float32; at least 1 row and at most ``rows``. H = 512:
-    V = 32 000 gives 256 rows, V = 128 000 gives 64.
+    second caps them at 32 MiB per pass in float32.
+
+    Args:
+        rows: The number of rows to score (non-ignored positions).
+        vocab: The number of classes ``V``.
+        hidden: The hidden size ``H``.
+
+    Returns:
+        The rows per chunk: at least 1 and at most ``rows``.
+
+    Examples:
+        >>> from dropkit.rdrop_linear import default_chunk_size
+        >>> default_chunk_size(4096, vocab=32_000, hidden=512)
+        256
+        >>> default_chunk_size(4096, vocab=128_000, hidden=512)
+        64
     """
     cap = max(1, min(hidden, _CHUNK_LOGITS // max(vocab, 1)))
     return max(1, min(rows, 1 << int(math.log2(cap))))
@@ -259,13 +273,39 @@ def rdrop_linear_terms(
     label_smoothing: float = 0.0,
     chunk_size: int | None = None,
 ) -> RDropTerms:
-    """:func:`rdrop_linear_loss` with its parts: CE of each pass and the mean pairwise KL.
+    """[`rdrop_linear_loss`][dropkit.rdrop_linear_loss] with its parts: CE of each pass and the
+    mean pairwise KL.
 
     The gradient flows through ``loss`` only: ``ce`` and ``kl`` are values for logging, and a
     backward through them raises ``RuntimeError`` (their own gradients are never formed; use
-    :func:`dropkit.rdrop_terms` on explicit logits for that). Under ``torch.no_grad()`` only the
-    loss is computed (no gradient is formed), and a second derivative (``create_graph=True``,
-    e.g. a gradient penalty) raises ``RuntimeError``.
+    [`rdrop_terms`][dropkit.rdrop_terms] on explicit logits for that). Under ``torch.no_grad()``
+    only the loss is computed (no gradient is formed), and a second derivative
+    (``create_graph=True``, e.g. a gradient penalty) raises ``RuntimeError``.
+
+    Args:
+        hidden1: The first pass's final hidden states, ``(N, H)`` or ``(N, T, H)``.
+        hidden2: The second pass's, the same shape.
+        weight: The output projection's weight, ``(V, H)``: an ``nn.Linear(H, V).weight``, tied
+            embeddings included.
+        target: Class indices, an integer tensor shaped like the hidden states without ``H``.
+        alpha: The weight of the KL term, a finite number >= 0 (the paper uses 0.5 to 5).
+        bias: The output projection's bias, ``(V,)``, or None; an entry of ``-inf`` masks its
+            class out.
+        ignore_index: The target value of rows to skip (-100).
+        label_smoothing: Label smoothing of the cross-entropy terms, in [0, 1].
+        chunk_size: Rows scored at a time, at least 1; None (the default) picks
+            [`default_chunk_size`][dropkit.rdrop_linear.default_chunk_size].
+
+    Returns:
+        The loss and its parts, as [`RDropTerms`][dropkit.RDropTerms] with two ``ce`` entries;
+            0-dim tensors in float32 (float64 if an input is float64).
+
+    Raises:
+        TypeError: If ``target`` does not hold integers, an input is a ``DTensor`` (FSDP2:
+            call the loss inside the sharded module's forward), or ``alpha``,
+            ``label_smoothing`` or ``chunk_size`` has the wrong type.
+        ValueError: If the shapes do not fit together, ``alpha`` is negative or not finite,
+            ``label_smoothing`` lies outside [0, 1], or ``chunk_size`` is below 1.
     """
     _check(hidden1, hidden2, weight, bias, target, alpha, label_smoothing, chunk_size)
     return _terms(
@@ -320,22 +360,63 @@ def rdrop_linear_loss(
     Equal to ``rdrop_loss(hidden1 @ weight.T + bias, hidden2 @ weight.T + bias, target, alpha,
     ignore_index, label_smoothing)``, with gradients for ``hidden1``, ``hidden2``, ``weight`` and
     ``bias``, but computed ``chunk_size`` rows at a time so at most a chunk of logits per pass is
-    alive, in forward and backward: use it where ``N x V`` logits do not fit (vocabularies over
-    ~10k). ``hidden*`` are ``(N, H)`` or ``(N, T, H)``, ``weight`` is ``(V, H)`` (an
-    ``nn.Linear(H, V).weight``, tied embeddings included), ``target`` the hidden shape without H.
-    Rows equal to ``ignore_index`` are skipped. Logits, log-sum-exp, softmax and every reduction
-    run in float32 (float64 stays float64), inside ``torch.autocast`` regions too; bf16 / fp16
-    inputs are upcast chunk by chunk, and the weight once. The gradients are kept in float32 until
-    backward has applied the incoming gradient (a ``GradScaler``'s scale), then cast to the
-    inputs' dtypes: for low-precision inputs that holds float32 buffers of the hidden states' and
-    the weight's sizes between forward and backward. ``chunk_size=None``
-    picks :func:`default_chunk_size`. A bias entry of ``-inf`` masks its class out, as in
-    :func:`dropkit.rdrop_loss`.
+    alive, in forward and backward: use it where ``N x V`` logits do not fit (language models,
+    vocabularies over ~10k). Rows equal to ``ignore_index`` are skipped.
+
+    Logits, log-sum-exp, softmax and every reduction run in float32 (float64 stays float64),
+    inside ``torch.autocast`` regions too; bf16 / fp16 inputs are upcast chunk by chunk, and the
+    weight once. The gradients are formed in the forward and kept in float32 until backward has
+    applied the incoming gradient (a ``GradScaler``'s scale), then cast to the inputs' dtypes:
+    for low-precision inputs that holds float32 buffers of the hidden states' and the weight's
+    sizes between forward and backward. There are no second-order gradients.
 
     Under ``torch.compile`` the loss runs eagerly, as one graph break (the number of rows left
     after padding is data-dependent); the model around it compiles, and ``fullgraph=True``
     refuses it. Under FSDP2 call it inside the forward of the sharded module that holds the
     output layer (a weight still sharded as a ``DTensor`` is refused, with how to fix it).
+
+    Args:
+        hidden1: The first pass's final hidden states, ``(N, H)`` or ``(N, T, H)``.
+        hidden2: The second pass's, the same shape.
+        weight: The output projection's weight, ``(V, H)``: an ``nn.Linear(H, V).weight``, tied
+            embeddings included.
+        target: Class indices, an integer tensor shaped like the hidden states without ``H``.
+        alpha: The weight of the KL term, a finite number >= 0 (the paper uses 0.5 to 5).
+        bias: The output projection's bias, ``(V,)``, or None; an entry of ``-inf`` masks its
+            class out, as in [`rdrop_loss`][dropkit.rdrop_loss].
+        ignore_index: The target value of rows to skip (-100).
+        label_smoothing: Label smoothing of the cross-entropy terms, in [0, 1].
+        chunk_size: Rows scored at a time, at least 1; None (the default) picks
+            [`default_chunk_size`][dropkit.rdrop_linear.default_chunk_size].
+
+    Returns:
+        The loss, a 0-dim tensor in float32 (float64 if an input is float64).
+
+    Raises:
+        TypeError: If ``target`` does not hold integers, an input is a ``DTensor``, or
+            ``alpha``, ``label_smoothing`` or ``chunk_size`` has the wrong type.
+        ValueError: If the shapes do not fit together, ``alpha`` is negative or not finite,
+            ``label_smoothing`` lies outside [0, 1], or ``chunk_size`` is below 1.
+        RuntimeError: In backward, if a second derivative is asked for
+            (``create_graph=True``).
+
+    Examples:
+        ```python
+        import torch
+        from torch import nn
+
+        import dropkit
+
+        body = nn.Sequential(nn.Embedding(1000, 64), nn.Dropout(0.1))  # stands for a decoder
+        head = nn.Linear(64, 1000)  # the output projection: (V, H) = (1000, 64)
+        tokens = torch.randint(0, 1000, (4, 16))
+        hidden1, hidden2 = dropkit.rdrop_forward(body, tokens)  # (4, 16, 64) each
+        loss = dropkit.rdrop_linear_loss(
+            hidden1[:, :-1], hidden2[:, :-1], head.weight, tokens[:, 1:], alpha=1.0,
+            bias=head.bias,
+        )  # next-token R-Drop, never holding a pass's (4, 15, 1000) logits at once
+        loss.backward()
+        ```
     """
     return rdrop_linear_terms(
         hidden1,

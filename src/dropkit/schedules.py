@@ -10,8 +10,9 @@ With ``C`` cutoff steps:
   at ``C - 1``), then 0;
 - ``late(p, cutoff)``: 0 for steps ``[0, C)``, then p.
 
-:func:`drop_schedule` builds the whole per-step array with the semantics of the official
-``drop_scheduler`` of "Dropout Reduces Underfitting" and validates what that code does not.
+[`drop_schedule`][dropkit.schedules.drop_schedule] builds the whole per-step array with the
+semantics of the official ``drop_scheduler`` of "Dropout Reduces Underfitting" and validates what
+that code does not. [`DropoutScheduler`][dropkit.DropoutScheduler] applies a schedule to a model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "Early",
     "Late",
     "Schedule",
+    "Shape",
     "Standard",
     "cutoff_steps",
     "depth_profile",
@@ -41,9 +43,17 @@ __all__ = [
 ]
 
 Schedule = Callable[[int, int], float]
-"""A dropout schedule: any callable ``(step, total_steps) -> rate``."""
+"""A dropout schedule: any callable ``(step, total_steps) -> rate``.
+
+``step`` is the 0-based optimizer step, ``total_steps`` the number of optimizer steps in the run,
+and the rate must lie in [0, 1]. The classes of this module are schedules, and so is any function
+of that signature.
+"""
 Shape = Literal["constant", "linear"]
+"""How an early-dropout rate behaves until the cutoff: ``"constant"`` (``p`` throughout) or
+``"linear"`` (decaying from ``p`` to exactly 0 at the last step before the cutoff)."""
 SHAPES: tuple[str, ...] = ("constant", "linear")
+"""The values of [`Shape`][dropkit.schedules.Shape], for checks and messages."""
 
 
 def _check_step(step: int, total_steps: int) -> None:
@@ -67,7 +77,30 @@ def _check_cutoff(cutoff: float | int) -> None:
 
 
 def cutoff_steps(cutoff: float | int, total_steps: int) -> int:
-    """The cutoff in steps: an int as is, a fraction ``f`` as ``round(f * total_steps)``."""
+    """The cutoff in steps: an int as is, a fraction ``f`` as ``round(f * total_steps)``.
+
+    How [`early`][dropkit.schedules.early] and [`late`][dropkit.schedules.late] read their
+    ``cutoff``.
+
+    Args:
+        cutoff: A float fraction of the run in (0, 1], or an int number of optimizer steps
+            (at least 1).
+        total_steps: The number of optimizer steps in the run.
+
+    Returns:
+        The cutoff in optimizer steps. A fraction is rounded with Python's ``round`` (halves to
+            even), so it may give 0 for a short run.
+
+    Raises:
+        TypeError: If ``cutoff`` is neither an int nor a float (a bool included).
+        ValueError: If an int ``cutoff`` is below 1 or above ``total_steps``, or a float one
+            lies outside (0, 1].
+
+    Examples:
+        >>> from dropkit.schedules import cutoff_steps
+        >>> cutoff_steps(0.15, 1000), cutoff_steps(150, 1000)
+        (150, 150)
+    """
     _check_cutoff(cutoff)
     if isinstance(cutoff, (int, np.integer)):
         if cutoff > total_steps:
@@ -78,7 +111,20 @@ def cutoff_steps(cutoff: float | int, total_steps: int) -> int:
 
 @dataclass(frozen=True)
 class Standard:
-    """The same rate at every step."""
+    """The same rate at every step: ordinary dropout, as a schedule.
+
+    Built by [`standard`][dropkit.schedules.standard]. Called with ``(step, total_steps)`` it
+    returns ``p``.
+
+    Attributes:
+        p: The rate, in [0, 1].
+
+    Raises:
+        TypeError: If ``p`` is not a number, or a call's ``step`` / ``total_steps`` is not an
+            int.
+        ValueError: If ``p`` lies outside [0, 1], or a call's ``step`` is negative or
+            ``total_steps`` below 1.
+    """
 
     p: float
 
@@ -92,7 +138,25 @@ class Standard:
 
 @dataclass(frozen=True)
 class Early:
-    """Dropout during the first ``cutoff`` of the run, constant or decaying linearly to 0."""
+    """Dropout during the first ``cutoff`` of the run, constant or decaying linearly to 0.
+
+    Built by [`early`][dropkit.schedules.early], which describes it. Called with
+    ``(step, total_steps)`` it returns the rate of that optimizer step; with ``C`` the cutoff in
+    steps (see [`cutoff_steps`][dropkit.schedules.cutoff_steps]) that is ``p`` (constant) or
+    ``numpy.linspace(p, 0, C)[step]`` (linear) for ``step < C``, then 0.
+
+    Attributes:
+        p: The rate at step 0, in [0, 1].
+        cutoff: Where dropout ends: a float fraction of the run in (0, 1], or an int number of
+            optimizer steps.
+        shape: ``"constant"`` or ``"linear"`` (see [`Shape`][dropkit.schedules.Shape]).
+
+    Raises:
+        TypeError: If ``p`` or ``cutoff`` has the wrong type, or a call's ``step`` /
+            ``total_steps`` is not an int.
+        ValueError: If ``p``, ``cutoff`` or ``shape`` has a value outside its range; at a call,
+            if an int ``cutoff`` exceeds ``total_steps`` or a fractional one rounds to 0 steps.
+    """
 
     p: float
     cutoff: float | int
@@ -129,7 +193,23 @@ class Early:
 
 @dataclass(frozen=True)
 class Late:
-    """No dropout for the first ``cutoff`` of the run, then a constant rate."""
+    """No dropout for the first ``cutoff`` of the run, then a constant rate.
+
+    Built by [`late`][dropkit.schedules.late], which describes it. Called with
+    ``(step, total_steps)`` it returns 0 for ``step < C`` (``C`` the cutoff in steps, see
+    [`cutoff_steps`][dropkit.schedules.cutoff_steps]), then ``p``.
+
+    Attributes:
+        p: The rate from the cutoff on, in [0, 1].
+        cutoff: Where dropout starts: a float fraction of the run in (0, 1], or an int number
+            of optimizer steps.
+
+    Raises:
+        TypeError: If ``p`` or ``cutoff`` has the wrong type, or a call's ``step`` /
+            ``total_steps`` is not an int.
+        ValueError: If ``p`` or ``cutoff`` has a value outside its range; at a call, if an int
+            ``cutoff`` exceeds ``total_steps``.
+    """
 
     p: float
     cutoff: float | int
@@ -145,7 +225,22 @@ class Late:
 
 @dataclass(frozen=True)
 class ArraySchedule:
-    """Rates given one per step (e.g. from :func:`drop_schedule`); the last rate holds after."""
+    """Rates given one per step (e.g. from [`drop_schedule`][dropkit.schedules.drop_schedule]);
+    the last rate holds after.
+
+    Built by [`from_array`][dropkit.schedules.from_array]. Called with ``(step, total_steps)`` it
+    returns ``rates[step]``, or the last rate for a step past the end; ``total_steps`` is only
+    checked, not used.
+
+    Attributes:
+        rates: The rate of each optimizer step, in order, each in [0, 1].
+
+    Raises:
+        ValueError: If ``rates`` is empty or a rate lies outside [0, 1]; at a call, if ``step``
+            is negative or ``total_steps`` below 1.
+        TypeError: If a rate is not a number, or a call's ``step`` / ``total_steps`` is not an
+            int.
+    """
 
     rates: tuple[float, ...]
 
@@ -161,22 +256,120 @@ class ArraySchedule:
 
 
 def standard(p: float) -> Standard:
-    """Rate ``p`` throughout: ordinary dropout."""
+    """Rate ``p`` throughout: ordinary dropout.
+
+    The baseline against which early and late dropout are compared.
+
+    Args:
+        p: The rate at every step, in [0, 1].
+
+    Returns:
+        A [`Standard`][dropkit.schedules.Standard] schedule.
+
+    Raises:
+        TypeError: If ``p`` is not a number (or is a bool).
+        ValueError: If ``p`` lies outside [0, 1] or is NaN.
+
+    Examples:
+        >>> from dropkit import schedules
+        >>> schedules.standard(0.1)(step=0, total_steps=100)
+        0.1
+    """
     return Standard(p)
 
 
 def early(p: float, cutoff: float | int, shape: Shape = "constant") -> Early:
-    """Early dropout: rate ``p`` (constant, or linear down to 0) until ``cutoff``, then 0."""
+    """Early dropout: rate ``p`` (constant, or linear down to 0) until ``cutoff``, then 0.
+
+    For underfitting models ("Dropout Reduces Underfitting", Liu et al., ICML 2023): dropout in
+    the first part of training only, where it lowers the variance of mini-batch gradient
+    directions, then none. The paper's ImageNet settings end it after 50 of 300 epochs
+    (``cutoff=1 / 6``), linear, with ``p=0.1`` for dropout and ``p=0.5`` for stochastic depth; it
+    reports the cutoff robust from 1% to 50% of training.
+
+    Args:
+        p: The rate at step 0, in [0, 1].
+        cutoff: Where dropout ends: a float fraction of the run in (0, 1] (``C =
+            round(cutoff * total_steps)`` steps) or an int number of optimizer steps ``C``.
+        shape: ``"constant"``: ``p`` for steps ``[0, C)``. ``"linear"``:
+            ``numpy.linspace(p, 0, C)[step]`` for ``step < C``, exactly ``p`` at step 0 and
+            exactly 0 at step ``C - 1``.
+
+    Returns:
+        An [`Early`][dropkit.schedules.Early] schedule, 0 from step ``C`` on.
+
+    Raises:
+        TypeError: If ``p`` is not a number or ``cutoff`` neither an int nor a float.
+        ValueError: If ``p`` lies outside [0, 1], an int ``cutoff`` is below 1, a float one lies
+            outside (0, 1], or ``shape`` is not ``"constant"`` or ``"linear"``. When called:
+            if an int ``cutoff`` exceeds ``total_steps``, or a fraction rounds to 0 steps.
+
+    Examples:
+        >>> from dropkit import schedules
+        >>> rate = schedules.early(p=0.1, cutoff=0.5, shape="linear")
+        >>> [round(rate(step, total_steps=10), 3) for step in range(10)]
+        [0.1, 0.075, 0.05, 0.025, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        >>> rate = schedules.early(p=0.1, cutoff=2)  # constant, for 2 optimizer steps
+        >>> [rate(step, total_steps=4) for step in range(4)]
+        [0.1, 0.1, 0.0, 0.0]
+    """
     return Early(p, cutoff, shape)
 
 
 def late(p: float, cutoff: float | int) -> Late:
-    """Late dropout / late stochastic depth: 0 until ``cutoff``, then ``p``."""
+    """Late dropout / late stochastic depth: 0 until ``cutoff``, then ``p``.
+
+    For overfitting models ("Dropout Reduces Underfitting", Liu et al., ICML 2023): no
+    regularization at first, then dropout or stochastic depth from the cutoff on. The paper's
+    late stochastic depth for ViT-B is ``p=0.4`` from epoch 50 of 300 (``cutoff=1 / 6``).
+
+    Args:
+        p: The rate from the cutoff on, in [0, 1].
+        cutoff: Where dropout starts: a float fraction of the run in (0, 1] (``C =
+            round(cutoff * total_steps)`` steps) or an int number of optimizer steps ``C``.
+
+    Returns:
+        A [`Late`][dropkit.schedules.Late] schedule: 0 for steps ``[0, C)``, then ``p``.
+
+    Raises:
+        TypeError: If ``p`` is not a number or ``cutoff`` neither an int nor a float.
+        ValueError: If ``p`` lies outside [0, 1], an int ``cutoff`` is below 1 or a float one
+            lies outside (0, 1]. When called: if an int ``cutoff`` exceeds ``total_steps``.
+
+    Examples:
+        >>> from dropkit import schedules
+        >>> rate = schedules.late(p=0.1, cutoff=0.5)
+        >>> [rate(step, total_steps=4) for step in range(4)]
+        [0.0, 0.0, 0.1, 0.1]
+    """
     return Late(p, cutoff)
 
 
 def from_array(rates: Sequence[float] | np.ndarray) -> ArraySchedule:
-    """A schedule reading one rate per step from ``rates``."""
+    """A schedule reading one rate per step from ``rates``.
+
+    For rates computed elsewhere, e.g. by [`drop_schedule`][dropkit.schedules.drop_schedule]
+    or an existing training script. [`DropoutScheduler`][dropkit.DropoutScheduler] calls it for
+    a list or array it is given.
+
+    Args:
+        rates: The rate of each optimizer step, each in [0, 1]; an array of any shape is
+            flattened.
+
+    Returns:
+        An [`ArraySchedule`][dropkit.schedules.ArraySchedule]; past the last entry the last rate
+            holds.
+
+    Raises:
+        ValueError: If ``rates`` is empty, or an entry lies outside [0, 1] or does not convert
+            to a float.
+
+    Examples:
+        >>> from dropkit import schedules
+        >>> rate = schedules.from_array([0.2, 0.1])
+        >>> [rate(step, total_steps=3) for step in range(3)]
+        [0.2, 0.1, 0.1]
+    """
     return ArraySchedule(tuple(float(r) for r in np.asarray(rates, dtype=float).ravel()))
 
 
@@ -190,8 +383,38 @@ def drop_schedule(
 ) -> np.ndarray:
     """One rate per optimizer step, ``epochs * iters_per_epoch`` long, as the official code has it.
 
-    ``standard`` ignores ``cutoff_epoch`` and ``schedule``. Inputs that the official code silently
-    mishandles or crashes on raise a ``ValueError`` saying what to change.
+    A checked version of ``drop_scheduler`` from the code of "Dropout Reduces Underfitting", for
+    porting a script that uses it: inputs that the official code silently mishandles or crashes
+    on raise an error saying what to change. Pass the array to
+    [`DropoutScheduler`][dropkit.DropoutScheduler] (or
+    [`from_array`][dropkit.schedules.from_array]) to apply it.
+
+    Args:
+        drop_rate: The dropout rate while dropout is on, in [0, 1].
+        epochs: The number of epochs in the run (at least 1).
+        iters_per_epoch: Optimizer steps per epoch (at least 1).
+        cutoff_epoch: The epoch at which dropout ends (``"early"``) or starts (``"late"``),
+            from 0 to ``epochs``; at least 1 for ``"early"``. Ignored by ``"standard"``.
+        mode: ``"standard"`` (``drop_rate`` throughout), ``"early"`` (on for the first
+            ``cutoff_epoch`` epochs) or ``"late"`` (off for the first ``cutoff_epoch`` epochs).
+        schedule: For ``"early"``: ``"constant"``, or ``"linear"`` from ``drop_rate`` to exactly
+            0 at the last step before the cutoff (``numpy.linspace``). ``"late"`` supports
+            ``"constant"`` only; ``"standard"`` ignores it.
+
+    Returns:
+        A float64 array of ``epochs * iters_per_epoch`` rates, one per optimizer step.
+
+    Raises:
+        TypeError: If ``drop_rate`` is not a number, or ``epochs``, ``iters_per_epoch`` or
+            ``cutoff_epoch`` is not an int.
+        ValueError: If a number is out of range, ``mode`` or ``schedule`` is unknown,
+            ``cutoff_epoch`` exceeds ``epochs``, ``mode="early"`` has ``cutoff_epoch=0``, or
+            ``mode="late"`` has ``schedule="linear"``.
+
+    Examples:
+        >>> from dropkit import drop_schedule
+        >>> drop_schedule(0.1, epochs=3, iters_per_epoch=2, cutoff_epoch=1, mode="early")
+        array([0.1, 0.1, 0. , 0. , 0. , 0. ])
     """
     drop_rate = check_rate(drop_rate, "drop_rate")
     epochs = check_int(epochs, "epochs", 1)
@@ -226,8 +449,25 @@ def drop_schedule(
 def depth_profile(n_blocks: int, rule: Literal["linear", "uniform"] = "linear") -> list[float]:
     """Per-block multipliers for stochastic depth.
 
-    ``linear``: block ``i`` of ``L`` gets ``i / (L - 1)`` (timm's rule; block 0 always 0);
-    ``uniform``: every block gets 1.
+    [`DropoutScheduler`][dropkit.DropoutScheduler] multiplies its drop-path rate by these, block
+    by block (its ``depth_rule``), so deeper blocks are dropped more often.
+
+    Args:
+        n_blocks: The number of blocks (at least 1).
+        rule: ``"linear"``: block ``i`` of ``L`` gets ``i / (L - 1)`` (timm's rule; block 0
+            always 0, a single block 0). ``"uniform"``: every block gets 1.
+
+    Returns:
+        One multiplier in [0, 1] per block, in block order.
+
+    Raises:
+        TypeError: If ``n_blocks`` is not an int.
+        ValueError: If ``n_blocks`` is below 1 or ``rule`` is unknown.
+
+    Examples:
+        >>> from dropkit.schedules import depth_profile
+        >>> depth_profile(3)
+        [0.0, 0.5, 1.0]
     """
     n_blocks = check_int(n_blocks, "n_blocks", 1)
     if rule == "uniform":

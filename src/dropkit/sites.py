@@ -20,6 +20,7 @@ from dropkit.layers import Dropout, DropPath, check_rate
 __all__ = [
     "SITE_KINDS",
     "Site",
+    "SiteKind",
     "describe",
     "find_sites",
     "register_site",
@@ -29,7 +30,13 @@ __all__ = [
 ]
 
 SiteKind = Literal["dropout", "drop_path"]
+"""What a site's rate does: ``"dropout"`` (elements are zeroed: ``nn.Dropout`` and its variants,
+[`Dropout`][dropkit.Dropout], attention dropout floats) or ``"drop_path"`` (whole residual
+branches of a sample are dropped: [`DropPath`][dropkit.DropPath], timm ``DropPath``, torchvision
+``StochasticDepth``). [`DropoutScheduler`][dropkit.DropoutScheduler] schedules each kind
+separately."""
 SITE_KINDS: tuple[str, ...] = ("dropout", "drop_path")
+"""The values of [`SiteKind`][dropkit.sites.SiteKind], for checks and messages."""
 
 # Float attributes that attention implementations read at forward time as their dropout rate.
 FLOAT_RATE_ATTRS: tuple[str, ...] = (
@@ -49,7 +56,28 @@ PLACEHOLDER_NOTE = (
 
 @dataclass(frozen=True)
 class Site:
-    """One dropout site. ``p`` reads the module's current rate each time it is accessed."""
+    """One dropout site: a module attribute holding a dropout or drop-path rate.
+
+    What [`find_sites`][dropkit.find_sites] returns; [`DropoutScheduler`][dropkit.DropoutScheduler]
+    writes rates through it. A site does not copy the rate: ``p`` reads the module's current rate
+    each time it is accessed, and ``set_p`` writes it.
+
+    Attributes:
+        name: The module's qualified name in the model, as ``model.named_modules()`` gives it
+            (``""`` for the model itself); ``"<module name>:<attribute>"`` for a float rate
+            attribute of an attention module, e.g. ``"encoder.0.attn:dropout"``.
+        kind: ``"dropout"`` or ``"drop_path"`` (see [`SiteKind`][dropkit.sites.SiteKind]).
+        controllable: Whether the rate can be written: False for ``nn.Identity`` placeholders
+            built at rate 0 and for modules that match a rule but hold no numeric rate.
+        note: Why a site is not controllable and what to do about it;
+            ``"float attribute read at forward time"`` for attention floats; otherwise ``""``.
+        module: The module that holds the rate (left out of comparisons and the repr).
+        attr: The name of the rate attribute on ``module`` (``"p"``, ``"drop_prob"``, ...), or
+            None when the site is not controllable.
+        block: The qualified name of the module's parent, the block the site belongs to;
+            [`DropoutScheduler`][dropkit.DropoutScheduler] groups drop-path sites by it to give
+            each block its depth multiplier.
+    """
 
     name: str
     kind: SiteKind
@@ -57,7 +85,7 @@ class Site:
     note: str = ""
     module: nn.Module | None = field(default=None, repr=False, compare=False)
     attr: str | None = None
-    block: str = ""  # qualified name of the enclosing block; groups drop-path sites by depth
+    block: str = ""
 
     @property
     def p(self) -> float:
@@ -67,7 +95,16 @@ class Site:
         return float(getattr(self.module, self.attr))
 
     def set_p(self, rate: float) -> None:
-        """Write ``rate`` into the module (raises for a site that is not controllable)."""
+        """Write ``rate`` into the module's rate attribute, used from the module's next forward.
+
+        Args:
+            rate: The new rate, in [0, 1].
+
+        Raises:
+            RuntimeError: If the site is not controllable (its ``note`` says why).
+            TypeError: If ``rate`` is not a number (or is a bool).
+            ValueError: If ``rate`` lies outside [0, 1] or is NaN.
+        """
         if not self.controllable or self.module is None or self.attr is None:
             raise RuntimeError(f"site {self.name!r} is not controllable: {self.note}")
         setattr(self.module, self.attr, check_rate(rate, f"rate for {self.name}"))
@@ -107,10 +144,37 @@ _user_rules: list[_Rule] = []
 
 
 def register_site(cls: type, attr: str, kind: SiteKind = "dropout") -> None:
-    """Teach :func:`find_sites` that instances of ``cls`` (and subclasses) hold a rate in ``attr``.
+    """Teach [`find_sites`][dropkit.find_sites] that instances of ``cls`` hold a rate in ``attr``.
 
-    User registrations take precedence over the built-in rules; registering ``cls`` again replaces
-    the earlier registration.
+    For a custom dropout class that the built-in rules do not recognise (they know torch's
+    dropout modules, dropkit's layers, torchvision ``StochasticDepth``, classes named
+    ``...DropPath``, and the float attention-dropout attributes). The registration covers
+    subclasses of ``cls`` too, lasts for the process, and takes precedence over the built-in
+    rules; registering ``cls`` again replaces the earlier registration. An instance whose
+    ``attr`` is not a number at the time of [`find_sites`][dropkit.find_sites] is reported as not
+    controllable.
+
+    Args:
+        cls: The module class (not an instance: pass ``type(module)`` for one).
+        attr: The name of the attribute that holds the rate, read at forward time.
+        kind: ``"dropout"`` or ``"drop_path"`` (see [`SiteKind`][dropkit.sites.SiteKind]).
+
+    Raises:
+        TypeError: If ``cls`` is not a class.
+        ValueError: If ``attr`` is not a string that is an identifier, or ``kind`` is unknown.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import dropkit
+        >>> class NoisyLinear(nn.Linear):
+        ...     def __init__(self, *args, noise: float = 0.1, **kwargs):
+        ...         super().__init__(*args, **kwargs)
+        ...         self.noise = noise
+        >>> dropkit.register_site(NoisyLinear, attr="noise")
+        >>> [site.name for site in dropkit.find_sites(nn.Sequential(NoisyLinear(2, 2)))]
+        ['0']
+        >>> dropkit.unregister_site(NoisyLinear)
     """
     if not isinstance(cls, type):
         raise TypeError(
@@ -126,12 +190,25 @@ def register_site(cls: type, attr: str, kind: SiteKind = "dropout") -> None:
 
 
 def unregister_site(cls: type) -> None:
-    """Forget a registration made with :func:`register_site` (no error if there was none)."""
+    """Forget a registration made with [`register_site`][dropkit.register_site].
+
+    Args:
+        cls: The class passed to [`register_site`][dropkit.register_site]; nothing happens if it
+            was not registered.
+    """
     _user_rules[:] = [rule for rule in _user_rules if rule.registered is not cls]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel / ``torch.compile`` and similar wrappers to reach the model."""
+    """Strip DDP / DataParallel / ``torch.compile`` and similar wrappers to reach the model.
+
+    Args:
+        model: A model, possibly wrapped (several times) by ``torch.compile``,
+            ``DistributedDataParallel``, ``DataParallel``, FSDP v1, DeepSpeed or Lightning.
+
+    Returns:
+        The innermost model; ``model`` itself if it is not wrapped.
+    """
     while True:
         inner = getattr(model, "_orig_mod", None)  # torch.compile
         if not isinstance(inner, nn.Module):
@@ -203,9 +280,33 @@ def _float_attr_sites(name: str, module: nn.Module) -> list[Site]:
 def find_sites(model: nn.Module) -> list[Site]:
     """Every dropout / stochastic-depth site in ``model``, in module order.
 
-    Wrappers (DDP, DataParallel, ``torch.compile``) are unwrapped first, so names match the
-    user's model. Sites that cannot be scheduled are reported with ``controllable=False`` and a
-    note saying why and what to do.
+    Sites are recognised by class and attribute: torch's dropout modules (``nn.Dropout``,
+    ``Dropout1d/2d/3d``, ``AlphaDropout``, ...), dropkit's [`Dropout`][dropkit.Dropout] and
+    [`DropPath`][dropkit.DropPath], torchvision ``StochasticDepth``, classes whose name ends in
+    ``DropPath`` (timm, Hugging Face; rate ``drop_prob``), classes registered with
+    [`register_site`][dropkit.register_site], and float attributes that attention modules read
+    as their dropout rate (``dropout``, ``attention_dropout``, ``attn_dropout``,
+    ``dropout_prob``, ``dropout_p``). ``nn.Identity`` modules whose names say drop path or dropout
+    are reported as placeholders built at rate 0. Wrappers (DDP, DataParallel,
+    ``torch.compile``) are unwrapped first, so names match the user's model.
+
+    Args:
+        model: The model to search.
+
+    Returns:
+        The sites, in ``model.named_modules()`` order (an attention module's float sites right
+            after the module's own site, if any). Sites that cannot be scheduled have
+            ``controllable=False`` and a ``note`` saying why and what to do.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Examples:
+        >>> from torch import nn
+        >>> import dropkit
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 2))
+        >>> [(site.name, site.kind, site.p) for site in dropkit.find_sites(model)]
+        [('1', 'dropout', 0.1)]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"find_sites needs an nn.Module, got {type(model).__name__}")
@@ -219,10 +320,32 @@ def find_sites(model: nn.Module) -> list[Site]:
 
 
 def replace_placeholders(model: nn.Module) -> list[str]:
-    """Swap ``nn.Identity`` drop placeholders for rate-0 :class:`DropPath` / :class:`Dropout`.
+    """Swap ``nn.Identity`` drop placeholders for rate-0 [`DropPath`][dropkit.DropPath] /
+    [`Dropout`][dropkit.Dropout].
 
-    At rate 0 the replacements compute the identity, so the model's outputs do not change, but
-    the sites become schedulable. Returns the names of the replaced modules.
+    Models such as timm's build ``nn.Identity`` where a rate is 0 at build time, which no
+    schedule can switch on. The placeholders are those that [`find_sites`][dropkit.find_sites]
+    reports as not controllable with that note: an ``nn.Identity`` whose name contains
+    ``drop_path``, ``droppath`` or ``stochastic_depth`` becomes a ``DropPath``, one whose name
+    contains ``drop`` a ``Dropout``. At rate 0 the replacements compute the identity, so the
+    model's outputs do not change, but the sites become schedulable. The model is changed in
+    place; call this before creating a [`DropoutScheduler`][dropkit.DropoutScheduler], which
+    finds its sites when it is built.
+
+    Args:
+        model: The model (wrappers are looked through, as by
+            [`find_sites`][dropkit.find_sites]).
+
+    Returns:
+        The qualified names of the replaced modules, in module order.
+
+    Examples:
+        >>> from torch import nn
+        >>> import dropkit
+        >>> block = nn.Module()
+        >>> block.fc, block.drop_path = nn.Linear(2, 2), nn.Identity()
+        >>> dropkit.replace_placeholders(nn.Sequential(block))
+        ['0.drop_path']
     """
     root = unwrap(model)
     replaced = []
@@ -237,7 +360,32 @@ def replace_placeholders(model: nn.Module) -> list[str]:
 
 
 def describe(model: nn.Module) -> str:
-    """A readable table of the model's sites: name, kind, rate, controllable, note."""
+    """A readable table of the model's sites: name, kind, rate, controllable, note.
+
+    The first thing to look at before scheduling a model: it shows which sites
+    [`find_sites`][dropkit.find_sites] recognises, their current rates, and for each site that
+    cannot be scheduled what to do about it.
+
+    Args:
+        model: The model (wrappers are looked through).
+
+    Returns:
+        A summary line and one row per site, for printing; if there is no site, a sentence
+            saying so and how to register a custom dropout class.
+
+    Raises:
+        TypeError: If ``model`` is not an ``nn.Module``.
+
+    Examples:
+        >>> from torch import nn
+        >>> import dropkit
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 2))
+        >>> print(dropkit.describe(model))
+        Sequential: 1 sites (1 dropout, 0 drop_path), 0 not controllable
+        site  kind     p    controllable  note
+        --------------------------------------
+        1     dropout  0.1  yes
+    """
     sites = find_sites(model)
     if not sites:
         return (
