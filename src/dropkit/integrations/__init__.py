@@ -7,8 +7,9 @@ Import the one you use; this package itself imports neither framework:
 - ``dropkit.integrations.transformers``: a Hugging Face ``Trainer`` callback and ``RDropTrainer``
   (``pip install 'dropkit[hf]'``).
 
-Every schedule callback takes the arguments of :class:`dropkit.DropoutScheduler` except the model
-and the run length, which come from the trainer, and follows the trainer's global optimizer step.
+Every schedule callback takes the arguments of [`DropoutScheduler`][dropkit.DropoutScheduler]
+except the model and the run length, which come from the trainer, and follows the trainer's global
+optimizer step.
 """
 
 from __future__ import annotations
@@ -25,12 +26,38 @@ __all__ = ["GlobalStepSchedule"]
 
 
 class GlobalStepSchedule:
-    """A :class:`DropoutScheduler` built once the run length is known, driven by a global step.
+    """A [`DropoutScheduler`][dropkit.DropoutScheduler] built once the run length is known, driven
+    by a global step.
 
-    The framework adapters share it: ``start`` at the beginning of fit, ``go_to(global_step)``
-    before every forward (so all micro-batches of an accumulation window share one rate), and
-    ``state_dict`` / ``load_state_dict`` for checkpoints, in whichever order the framework calls
-    them.
+    The framework adapters share it, and an adapter for another framework can too:
+    [`start`][dropkit.integrations.GlobalStepSchedule.start] at the beginning of fit,
+    [`go_to(global_step)`][dropkit.integrations.GlobalStepSchedule.go_to] before every forward
+    (so all micro-batches of an accumulation window share one rate), and
+    [`state_dict`][dropkit.integrations.GlobalStepSchedule.state_dict] /
+    [`load_state_dict`][dropkit.integrations.GlobalStepSchedule.load_state_dict] for
+    checkpoints, in whichever order the framework calls them. The options are checked against
+    [`DropoutScheduler`][dropkit.DropoutScheduler]'s signature here, so a typo fails before
+    training starts.
+
+    Args:
+        dropout: Schedule for dropout sites, or None (see
+            [`ScheduleLike`][dropkit.dropout_scheduler.ScheduleLike]).
+        drop_path: Schedule for stochastic-depth sites, or None.
+        options: Keyword options of [`DropoutScheduler`][dropkit.DropoutScheduler]
+            (``depth_rule``, ``on_missing``, ``compile_levels``); not ``model`` or
+            ``total_steps``, which come from the trainer.
+
+    Attributes:
+        dropout: The dropout schedule, as given.
+        drop_path: The drop-path schedule, as given.
+        options: The scheduler options, as given.
+        scheduler: The current [`DropoutScheduler`][dropkit.DropoutScheduler], None before
+            [`start`][dropkit.integrations.GlobalStepSchedule.start].
+
+    Raises:
+        ValueError: If neither ``dropout`` nor ``drop_path`` is given.
+        TypeError: If ``options`` holds ``model`` or ``total_steps``, or a keyword that
+            [`DropoutScheduler`][dropkit.DropoutScheduler] does not take.
     """
 
     def __init__(
@@ -55,8 +82,26 @@ class GlobalStepSchedule:
         self._pending_state: dict[str, Any] | None = None
 
     def start(self, model: nn.Module, total_steps: float) -> DropoutScheduler:
-        """Build the scheduler for a run of ``total_steps`` optimizer steps (restoring a
-        checkpoint's state if one was loaded first)."""
+        """Build the scheduler for a run of ``total_steps`` optimizer steps.
+
+        A state loaded before (a checkpoint restored ahead of fit) is applied at once; a
+        scheduler from an earlier start is removed first, so a second fit starts from the
+        model's built rates.
+
+        Args:
+            model: The model to schedule.
+            total_steps: Optimizer steps in the run, as the trainer reports them (a float is
+                accepted and truncated to an int, as trainers may report ``inf``).
+
+        Returns:
+            The new [`DropoutScheduler`][dropkit.DropoutScheduler], at step 0 or at the loaded
+                state's step.
+
+        Raises:
+            ValueError: If ``total_steps`` is not finite or is below 1 (set a finite
+                ``max_steps``), or [`DropoutScheduler`][dropkit.DropoutScheduler] refuses the
+                model or options.
+        """
         if not math.isfinite(total_steps) or total_steps < 1:
             raise ValueError(
                 f"the trainer reports {total_steps} optimizer steps for this run, so a schedule "
@@ -74,7 +119,18 @@ class GlobalStepSchedule:
         return self.scheduler
 
     def go_to(self, step: int) -> None:
-        """Apply the rates of optimizer step ``step`` (a no-op if they are already applied)."""
+        """Apply the rates of optimizer step ``step`` (a no-op if they are already applied).
+
+        The next step advances the scheduler by one; any other step (a resume, a jump) re-applies
+        that step's rates at once.
+
+        Args:
+            step: The trainer's global optimizer step, counted from 0.
+
+        Raises:
+            RuntimeError: If [`start`][dropkit.integrations.GlobalStepSchedule.start] was not
+                called.
+        """
         scheduler = self._started()
         if step == scheduler.last_step + 1:
             scheduler.step()
@@ -82,17 +138,41 @@ class GlobalStepSchedule:
             scheduler.load_state_dict({"last_step": step, "total_steps": scheduler.total_steps})
 
     def rates(self) -> dict[str, float]:
-        """The current rate of each scheduled kind, keyed for loggers: ``{"dropout/p": ...}``."""
+        """The current rate of each scheduled kind, keyed for loggers: ``{"dropout/p": ...}``.
+
+        Returns:
+            ``"dropout/p"`` and/or ``"drop_path/p"`` mapped to the rate of the current step
+                (before depth multipliers).
+
+        Raises:
+            RuntimeError: If [`start`][dropkit.integrations.GlobalStepSchedule.start] was not
+                called.
+        """
         return {f"{kind}/p": rate for kind, rate in self._started().get_last_p().items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """The schedule's position, for a checkpoint (plain data)."""
+        """The schedule's position, for a checkpoint (plain data).
+
+        Returns:
+            The scheduler's [`state_dict`][dropkit.DropoutScheduler.state_dict]; before
+                [`start`][dropkit.integrations.GlobalStepSchedule.start], a copy of the state
+                loaded so far (empty if none).
+        """
         if self.scheduler is not None:
             return self.scheduler.state_dict()
         return dict(self._pending_state or {})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint's position, now or when the scheduler starts."""
+        """Restore a checkpoint's position, now or when the scheduler starts.
+
+        Args:
+            state: What [`state_dict`][dropkit.integrations.GlobalStepSchedule.state_dict]
+                returned.
+
+        Raises:
+            KeyError: If the scheduler has started and ``state`` lacks ``"last_step"`` or
+                ``"total_steps"`` (before the start, the check waits for it).
+        """
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
         else:

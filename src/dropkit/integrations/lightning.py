@@ -1,6 +1,10 @@
 """PyTorch Lightning integration: dropout-schedule and dynamics callbacks, an R-Drop step.
 
+Needs ``pip install 'dropkit[lightning]'``.
+
 ```python
+import lightning
+import dropkit
 from dropkit.integrations.lightning import DropoutScheduleCallback
 
 cb = DropoutScheduleCallback(dropout=dropkit.schedules.early(p=0.1, cutoff=0.15, shape="linear"))
@@ -32,17 +36,38 @@ __all__ = ["DropoutScheduleCallback", "DynamicsCallback", "rdrop_training_step"]
 class DropoutScheduleCallback(pl.Callback):
     """Drive the LightningModule's dropout / drop-path sites with schedules over the fit.
 
-    The run length is ``trainer.estimated_stepping_batches`` (optimizer steps). Before every
+    A [`DropoutScheduler`][dropkit.DropoutScheduler] run by the trainer. The run length is
+    ``trainer.estimated_stepping_batches`` (optimizer steps), read at fit start. Before every
     training batch the rates of ``trainer.global_step`` are applied, so all micro-batches of a
     gradient-accumulation window share one rate and every rank derives the same rate. The rates
     are logged as ``dropout/p`` and ``drop_path/p``; the schedule's position is saved in
     checkpoints, so ``Trainer.fit(ckpt_path=...)`` continues it exactly.
 
     Args:
-        dropout: schedule for dropout sites (see :class:`dropkit.DropoutScheduler`), or None.
-        drop_path: schedule for stochastic-depth sites, or None.
-        **options: further :class:`dropkit.DropoutScheduler` options (``depth_rule``,
-            ``on_missing``, ``compile_levels``).
+        dropout: Schedule for dropout sites, or None (see
+            [`ScheduleLike`][dropkit.dropout_scheduler.ScheduleLike]).
+        drop_path: Schedule for stochastic-depth sites, or None.
+        **options: Further [`DropoutScheduler`][dropkit.DropoutScheduler] options
+            (``depth_rule``, ``on_missing``, ``compile_levels``).
+
+    Raises:
+        ValueError: If neither ``dropout`` nor ``drop_path`` is given. At fit start: if the
+            trainer cannot tell the run length (set a finite ``max_steps``, or ``max_epochs``
+            with a dataloader that has a length), or the model has no controllable site of a
+            scheduled kind.
+        TypeError: If ``options`` holds ``model``, ``total_steps`` or a keyword that
+            [`DropoutScheduler`][dropkit.DropoutScheduler] does not take.
+
+    Examples:
+        ```python
+        import lightning
+        import dropkit
+        from dropkit.integrations.lightning import DropoutScheduleCallback
+
+        early = dropkit.schedules.early(p=0.1, cutoff=0.15, shape="linear")
+        callback = DropoutScheduleCallback(dropout=early)
+        lightning.Trainer(max_epochs=10, callbacks=[callback]).fit(module)  # your LightningModule
+        ```
     """
 
     def __init__(
@@ -97,7 +122,8 @@ def _stable_name(spec: ScheduleLike | None) -> str:
 class DynamicsCallback(pl.Callback):
     """Run dropkit's training-dynamics instruments on their tracking schedules during fit.
 
-    A thin wrapper of :class:`dropkit.diagnostics.DynamicsRecorder`: the recorder is built on
+    A thin wrapper of [`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder]: the recorder
+    is built on
     the LightningModule at fit start and stepped with ``trainer.global_step`` once per optimizer
     step, after the (accumulated, all-reduced) gradients exist and before the optimizer uses
     them. Each value goes to the trainer's loggers at the step it was measured, as
@@ -105,10 +131,32 @@ class DynamicsCallback(pl.Callback):
     global rank 0 runs the instruments.
 
     Args:
-        instruments: names from ``dropkit.diagnostics.INSTRUMENTS`` (or name -> cadence).
-        **options: further ``DynamicsRecorder`` options (``cadence``, ``batches``, ``path``, ...).
-            ``distance`` measures from the weights at fit start; when resuming, pass the run's
-            initial weights as ``init_params``.
+        instruments: Names from [`INSTRUMENTS`][dropkit.diagnostics.INSTRUMENTS], or a mapping
+            of name to cadence (None for the default cadence); by default ``grad_norm`` and
+            ``distance``.
+        **options: Further [`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder] options
+            (``cadence``, ``batches``, ``path``, ...). ``distance`` measures from the weights at
+            fit start; when resuming, pass the run's initial weights as ``init_params``.
+
+    Attributes:
+        instruments: The instruments, as given.
+        options: The recorder options, as given.
+        recorder: The recorder of the current fit; None before fit start and on ranks other
+            than 0.
+
+    Raises:
+        TypeError: If ``options`` holds a keyword that
+            [`DynamicsRecorder`][dropkit.diagnostics.DynamicsRecorder] does not take. The
+            recorder's other checks (an unknown instrument, for one) raise at fit start.
+
+    Examples:
+        ```python
+        import lightning
+        from dropkit.integrations.lightning import DynamicsCallback
+
+        dynamics = DynamicsCallback(["grad_norm", "distance"], cadence=10)  # every 10 steps
+        lightning.Trainer(max_epochs=10, callbacks=[dynamics]).fit(module)
+        ```
     """
 
     def __init__(
@@ -170,17 +218,35 @@ def rdrop_training_step(
 ) -> Tensor:
     """R-Drop for ``LightningModule.training_step``: return the loss and log its parts.
 
-    One forward of ``module`` on the doubled batch (each rank doubles its own batch, so a pair
-    never straddles devices), then paper Eq. 4 (``ce1 + ce2 + alpha/2 (KL12 + KL21)``). Logs
-    ``rdrop/ce`` (the two passes' mean cross-entropy) and ``rdrop/kl``. ``module(*inputs)`` must
-    return logits shaped ``target.shape + (classes,)``. Lightning divides the returned loss by
-    ``accumulate_grad_batches`` itself, so each micro-batch weighs the same.
+    One forward of ``module`` on the doubled batch (see [`rdrop_forward`][dropkit.rdrop_forward];
+    each rank doubles its own batch, so a pair never straddles devices), then paper Eq. 4
+    (``ce1 + ce2 + alpha/2 (KL12 + KL21)``, see [`rdrop_terms`][dropkit.rdrop_terms]). Logs
+    ``rdrop/ce`` (the two passes' mean cross-entropy) and ``rdrop/kl`` at each step. Lightning
+    divides the returned loss by ``accumulate_grad_batches`` itself, so each micro-batch weighs
+    the same.
 
-    ```python
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return rdrop_training_step(self, x, target=y, alpha=1.0)
-    ```
+    Args:
+        module: The LightningModule, usually ``self``; ``module(*inputs)`` must return logits
+            shaped ``target.shape + (classes,)``.
+        *inputs: The model inputs, batch first, repeated for the two passes.
+        target: Class indices shaped like the logits without the class dimension.
+        alpha: The weight of the KL term, a finite number >= 0 (the paper uses 0.5 to 5).
+        ignore_index: The target value of positions to leave out of CE and KL (-100).
+
+    Returns:
+        The R-Drop loss, a 0-dim tensor with its graph, to return from ``training_step``.
+
+    Raises:
+        TypeError: If ``alpha`` is not a number.
+        ValueError: If ``alpha`` is negative or not finite, or the shapes do not fit (see
+            [`rdrop_forward`][dropkit.rdrop_forward] and [`rdrop_terms`][dropkit.rdrop_terms]).
+
+    Examples:
+        ```python
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return rdrop_training_step(self, x, target=y, alpha=1.0)
+        ```
     """
     logits = rdrop_forward(module, *inputs)
     terms = rdrop_terms(logits, target, alpha=alpha, ignore_index=ignore_index)

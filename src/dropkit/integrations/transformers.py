@@ -1,6 +1,9 @@
 """Hugging Face Transformers integration: a dropout-schedule callback and an R-Drop Trainer.
 
+Needs ``pip install 'dropkit[hf]'``.
+
 ```python
+import dropkit
 from dropkit.integrations.transformers import DropoutScheduleCallback, RDropTrainer
 
 cb = DropoutScheduleCallback(dropout=dropkit.schedules.early(p=0.1, cutoff=0.15, shape="linear"))
@@ -39,16 +42,37 @@ __all__ = ["DropoutScheduleCallback", "RDropTrainer"]
 class DropoutScheduleCallback(TrainerCallback):
     """Drive the model's dropout / drop-path sites from ``state.global_step`` / ``state.max_steps``.
 
-    The rates of optimizer step ``state.global_step`` are applied at the start of each step, so
-    the micro-batches of a gradient-accumulation window share them, every process derives the
-    same rates, and a run resumed with ``resume_from_checkpoint`` continues the schedule. Each
-    training log gets ``dropout/p`` / ``drop_path/p`` (also kept in ``state.log_history``).
+    A [`DropoutScheduler`][dropkit.DropoutScheduler] run by the ``Trainer``, laid out over
+    ``state.max_steps`` optimizer steps at the start of training. The rates of optimizer step
+    ``state.global_step`` are applied at the start of each step, so the micro-batches of a
+    gradient-accumulation window share them, every process derives the same rates, and a run
+    resumed with ``resume_from_checkpoint`` continues the schedule. Each training log gets
+    ``dropout/p`` / ``drop_path/p`` (also kept in ``state.log_history``). Rates are written into
+    the modules; editing ``model.config`` after the model is built changes nothing.
 
     Args:
-        dropout: schedule for dropout sites (see :class:`dropkit.DropoutScheduler`), or None.
-        drop_path: schedule for stochastic-depth sites, or None.
-        **options: further :class:`dropkit.DropoutScheduler` options (``depth_rule``,
-            ``on_missing``, ``compile_levels``).
+        dropout: Schedule for dropout sites, or None (see
+            [`ScheduleLike`][dropkit.dropout_scheduler.ScheduleLike]).
+        drop_path: Schedule for stochastic-depth sites, or None.
+        **options: Further [`DropoutScheduler`][dropkit.DropoutScheduler] options
+            (``depth_rule``, ``on_missing``, ``compile_levels``).
+
+    Raises:
+        ValueError: If neither ``dropout`` nor ``drop_path`` is given. At the start of
+            training: if the model has no controllable site of a scheduled kind.
+        TypeError: If ``options`` holds ``model``, ``total_steps`` or a keyword that
+            [`DropoutScheduler`][dropkit.DropoutScheduler] does not take.
+
+    Examples:
+        ```python
+        import dropkit
+        from transformers import Trainer
+        from dropkit.integrations.transformers import DropoutScheduleCallback
+
+        early = dropkit.schedules.early(p=0.1, cutoff=0.15, shape="linear")
+        callback = DropoutScheduleCallback(dropout=early)
+        Trainer(model=model, args=args, train_dataset=ds, callbacks=[callback]).train()
+        ```
     """
 
     def __init__(
@@ -65,7 +89,12 @@ class DropoutScheduleCallback(TrainerCallback):
         return self._schedule.scheduler
 
     def rates(self) -> dict[str, float]:
-        """The current rates keyed for logs: ``{"dropout/p": ..., "drop_path/p": ...}``."""
+        """The current rates keyed for logs: ``{"dropout/p": ..., "drop_path/p": ...}``.
+
+        Returns:
+            Each scheduled kind's rate at the current step (before depth multipliers), keyed
+                ``"dropout/p"`` / ``"drop_path/p"``; empty before training begins.
+        """
         return self._schedule.rates() if self._schedule.scheduler is not None else {}
 
     def on_train_begin(
@@ -115,12 +144,14 @@ class RDropTrainer(Trainer):
     accumulated batch where the Trainer counts them (``num_items_in_batch``, e.g. causal LMs),
     otherwise per micro-batch and divided by the accumulation steps. Training logs get
     ``rdrop/ce`` (mean cross-entropy of the two passes) and ``rdrop/kl``, averaged since the
-    last log and over processes, and the rates of any :class:`DropoutScheduleCallback`.
-    Evaluation uses the model's ordinary loss.
+    last log and over processes, and the rates of any
+    [`DropoutScheduleCallback`][dropkit.integrations.transformers.DropoutScheduleCallback].
+    Batches without ``labels`` and evaluation use the model's ordinary loss.
 
     With ``rdrop_fused_linear=True`` (causal LMs with large vocabularies) the model runs once on
     the doubled batch with its output layer passed through, and the loss comes from the final
-    hidden states and ``model.get_output_embeddings()`` by :func:`dropkit.rdrop_linear_loss`, so
+    hidden states and ``model.get_output_embeddings()`` by
+    [`rdrop_linear_loss`][dropkit.rdrop_linear_loss], so
     neither pass's logits are ever held in full; the value and gradients are the unfused ones.
     The first training batch checks, in eval mode on one sample, that the model's logits are
     exactly its output layer applied to those hidden states, and refuses models that change them
@@ -129,10 +160,31 @@ class RDropTrainer(Trainer):
     forward does not reach it, the loss does).
 
     Args:
-        rdrop_alpha: weight of the KL term (the paper uses 0.5 to 5).
-        rdrop_fused_linear: compute the loss chunked from hidden states (see above).
-        *args: as for ``transformers.Trainer``.
-        **kwargs: as for ``transformers.Trainer``.
+        rdrop_alpha: The weight of the KL term, a finite number >= 0 (the paper uses 0.5 to 5).
+        rdrop_fused_linear: Compute the loss chunked from hidden states (see above); False by
+            default.
+        *args: As for ``transformers.Trainer``.
+        **kwargs: As for ``transformers.Trainer``.
+
+    Attributes:
+        rdrop_alpha: The weight of the KL term.
+        rdrop_fused_linear: Whether the loss is computed from hidden states.
+
+    Raises:
+        TypeError: If ``rdrop_alpha`` is not a number or ``rdrop_fused_linear`` not a bool; with
+            ``rdrop_fused_linear=True``, at the first training batch, if the output layer is not
+            a plain ``nn.Linear`` or the model does not return its result as the logits.
+        ValueError: If ``rdrop_alpha`` is negative or not finite; with
+            ``rdrop_fused_linear=True``, at the first training batch, if the model changes its
+            logits after the output layer.
+
+    Examples:
+        ```python
+        from dropkit.integrations.transformers import RDropTrainer
+
+        trainer = RDropTrainer(model=model, args=args, train_dataset=ds, rdrop_alpha=1.0)
+        trainer.train()  # logs loss, rdrop/ce and rdrop/kl
+        ```
     """
 
     def __init__(
@@ -207,7 +259,7 @@ class RDropTrainer(Trainer):
     def _shifts_labels(self) -> bool:
         """Whether labels are shifted for scoring, as the Trainer decides when it counts
         ``num_items_in_batch``: its private ``_loss_shifts_labels`` (transformers >= 5.10), else
-        the same rule (:func:`_shifts_labels`)."""
+        the same rule (module-level ``_shifts_labels``)."""
         known = getattr(self, "_loss_shifts_labels", None)
         if known is None:
             return self.model is not None and _shifts_labels(self.model)
