@@ -1,4 +1,4 @@
-"""Deprecated: the module is :mod:`dropkit.dropout_scheduler` (``dropkit.DropoutScheduler``).
+"""Deprecated: the module is `dropkit.dropout_scheduler` (``dropkit.DropoutScheduler``).
 
 Renamed so that ``schedules`` (the pure functions of the step) and the thing that applies them
 no longer differ by two letters; importing this module warns and re-exports the new one.
