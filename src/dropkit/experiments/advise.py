@@ -18,7 +18,7 @@ from the training data (the test split is never touched):
   dropout: lower with dropout supports early dropout.
 
 The numbers are evidence about the probe, not about the full run: the projection is a straight
-line, and the advice says so (``Advice.limits``).
+line, and the advice says so ([`Advice.limits`][dropkit.experiments.advise.Advice]).
 """
 
 from __future__ import annotations
@@ -58,14 +58,50 @@ __all__ = [
 ]
 
 RECOMMENDATIONS = ("early_dropout", "early_sd", "late_sd", "standard_dropout", "no_dropout")
-"""The values ``Advice.recommendation`` takes."""
+"""The values ``Advice.recommendation`` takes.
+
+``early_dropout`` (underfitting, dropout sites), ``early_sd`` (underfitting, drop-path sites
+only), ``late_sd`` (overfitting, drop-path sites), ``standard_dropout`` (overfitting, dropout
+sites only) and ``no_dropout`` (the model has no site dropkit can control).
+"""
 PAPER_CUTOFF = 1 / 6  # 50 of 300 epochs; the paper finds 1% to 50% of the run works
 LATE_SD_P = 0.4  # the paper's late stochastic depth rate (ViT-B)
 
 
 @dataclass(frozen=True)
 class Advice:
-    """A recommendation, the regime behind it, and the evidence and limits of the probe."""
+    """A recommendation, the regime behind it, and the evidence and limits of the probe.
+
+    What [`advise`][dropkit.experiments.advise.advise] and
+    [`advise_function`][dropkit.experiments.advise.advise_function] return; ``dropkit advise``
+    writes it as ``advice.json`` ([`to_dict`][dropkit.experiments.advise.Advice.to_dict]) and
+    ``advice.md`` ([`to_markdown`][dropkit.experiments.advise.Advice.to_markdown]).
+
+    Attributes:
+        recommendation: One of [`RECOMMENDATIONS`][dropkit.experiments.advise.RECOMMENDATIONS]:
+            ``early_dropout`` or ``early_sd`` for an underfitting model, ``late_sd`` or
+            ``standard_dropout`` for an overfitting one, ``no_dropout`` when the model has no
+            dropout or drop-path site dropkit can control.
+        schedule: The recommended schedule, ``{"sites", "schedule", "p", "cutoff", "shape"}``:
+            ``sites`` is ``"dropout"`` or ``"drop_path"``, ``schedule`` ``"early"``,
+            ``"late"`` or ``"standard"``, ``p`` the rate (the probed ``p`` or ``drop_path_p``;
+            0.4 for late s.d., the paper's), ``cutoff`` the fraction of the run where an early
+            or late schedule switches (1/6, the paper's; None for standard), ``shape``
+            ``"linear"`` for early schedules (else None). None for ``no_dropout``.
+        regime: ``"underfitting"`` or ``"overfitting"``: whether the no-dropout probe's
+            projected relative generalization gap is below or above the threshold.
+        confidence: ``"high"`` (the gap's 95% interval clears the threshold and no evidence
+            contradicts the regime), ``"medium"`` (it clears it, with a contradiction) or
+            ``"low"`` (the interval straddles the threshold, or the probe ended inside the
+            learning-rate warm-up).
+        reasons: The findings behind the advice, as sentences.
+        evidence: The measurements, as plain data: per variant and seed the probes'
+            ``train_loss``, ``val_loss``, ``gap`` (and ``val_acc``), the
+            ``projected_relative_gap`` and the effects of the regulariser (``effect_on_*``)
+            with their intervals (``mean``, ``ci_low``, ``ci_high``), GDE per seed when
+            measured (``gde``), the probe's length and the seeds, and ``seconds``, its cost.
+        limits: What the probe cannot tell, as sentences.
+    """
 
     recommendation: str  # one of RECOMMENDATIONS
     schedule: dict[str, Any] | None  # {"sites", "schedule", "p", "cutoff", "shape"}
@@ -76,11 +112,24 @@ class Advice:
     limits: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        """The advice as plain data (what ``advice.json`` holds)."""
+        """The advice as plain data (what ``advice.json`` holds).
+
+        Returns:
+            A dict with the seven fields, tuples turned into lists, ready for ``json.dump``.
+        """
         return dataclasses.asdict(self)
 
     def to_markdown(self, figure: str | None = None) -> str:
-        """The advice as Markdown (``advice.md``), with ``figure`` embedded if given."""
+        """The advice as Markdown (``advice.md``), with ``figure`` embedded if given.
+
+        Args:
+            figure: A path or URL of the probes' training-loss figure, relative to where the
+                Markdown will be read; embedded as an image at the end. None (default): none.
+
+        Returns:
+            The recommendation (with its schedule), the regime and confidence, the reasons and
+                the limits, as Markdown text ending in a newline.
+        """
         lines = [
             f"**Recommendation: {self.recommendation.replace('_', ' ')}**"
             + (f" — `{_schedule_text(self.schedule)}`" if self.schedule else ""),
@@ -113,12 +162,35 @@ def default_budget(warmup_frac: float) -> float:
     A probe that ends inside the warm-up never trains at the peak rate and misreads the regime
     (with the paper's warm-up of 1/6, a 5% probe read an underfitting model as overfitting; a
     20% probe read it right, with high confidence).
+
+    Args:
+        warmup_frac: The run's warm-up as a fraction of its steps (e.g.
+            ``TrainConfig.warmup_frac``).
+
+    Returns:
+        ``min(1, max(0.05, warmup_frac + 0.05))``, a fraction of the run.
     """
     return min(1.0, max(0.05, warmup_frac + 0.05))
 
 
 def split_validation(data: Dataset, fraction: float) -> Dataset:
-    """The last ``fraction`` of the training split as the test split (the real one stays unseen)."""
+    """The last ``fraction`` of the training split as the test split (the real one stays unseen).
+
+    How [`advise`][dropkit.experiments.advise.advise] carves its validation split: the probes
+    train on the rest and are evaluated on it, so the real test split is never touched. The
+    split is by position (no shuffling), so shuffle a dataset whose order means something.
+
+    Args:
+        data: The dataset.
+        fraction: The share of the training samples held out, in (0, 1); at least one sample.
+
+    Returns:
+        A dataset named ``"<name>[train-<n>]"`` whose training split is the first samples and
+            whose test split is the last ``round(fraction * N)`` (at least 1).
+
+    Raises:
+        ValueError: If ``fraction`` is not in (0, 1), or leaves no training sample.
+    """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation_fraction={fraction} must lie in (0, 1)")
     n_val = max(1, round(fraction * len(data.x)))
@@ -177,15 +249,78 @@ def advise(
 ) -> Advice:
     """Probe ``model_fn()`` on ``data`` for ``budget`` of the run ``train`` lays out; advise.
 
-    Trains ``seeds`` seeds (a count, or the seeds themselves) each of: no dropout, and standard
-    dropout ``p`` (or, for a model with drop-path sites only, standard stochastic depth
-    ``drop_path_p``), for the first ``ceil(budget * total_steps)`` optimizer steps of
-    the run ``train`` lays out (default ``TrainConfig()``). ``budget`` defaults to
-    :func:`default_budget` of the run's warm-up, so the probe ends past it. ``data`` is a
-    :class:`~dropkit.experiments.data.Dataset` or a name / ``.npz`` path for ``load_dataset``.
-    GDE is measured over ``n_batches`` mini-batch gradients (default 8; formerly
-    ``gde_batches``).
-    ``figure`` writes the probes' training-loss curves there (needs matplotlib).
+    Finds the model's regime (underfitting or overfitting) from short probe trainings and
+    recommends the early-dropout paper's schedule for it. Trains ``seeds`` seeds each of: no
+    dropout, and standard dropout ``p`` (or, for a model with drop-path sites only, standard
+    stochastic depth ``drop_path_p``), for the first ``ceil(budget * total_steps)`` optimizer
+    steps of the run ``train`` lays out, its learning-rate schedule unchanged. They train on
+    the training split minus a validation split (its last ``validation_fraction``) and are
+    evaluated on that; the test split is never used. The regime is read from the no-dropout
+    probe's validation-minus-training loss gap, projected linearly to the end of the run and
+    divided by the validation loss: above ``threshold``, overfitting. The gradient direction
+    error of both probes at their last step is reported as further evidence. Each variant's
+    seeds train together as one population; a model with no dropout or drop-path site gets
+    only the no-dropout probe (and the advice ``no_dropout``).
+
+    Args:
+        model_fn: Builds a fresh model with no arguments; it is called for every probe model
+            (under ``torch.manual_seed(seed)``) and once more to find the dropout and drop-path
+            sites. The rates it builds with do not matter: every probe sets its own.
+        data: A [`Dataset`][dropkit.experiments.Dataset], or a dataset name (``"mnist1d"``,
+            ``"mnist1d-large"``, ``"mnist1d:N:SEED"``, ``"digits"``) or a path to an ``.npz``
+            file with arrays ``x``, ``y``, ``x_test``, ``y_test``.
+        train: The intended run (epochs, batch size, learning-rate schedule); default
+            ``TrainConfig()``.
+        budget: The fraction of the run each probe trains, in (0, 1]; default
+            [`default_budget`][dropkit.experiments.advise.default_budget] of
+            ``train.warmup_frac`` (5% past the warm-up), so the probe ends past the warm-up.
+        seeds: How many seeds (at least 2; default 3, seeds 0, 1, 2), or the seeds themselves
+            (at least 2 distinct non-negative ints). More seeds narrow the intervals.
+        p: The standard dropout rate probed, and the rate of a recommended early or standard
+            dropout schedule (default 0.1).
+        drop_path_p: The stochastic-depth rate probed for a model with drop-path sites only,
+            and the rate of a recommended early s.d. schedule (default 0.1).
+        validation_fraction: The share of the training split held out for validation, in
+            (0, 1) (default 0.1).
+        threshold: The projected relative gap that separates the regimes (> 0; default 0.1, set
+            on MNIST-1D settings: a heuristic).
+        n_batches: Mini-batch gradients behind each GDE measurement (at least 2; default 8),
+            of ``train.batch_size`` samples each.
+        figure: A path for a figure of the probes' training-loss curves (needs matplotlib);
+            None (default): no figure.
+        gde_batches: Deprecated name of ``n_batches``.
+
+    Returns:
+        The recommendation, the regime and confidence, and the evidence and limits behind them.
+
+    Raises:
+        ValueError: If ``budget``, ``validation_fraction``, ``threshold`` or ``n_batches`` is
+            out of range, fewer than 2 (distinct) seeds are given, ``data`` names an unknown
+            dataset, the validation split leaves no training sample, or ``train.batch_size``
+            exceeds the remaining training samples.
+        TypeError: If ``seeds`` or ``n_batches`` is not an int (or a seed is not), or both
+            ``n_batches`` and ``gde_batches`` are given.
+        ImportError: If scipy (for the intervals), matplotlib (for ``figure``) or the package
+            a named dataset needs is not installed; checked before any probe trains (the
+            message names the ``pip install 'dropkit[...]'`` line).
+        FileNotFoundError: If ``data`` is an ``.npz`` path that does not exist.
+        KeyError: If that ``.npz`` lacks one of ``x``, ``y``, ``x_test``, ``y_test``.
+
+    Examples:
+        ```python
+        import dropkit
+        from torch import nn
+        from dropkit.experiments import TrainConfig
+
+
+        def model_fn():
+            return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Dropout(0.0), nn.Linear(128, 10))
+
+
+        advice = dropkit.advise(model_fn, "digits", TrainConfig(epochs=20, batch_size=64), seeds=2)
+        print(advice.recommendation, advice.regime, advice.confidence)
+        print(advice.to_markdown())
+        ```
     """
     n_batches = renamed_keyword(
         "advise", "gde_batches", "n_batches", gde_batches, n_batches, default=8
@@ -447,10 +582,41 @@ def advise_function(
     """Probe a training function's setting: ``none`` and standard dropout ``p`` for ``budget``
     of the run each, over ``seeds`` seeds, as trials (``trial.budget < 1``) on ``executor``.
 
-    The function must return ``train_loss`` and ``test_loss``; the regime is read from their gap
-    as for built-in settings (no GDE: dropkit cannot reach the function's gradients). The
-    run's warm-up is ``params.warmup_frac`` when the setting gives one, else the paper's 1/6;
-    ``budget`` defaults to :func:`default_budget` of it. Probe folders: ``out/probes``.
+    What ``dropkit advise`` does for a setting with ``function: module:name``. The function
+    must return ``train_loss`` and ``test_loss``; the regime is read from their gap as
+    [`advise`][dropkit.experiments.advise.advise] reads it for built-in settings (no GDE:
+    dropkit cannot reach the function's gradients). The run's warm-up is
+    ``params.warmup_frac`` when the setting gives one, else the paper's 1/6.
+
+    Args:
+        setting: A setting with a training function (``setting.function`` set), e.g. one of
+            ``load_settings(path)``.
+        root: The folder the function imports from (the config's folder), or None for
+            ``sys.path`` alone.
+        out: The folder for the probes' trials (``out/probes``, emptied first) and the
+            executor's state (``out/<executor>``).
+        budget: The fraction of the run each probe trains (``trial.budget``), in (0, 1];
+            default [`default_budget`][dropkit.experiments.advise.default_budget] of the
+            warm-up.
+        seeds: Seeds per arm (default 3: seeds 0, 1, 2); give at least 2, the intervals need a
+            spread.
+        p: The standard dropout rate of the probe's dropout arm, and of the recommended
+            schedule (default 0.1).
+        threshold: The projected relative gap that separates the regimes (default 0.1).
+        executor: Where the trials run: ``"local"`` (default, a process pool) or ``"slurm"``.
+        executor_parameters: For ``"slurm"``, submitit's ``update_parameters`` (e.g.
+            ``{"timeout_min": 60, "slurm_partition": "gpu"}``); None: none.
+        workers: Processes of the local executor (default 1).
+
+    Returns:
+        The advice, with the probes' numbers as its evidence.
+
+    Raises:
+        ValueError: If the setting is a built-in one, ``budget`` is not in (0, 1],
+            ``executor`` is unknown, or a probe failed (raised, diverged, was cancelled, or
+            returned no ``train_loss`` / ``test_loss``; its traceback is in ``out/probes``).
+        ImportError: If scipy (for the intervals) is not installed; checked before any probe
+            runs.
     """
     from dropkit.experiments.executors import JobFailure, make_executor
     from dropkit.experiments.trial import Trial, TrialJob, TrialOutcome
@@ -539,8 +705,23 @@ def emit_config(advice: Advice, setting: SettingSpec, *, p: float = 0.1, seeds: 
     """The experiment that tests ``advice`` on ``setting``: its recommendation against ``none``
     and standard dropout (or s.d.), with claims in the paper's direction, for ``dropkit run``.
 
-    The regime claim (standard vs none) comes first and gates the others, as in the demo. The
-    test metric is ``test_acc`` when the setting reports it, else ``test_loss``.
+    What ``dropkit advise --emit-config`` writes. The regime claim A1 (standard vs none) comes
+    first and gates the others, as in the demo; for an early schedule A2 claims a lower final
+    training loss than ``none``, and A3 a better test metric than ``none`` (than standard s.d.
+    for late s.d.). The test metric is ``test_acc`` when the probes reported an accuracy, else
+    ``test_loss``. A ``no_dropout`` or ``standard_dropout`` advice gets the regime claim only.
+
+    Args:
+        advice: The advice to test.
+        setting: The setting it was given for; its data, model and train block (or function
+            and params) are copied, its variants replaced, its dynamics and seeds dropped.
+        p: The standard dropout rate of the ``dropout`` arm (default 0.1; ``dropkit advise``
+            passes its ``--p``).
+        seeds: Seeds of the experiment (default 5).
+
+    Returns:
+        The config as a dict in the YAML schema of ``dropkit run`` (``name``, ``seeds``,
+            ``settings``, ``claims``), ready for ``yaml.safe_dump``.
     """
     regulariser = "sd" if "sd" in advice.evidence["variants"] else "dropout"
     reg_kind = "drop_path" if regulariser == "sd" else "dropout"

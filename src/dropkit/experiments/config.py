@@ -104,9 +104,37 @@ class DynamicsSpec:
 
 @dataclass(frozen=True)
 class SettingSpec:
-    """A built-in setting (``data`` / ``model`` / ``train``: dropkit trains the population) or a
-    training function's (``function: module:name``, called once per variant and seed with a
-    :class:`dropkit.experiments.Trial`; ``params`` reach it as ``trial.params``)."""
+    """One setting of an experiment config: what is trained, and the variants compared on it.
+
+    Either a built-in setting (``data`` / ``model`` / ``train``: dropkit trains the population)
+    or a training function's (``function: module:name``, called once per variant and seed with a
+    [`Trial`][dropkit.experiments.Trial]; ``params`` reach it as ``trial.params``). Built by
+    ``dropkit.experiments.config.load_settings`` (or ``load_config``) from YAML, which checks
+    every field; [`advise_function`][dropkit.experiments.advise.advise_function] and
+    [`emit_config`][dropkit.experiments.advise.emit_config] take one.
+
+    Attributes:
+        name: The setting's key under ``settings:``.
+        data: A built-in setting's dataset: a name (``mnist1d``, ``mnist1d-large``,
+            ``mnist1d:N:SEED``, ``digits``) or an ``.npz`` path; None for a function's.
+        model: A built-in setting's model block (``kind``: ``vit``, ``mixer``, ``mlp`` or
+            ``resmlp``, and its options); None for a function's.
+        train: A built-in setting's [`TrainConfig`][dropkit.experiments.TrainConfig]; None for a
+            function's.
+        variants: The variants compared (``VariantSpec``: name, dropout / drop-path schedules,
+            R-Drop alpha, ``double_batch``, ``params``), in config order; at least one.
+        dynamics: The gradient-dynamics measurements of a built-in setting (``DynamicsSpec``),
+            or None.
+        mc_passes: Monte-Carlo dropout passes for the train/test inconsistency (default 8).
+        regime: ``"underfitting"`` or ``"overfitting"``, the regime the setting is meant to be
+            in, or None.
+        regime_claim: The id of the claim that establishes ``regime``; the setting's other
+            claims depend on it. None without a regime.
+        seeds: Seeds for this setting; None (default) uses the config's.
+        function: ``"module:name"`` of a training function, or None for a built-in setting.
+        params: A function setting's ``params:``, overlaid by each variant's (empty for a
+            built-in setting).
+    """
 
     name: str
     data: str | None
@@ -122,13 +150,31 @@ class SettingSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def variant(self, name: str) -> VariantSpec:
+        """The variant called ``name``.
+
+        Args:
+            name: A variant's name.
+
+        Returns:
+            Its spec.
+
+        Raises:
+            KeyError: If the setting has no such variant.
+        """
         for variant in self.variants:
             if variant.name == name:
                 return variant
         raise KeyError(name)
 
     def recipe(self) -> tuple[str, Mapping[str, Any], TrainConfig]:
-        """``(data, model, train)`` of a built-in setting; a function setting has none."""
+        """``(data, model, train)`` of a built-in setting; a function setting has none.
+
+        Returns:
+            The dataset name or path, the model block and the training config.
+
+        Raises:
+            ValueError: If the setting runs a training function.
+        """
         if self.data is None or self.model is None or self.train is None:
             raise ValueError(
                 f"settings.{self.name} runs the training function {self.function!r}; it has no "

@@ -39,7 +39,32 @@ LARGE_MNIST1D_SAMPLES = 50_000  # 40 000 train / 10 000 test; about 8 s to gener
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification dataset as tensors: float32 inputs, int64 labels in ``[0, n_classes)``."""
+    """A classification dataset as tensors: float32 inputs, int64 labels in ``[0, n_classes)``.
+
+    What the built-in settings and [`dropkit.advise`][dropkit.experiments.advise.advise] train
+    on. The loaders (``load_dataset`` by name or ``.npz`` path, ``load_npz``) check the arrays
+    and convert them; building one directly checks nothing, so give it tensors of the dtypes
+    and shapes below. The test split is only evaluated, never trained on (``advise`` holds a
+    validation split out of the training split instead).
+
+    Attributes:
+        name: A name for messages and records (e.g. ``"digits"``, the ``.npz`` file's stem).
+        x: Training inputs, float32, shape ``(N, features...)``.
+        y: Training labels, int64 class indices, shape ``(N,)``.
+        x_test: Test inputs, float32, with the same per-sample shape as ``x``.
+        y_test: Test labels, int64 class indices.
+        n_classes: The number of classes (the loaders use the largest label + 1).
+
+    Examples:
+        ```python
+        import torch
+        from dropkit.experiments import Dataset
+
+        x = torch.randn(1000, 20)
+        y = (x[:, 0] > 0).long()
+        data = Dataset("toy", x[:800], y[:800], x[800:], y[800:], n_classes=2)
+        ```
+    """
 
     name: str
     x: Tensor
@@ -50,6 +75,8 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
+        """The size of a sample's second dimension, ``x.shape[1]`` (the features of flat
+        inputs)."""
         return int(self.x.shape[1])
 
     def __repr__(self) -> str:
@@ -184,7 +211,7 @@ def load_mnist1d(
     The defaults give the canonical set (4 000 train / 1 000 test). A larger ``num_samples``
     with another ``seed`` gives a large variant (e.g. 50 000 samples, seed 0) for the
     underfitting regime. Generated arrays are cached in ``cache_dir`` (default
-    :func:`default_cache_dir`) as ``mnist1d_n{num_samples}_seed{seed}.npz``.
+    `default_cache_dir()`) as ``mnist1d_n{num_samples}_seed{seed}.npz``.
     """
     num_samples = check_int(num_samples, "num_samples", 20, " (10 classes)")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -225,7 +252,7 @@ def load_npz(path: str | Path) -> Dataset:
 
     Raises ``FileNotFoundError`` if it does not exist, ``KeyError`` if an array is missing and
     ``ValueError`` for anything else: a file that is not a (complete) zip of ``.npy`` arrays, an
-    array of pickled objects (never unpickled), or data :func:`_as_dataset` refuses.
+    array of pickled objects (never unpickled), or data `_as_dataset` refuses.
     """
     path = Path(path)
     if not path.exists():

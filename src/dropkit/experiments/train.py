@@ -5,7 +5,7 @@ trained as one vectorized *population*: the members' parameters are stacked
 (``torch.func.stack_module_state``) and one forward runs all of them through
 ``vmap(functional_call(base, ...), randomness="different")``, so every member draws its own
 dropout masks. Rates live on the ``base`` module whose structure ``functional_call`` uses: a
-:class:`dropkit.DropoutScheduler` on it sets the rate for every member at once.
+[`DropoutScheduler`][dropkit.DropoutScheduler] on it sets the rate for every member at once.
 
 One AdamW over the stacked parameters is exactly S independent AdamWs (AdamW is elementwise;
 nothing here mixes members, e.g. no global-norm clipping). Each seed fixes its member's
@@ -56,11 +56,12 @@ __all__ = [
 class Variant:
     """What is compared: schedules for dropout and drop-path sites, and the R-Drop weight.
 
-    A schedule is anything :class:`dropkit.DropoutScheduler` accepts (``dropkit.schedules``
-    objects, a float, an array of per-step rates); ``None`` leaves those sites at the rate the
-    model was built with. ``rdrop_alpha > 0`` trains with R-Drop (paper Eq. 4, two passes as one
-    forward on ``[x; x]``) at the same number of optimizer steps; ``double_batch=True`` with
-    ``rdrop_alpha=0`` is its control, the same doubled forward and summed CEs without the KL.
+    A schedule is anything [`DropoutScheduler`][dropkit.DropoutScheduler] accepts
+    (``dropkit.schedules`` objects, a float, an array of per-step rates); ``None`` leaves those
+    sites at the rate the model was built with. ``rdrop_alpha > 0`` trains with R-Drop (paper
+    Eq. 4, two passes as one forward on ``[x; x]``) at the same number of optimizer steps;
+    ``double_batch=True`` with ``rdrop_alpha=0`` is its control, the same doubled forward and
+    summed CEs without the KL.
     """
 
     name: str
@@ -95,10 +96,41 @@ class TrainConfig:
 
     AdamW with a linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0
     (``lr_schedule="cosine"``, as in the paper's recipe) or a constant rate. An epoch is
-    ``len(train) // batch_size`` steps (the last partial batch is dropped). The mini-batch
-    training loss is logged as the mean over windows of ``log_every`` steps. The final
-    training loss (dropout off) is measured on the first ``train_eval_samples`` training samples
-    (all when None): on a large set a fixed subset saves a full pass per variant.
+    ``len(train) // batch_size`` steps (the last partial batch is dropped), so a run is
+    ``epochs * (len(train) // batch_size)`` optimizer steps. For
+    [`dropkit.advise`][dropkit.experiments.advise.advise] it describes the intended run, which
+    the probes train the first part of. In a config it is a setting's ``train:`` block, with the
+    same field names.
+
+    Attributes:
+        epochs: Passes over the training split (at least 1; default 10).
+        batch_size: Samples per optimizer step (at least 1, at most the training samples;
+            default 128).
+        lr: AdamW's peak learning rate (> 0; default 2e-3).
+        weight_decay: AdamW's decoupled weight decay (>= 0; default 0.05).
+        warmup_frac: The fraction of the run's steps spent in the linear warm-up from 0 to
+            ``lr``, in [0, 1) (default 0.05).
+        lr_schedule: ``"cosine"`` (default): cosine decay to 0 after the warm-up;
+            ``"constant"``: ``lr`` after the warm-up.
+        log_every: The training loss is logged as the mean over windows of this many steps
+            (at least 1; default 10).
+        eval_batch: Samples per forward when evaluating (at least 1; default 8192); memory, not
+            the result, depends on it.
+        train_eval_samples: The final training loss and accuracy (dropout off) are measured on
+            the first this many training samples; None (default) measures all of them. On a
+            large set a fixed subset saves a full pass per variant.
+
+    Raises:
+        TypeError: If an int field is not an int.
+        ValueError: If a field is out of its range, or ``lr_schedule`` is neither
+            ``"cosine"`` nor ``"constant"``.
+
+    Examples:
+        ```python
+        from dropkit.experiments import TrainConfig
+
+        run = TrainConfig(epochs=40, batch_size=64, lr=1e-3, warmup_frac=1 / 6)
+        ```
     """
 
     epochs: int = 10
@@ -283,7 +315,7 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def build_members(model_fn: Callable[[], nn.Module], seeds: Sequence[int]) -> list[nn.Module]:
-    """One model per seed, exactly as :func:`train_variant` initialises its members.
+    """One model per seed, exactly as `train_variant` initialises its members.
 
     Each is built by ``model_fn()`` under ``torch.manual_seed(seed)``; the caller's global RNG
     is left as it was.
@@ -316,8 +348,8 @@ def objective(
 
     Plain training: both are ``cross_entropy(logits, target)``. Doubled (R-Drop, the default
     when ``alpha > 0``, or its control): the logits are those of ``[x; x]``; the loss is
-    ``ce1 + ce2 + alpha/2 (KL12 + KL21)`` (:func:`dropkit.rdrop_terms`; ``alpha = 0`` leaves the
-    summed CEs) and the logged value is ``(ce1 + ce2) / 2``.
+    ``ce1 + ce2 + alpha/2 (KL12 + KL21)`` ([`rdrop_terms`][dropkit.rdrop_terms];
+    ``alpha = 0`` leaves the summed CEs) and the logged value is ``(ce1 + ce2) / 2``.
     """
     if not (alpha > 0 if doubled is None else doubled):
         ce = F.cross_entropy(logits, target)

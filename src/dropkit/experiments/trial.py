@@ -3,10 +3,12 @@ the call.
 
 A setting with ``function: mytrain:train`` is trained by calling ``train(trial)`` once per
 (variant, seed). The trial carries the variant's schedules (ready for
-`dropkit.DropoutScheduler`), its parameters, and a private folder in which the function may
-log curves (`Trial.log`) and save a checkpoint that survives a requeue or a killed run
-(`Trial.checkpoint`, `Trial.restore`). The function returns its final metrics, a
-mapping of names to numbers; claims may name any of them.
+[`DropoutScheduler`][dropkit.DropoutScheduler]), its parameters, and a private folder in which
+the function may log curves ([`Trial.log`][dropkit.experiments.Trial.log]) and save a
+checkpoint that survives a requeue or a killed run
+([`Trial.checkpoint`][dropkit.experiments.Trial.checkpoint],
+[`Trial.restore`][dropkit.experiments.Trial.restore]). The function returns its final metrics,
+a mapping of names to numbers; claims may name any of them.
 
 `TrialJob` is what an executor runs: it imports the function where it runs (a SLURM node
 imports it from the config's folder), fixes the thread count, calls it, and returns a
@@ -46,18 +48,26 @@ TRACEBACK_FILE = "traceback.txt"
 class Trial:
     """One call of a training function: a (setting, variant, seed) and where to keep its state.
 
+    dropkit builds one per (variant, seed) of a setting that names a training function
+    (``function: module:name``) and calls ``train(trial)``; the function trains the variant
+    with the trial's schedules and seed and returns its final metrics, a mapping of names to
+    numbers (those the config's claims name, plus any others). ``dropkit advise`` calls it the
+    same way with ``budget < 1``.
+
     Attributes:
         setting: The setting's name in the config.
         variant: The variant's name (``none``, ``early_dropout``, ...).
         seed: The seed; seed ``s`` of every variant is paired with seed ``s`` of the others, so
             seed everything random with it (``torch.manual_seed(trial.seed)``).
         dropout: The variant's dropout schedule, a callable ``(step, total_steps) -> rate``
-            ready for ``DropoutScheduler(model, total_steps, dropout=trial.dropout)``. A variant
-            that names no dropout (``none``) gets ``schedules.standard(0.0)``: it trains without
+            (a [`Schedule`][dropkit.schedules.Schedule]) ready for
+            ``DropoutScheduler(model, total_steps, dropout=trial.dropout)``. A variant that
+            names no dropout (``none``) gets ``schedules.standard(0.0)``: it trains without
             dropout whatever rate the model was built with.
         drop_path: The variant's stochastic-depth schedule, or None when it names none (the
             model's drop-path sites keep the rates they were built with).
-        rdrop_alpha: R-Drop's alpha (0: no R-Drop); use ``dropkit.rdrop_loss(..., alpha=...)``.
+        rdrop_alpha: R-Drop's alpha (0: no R-Drop); use it as the ``alpha`` of
+            [`rdrop_loss`][dropkit.rdrop_loss].
         double_batch: Train on ``[x; x]`` without the KL term (R-Drop's control arm): the same
             doubled forward with alpha 0, e.g. ``rdrop_loss(..., alpha=0.0)`` or
             ``RDropTrainer(rdrop_alpha=0.0)``.
@@ -65,7 +75,51 @@ class Trial:
         budget: The fraction of the intended run to train (1.0; below 1 only for ``dropkit
             advise`` probes): train ``trial.budget_steps(total_steps)`` steps with the
             schedules still laid over the full ``total_steps``.
-        dir: A folder of this trial's own, kept across requeues and reruns.
+        dir: A folder of this trial's own, kept across requeues and reruns (it may not exist
+            yet; ``log`` and ``checkpoint`` create it).
+
+    Examples:
+        A training function (``mytrain.py``, named in a config as ``function: mytrain:train``)
+        that resumes from its checkpoint and trains only ``budget_steps`` when probed:
+
+        ```python
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        import dropkit
+
+
+        def train(trial):
+            steps = trial.params.get("steps", 100)
+            x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))  # your data
+            y = (x[:, 0] > 0).long()
+            torch.manual_seed(trial.seed)
+            model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Dropout(0.0), nn.Linear(64, 2))
+            opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+            sched = dropkit.DropoutScheduler(
+                model, steps, dropout=trial.dropout, drop_path=trial.drop_path
+            )
+            start, state = 0, trial.restore()
+            if state is not None:  # requeued or resumed: go on from there
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["opt"])
+                sched.load_state_dict(state["sched"])
+                start = state["step"]
+            for step in range(start, trial.budget_steps(steps)):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                if (step + 1) % 10 == 0:
+                    trial.log(step + 1, train_loss=loss.item())
+                    trial.checkpoint({"model": model.state_dict(), "opt": opt.state_dict(),
+                                      "sched": sched.state_dict(), "step": step + 1})
+            model.eval()
+            with torch.no_grad():
+                return {"train_loss": F.cross_entropy(model(x), y).item()}
+        ```
     """
 
     setting: str
@@ -80,8 +134,19 @@ class Trial:
     dir: Path
 
     def budget_steps(self, total_steps: int) -> int:
-        """How many of the run's ``total_steps`` optimizer steps to train: all of them in a
-        run, ``ceil(budget * total_steps)`` (at least 1) for an advise probe."""
+        """How many of the run's ``total_steps`` optimizer steps to train.
+
+        All of them in a run (``budget`` 1), ``ceil(budget * total_steps)`` (at least 1) for an
+        advise probe. Lay the schedules (dropout, learning rate) over ``total_steps`` whatever
+        this returns: a probe trains the first part of the intended run.
+
+        Args:
+            total_steps: The optimizer steps of the full run.
+
+        Returns:
+            The number of optimizer steps to train, between 1 and ``total_steps`` (1 when
+                ``total_steps`` is below 1).
+        """
         return max(1, math.ceil(self.budget * total_steps))
 
     def log(self, step: int, **values: float) -> None:
@@ -91,6 +156,15 @@ class Trial:
         again after a restore replaces the earlier value. Log the last step too: the run's
         length in the report (and the cutoff line of its loss figure) is the largest step
         logged.
+
+        Args:
+            step: The optimizer step the values belong to (converted with ``int``).
+            **values: The values by name, e.g. ``train_loss=0.31`` (each converted with
+                ``float``).
+
+        Raises:
+            TypeError: If ``step`` or a value cannot be converted (``ValueError`` for a string
+                that is not a number).
         """
         row = {"step": int(step), **{name: float(value) for name, value in values.items()}}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +173,15 @@ class Trial:
             handle.flush()
 
     def checkpoint(self, state: Any) -> None:
-        """Save ``state`` (anything ``torch.save`` takes) atomically as this trial's checkpoint."""
+        """Save ``state`` atomically as this trial's checkpoint, replacing the previous one.
+
+        Written to a temporary file, synced and renamed over ``dir/checkpoint.pt``, so a kill
+        at any moment leaves either the old checkpoint or the new one, never half of one.
+
+        Args:
+            state: Anything ``torch.save`` takes, e.g. ``{"model": model.state_dict(),
+                "opt": opt.state_dict(), "step": step}``.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / CHECKPOINT_FILE
         tmp = path.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
@@ -112,8 +194,14 @@ class Trial:
             tmp.unlink(missing_ok=True)
 
     def restore(self) -> Any | None:
-        """What [checkpoint][dropkit.experiments.Trial.checkpoint] last saved, or None on a first
-        start."""
+        """What [`checkpoint`][dropkit.experiments.Trial.checkpoint] last saved.
+
+        Loaded with ``torch.load(..., weights_only=False)``: the checkpoint is the trial's own,
+        so any picklable state comes back as it was saved (on the devices it was saved from).
+
+        Returns:
+            The saved state, or None on a first start (no checkpoint yet).
+        """
         path = self.dir / CHECKPOINT_FILE
         if not path.exists():
             return None
@@ -137,8 +225,20 @@ def read_log(trial_dir: Path) -> list[dict[str, Any]]:
 
 
 def load_function(ref: str, root: str | None) -> Callable[[Trial], Any]:
-    """Import ``module:name`` (``root``, the config's folder, first on the path) and check it
-    takes one argument, the trial. Raises ``ImportError`` / ``TypeError`` with what to fix."""
+    """Import a training function ``module:name`` and check it takes one argument, the trial.
+
+    Args:
+        ref: ``"module:name"``, as a setting's ``function:`` gives it.
+        root: A folder put first on ``sys.path`` (the config's folder), or None.
+
+    Returns:
+        The function.
+
+    Raises:
+        ImportError: If the module cannot be imported (whatever error it raised) or has no
+            ``name``.
+        TypeError: If ``name`` is not callable or cannot be called with one argument.
+    """
     module_name, _, attr = ref.partition(":")
     if root is not None and root not in sys.path:
         sys.path.insert(0, root)
@@ -166,7 +266,20 @@ def load_function(ref: str, root: str | None) -> Callable[[Trial], Any]:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """A trial's end: its final ``metrics``, or the ``error`` (one line) and its traceback."""
+    """A trial's end: its final ``metrics``, or the ``error`` (one line) and its traceback.
+
+    What a `TrialJob` returns.
+
+    Attributes:
+        metrics: The metrics the function returned, as floats; None when it raised (or returned
+            something that is not a mapping of numbers).
+        error: ``"ExceptionType: message"`` when the function raised, ``"non-finite NAME, ...
+            (diverged)"`` when it returned NaN or infinite metrics (then ``metrics`` is set
+            too), else None.
+        traceback: The formatted traceback when the function raised (also written to
+            ``trial.dir/traceback.txt``), else None.
+        seconds: Wall-clock seconds the call took.
+    """
 
     metrics: dict[str, float] | None
     error: str | None = None
@@ -211,7 +324,21 @@ def check_metrics(returned: Any, required: Sequence[str], where: str) -> dict[st
 
 @dataclass(frozen=True)
 class TrialJob:
-    """Call a training function for one (setting, variant, seed): what an executor runs."""
+    """Call a training function for one (setting, variant, seed): what an executor runs.
+
+    Calling the job (``job(progress=None)``) imports the function where it runs, fixes the
+    number of intra-op threads, calls it with the trial and checks what it returns; any error is
+    caught and returned in the `TrialOutcome`.
+
+    Attributes:
+        function: ``"module:name"`` of the training function.
+        root: The folder the function imports from (the config's folder), or None.
+        trial: The trial it is called with.
+        required: The metrics the config's claims read; a function that does not return all of
+            them fails.
+        threads: ``torch.set_num_threads`` for the call (default 1), so a job computes the same
+            numbers on any machine.
+    """
 
     function: str
     root: str | None
@@ -221,6 +348,7 @@ class TrialJob:
 
     @property
     def label(self) -> str:
+        """``"setting/variant/seed N"``, how progress and errors name the job."""
         return f"{self.trial.setting}/{self.trial.variant}/seed {self.trial.seed}"
 
     def __call__(self, progress: Callable[[str, int, int], None] | None = None) -> TrialOutcome:
