@@ -1,14 +1,14 @@
 """The papers' claims as paired comparisons over seeds, with effect sizes and 95% intervals.
 
-This module decides every verdict: :func:`evaluate_claim` for one claim on per-seed values,
-:func:`evaluate_claims` for a run folder's results (regime claims first, gating the others; a
-dynamics metric is averaged over its window here). :mod:`dropkit.experiments.report` only
+This module decides every verdict: `evaluate_claim` for one claim on per-seed values,
+`evaluate_claims` for a run folder's results (regime claims first, gating the others; a
+dynamics metric is averaged over its window here). `dropkit.experiments.report` only
 formats and writes what it returns.
 
 A claim compares one metric between two variants ``a`` and ``b`` of one setting, seed by seed
 (variants share seeds, so seed ``s`` of both arms saw the same initialisation stream and data
 order). The effect is the mean paired difference ``A - B``; its 95% interval ``[low, high]`` is
-Student's t over the seed-wise differences (:func:`dropkit.experiments.stats.paired_t_interval`).
+Student's t over the seed-wise differences (`dropkit.experiments.stats.paired_t_interval`).
 A seed whose value is non-finite (NaN, inf) in either arm is a failure: it is listed in
 ``failed_seeds`` and the reason, never silently dropped, and the interval is computed on the rest.
 
@@ -40,9 +40,9 @@ on a single estimate of the spread; such a claim reads *inconclusive*, still wit
 interval and MDE, and the reason says how many seeds it had.
 
 ``confirmed`` is True only for the verdict *confirmed*. With fewer than 2 finite pairs the claim
-is *not measured*; :func:`not_applicable` marks a claim whose setting's regime claim was not
+is *not measured*; `not_applicable` marks a claim whose setting's regime claim was not
 confirmed. Both carry a ``reason`` and no effect, interval or mde. ``mde`` is the minimum
-detectable effect (:func:`dropkit.experiments.stats.min_detectable_effect`) at the observed sd
+detectable effect (`dropkit.experiments.stats.min_detectable_effect`) at the observed sd
 of the paired differences: an effect this large would have been shown 80% of the time.
 """
 

@@ -1,9 +1,10 @@
 """The early-dropout paper's analyses, measured inside a population's training run.
 
 At the spec's checkpoint steps (step 0 included), each seed's model is copied out of the
-population and measured with :func:`dropkit.diagnostics.measure_gradient_set`: a set G of
-mini-batch gradients (dropout as in training; ``sample_batches``), the gradient over the whole
-training set (dropout off; ``whole_data_batches``), and the distance from that seed's
+population and measured with
+[`dropkit.diagnostics.measure_gradient_set`][dropkit.diagnostics.measure_gradient_set]: a set G
+of mini-batch gradients (dropout as in training; ``sample_batches``), the gradient over the
+whole training set (dropout off; ``whole_data_batches``), and the distance from that seed's
 initialisation. Training is not disturbed: measurements run on a copy, with G and its dropout
 masks drawn from one private stream, ``dd.step_seed(seed, step)``.
 

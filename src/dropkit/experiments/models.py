@@ -1,16 +1,16 @@
 """Small, CPU-friendly analogues of the papers' models for 1-D signals and flat feature vectors.
 
-- :class:`ViT1D`: a ViT over non-overlapping 1-D patches (patch embedding, learned positions, cls
+- `ViT1D`: a ViT over non-overlapping 1-D patches (patch embedding, learned positions, cls
   token or mean pooling, pre-norm blocks with attention / projection / MLP dropout and drop path);
-- :class:`Mixer1D`: an MLP-Mixer over the same patches (token-mixing and channel-mixing MLPs);
-- :class:`MLP`: fully connected layers with ``nn.Dropout`` after each hidden activation;
-- :class:`ResMLP`: pre-norm residual MLP blocks with dropout and drop path (the cheapest model
+- `Mixer1D`: an MLP-Mixer over the same patches (token-mixing and channel-mixing MLPs);
+- `MLP`: fully connected layers with ``nn.Dropout`` after each hidden activation;
+- `ResMLP`: pre-norm residual MLP blocks with dropout and drop path (the cheapest model
   with both kinds of site).
 
 Every dropout site is built whatever its rate (``nn.Dropout(0.0)``, ``dropkit.DropPath(0.0)``),
 so a model built "without dropout" can still be driven by a schedule; drop-path rates follow
 timm's linear depth rule (block ``i`` of ``L`` gets ``drop_path * i / (L - 1)``), which is also
-what :class:`dropkit.DropoutScheduler` writes.
+what [`dropkit.DropoutScheduler`][dropkit.DropoutScheduler] writes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The run folder: ``runs/<setting>/<variant>/result.json`` (written by the driver 
 the driver keeps its ``outcome.json``. A trial whose outcome holds metrics is finished (a
 non-finite metric is a result: the seed diverged); one that raised, or whose job failed, is run
 again by the next command (the driver clears its folder first:
-:meth:`dropkit.experiments.results.Results.retry`).
+`dropkit.experiments.results.Results.retry`).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _trial(out: Path, setting: SettingSpec, spec: VariantSpec, seed: int) -> Tri
 
 @dataclass(frozen=True)
 class Plan:
-    """Every job of a config in a run folder ``out``; :meth:`todo` those not finished."""
+    """Every job of a config in a run folder ``out``; `todo` those not finished."""
 
     config: ExperimentConfig
     out: Path

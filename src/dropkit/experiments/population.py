@@ -1,7 +1,7 @@
 """The built-in job: train one (setting, variant) of a built-in setting over all its seeds.
 
-The seeds train as one population (:func:`dropkit.experiments.train.train_variant`); the job
-returns a :class:`PopulationOutput` — the run's :class:`~dropkit.experiments.record.RunRecord`,
+The seeds train as one population (`dropkit.experiments.train.train_variant`); the job
+returns a `PopulationOutput` — the run's `RunRecord`,
 its metric rows and dynamics records — and writes nothing: the driver writes the run folder.
 """
 
@@ -27,7 +27,7 @@ __all__ = ["PopulationJob", "PopulationOutput", "cutoff_step"]
 
 
 def train_variant_spec(spec: VariantSpec) -> Variant:
-    """The trainer's :class:`~dropkit.experiments.train.Variant` of a config's variant."""
+    """The trainer's `Variant` of a config's variant."""
     return Variant(
         name=spec.name,
         dropout=None if spec.dropout is None else spec.dropout.build(),

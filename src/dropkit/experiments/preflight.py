@@ -1,11 +1,11 @@
 """Check a config before anything trains or anything is written: every bad input is refused here.
 
-:func:`preflight` (``dropkit run`` / ``dropkit demo``) and :func:`preflight_settings`
+`preflight` (``dropkit run`` / ``dropkit demo``) and `preflight_settings`
 (``dropkit advise``) load each setting's dataset (which runs the data checks of
-:mod:`dropkit.experiments.data`), check the batch size against the training split, build the
+`dropkit.experiments.data`), check the batch size against the training split, build the
 model once and run it on two samples, check that every variant's schedules have sites to drive
 and fit the run, that a dynamics window fits the run, and that the optional packages the command
-will import are installed. Problems are :class:`~dropkit.experiments.config.ConfigError` naming
+will import are installed. Problems are `ConfigError` naming
 the setting and field (``settings.overfit.data: ...``), so the CLI answers them with its usual
 ``dropkit run: ...`` and exit code 2, before it creates a folder.
 """
@@ -32,14 +32,14 @@ __all__ = ["MissingDependency", "check_function", "preflight", "preflight_settin
 class MissingDependency(ConfigError, _optional.MissingDependency):
     """An optional package a command needs is not installed; the message gives the pip line.
 
-    A :class:`ConfigError` (so the CLI answers it without a traceback) and a
-    :class:`dropkit._optional.MissingDependency` (an ``ImportError``), the error every lazy
+    A `ConfigError` (so the CLI answers it without a traceback) and a
+    `dropkit._optional.MissingDependency` (an ``ImportError``), the error every lazy
     import of an optional package raises.
     """
 
 
 def require(module: str, extra: str, purpose: str) -> None:
-    """Raise :class:`MissingDependency` unless ``module`` can be imported (it is not imported).
+    """Raise `MissingDependency` unless ``module`` can be imported (it is not imported).
 
     ``require("matplotlib", "plot", "for the report's figures")`` fails with "matplotlib is not
     installed; dropkit needs it for the report's figures: pip install 'dropkit[plot]'".
@@ -170,7 +170,7 @@ def preflight(
     config: ExperimentConfig, cache_dir: str | Path | None = None, *, need_plots: bool = True
 ) -> None:
     """Refuse ``config`` before training (``dropkit run`` / ``demo``): raise ConfigError or
-    :class:`MissingDependency` naming the setting and field, or return None when it can run.
+    `MissingDependency` naming the setting and field, or return None when it can run.
 
     ``need_plots=False`` skips the matplotlib check (a caller that draws no figures).
     """

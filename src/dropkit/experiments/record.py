@@ -1,7 +1,7 @@
 """The record one (setting, variant) run passes from training to the report: ``result.json``.
 
 One typed structure with one axis order: every per-seed table is indexed ``[seed][point]``, in
-the order of ``seeds``, from :class:`~dropkit.experiments.train.TrainResult` through the file to
+the order of ``seeds``, from `TrainResult` through the file to
 the figures, so nothing is transposed on the way.
 """
 

@@ -82,7 +82,7 @@ def paired_curves(
     """Per instrument: the paired difference (second dynamics variant − first) per checkpoint.
 
     Each entry holds ``comparison``, ``steps`` (step 0 left out), ``mean``, ``ci_low``,
-    ``ci_high`` (95% t over seeds) and ``crossover_step`` (see :func:`_crossover`). Empty unless
+    ``ci_high`` (95% t over seeds) and ``crossover_step`` (see `_crossover`). Empty unless
     the setting measures exactly two variants and both finished.
     """
     if setting.dynamics is None or len(setting.dynamics.variants) != 2:

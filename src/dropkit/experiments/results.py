@@ -4,7 +4,7 @@ A population job's output becomes ``runs/<setting>/<variant>/result.json`` (with
 ``metrics.jsonl`` and ``records.jsonl``). A trial's outcome becomes ``seed-<n>/outcome.json``;
 once every seed of a (setting, variant) has one, its ``result.json`` is assembled from them:
 a failed seed's metrics are NaN and its reason is kept, so claims list it as failed. A job that
-ended without output (:class:`~dropkit.experiments.executors.JobFailure`) is recorded the same
+ended without output (`JobFailure`) is recorded the same
 way. Every file is written atomically.
 """
 

@@ -1,9 +1,9 @@
 """Run an experiment config: config -> plan of jobs -> executor -> results -> report.
 
-The plan (:mod:`dropkit.experiments.plan`) holds a population job per built-in (setting,
+The plan (`dropkit.experiments.plan`) holds a population job per built-in (setting,
 variant) and a trial job per (variant, seed) of a training function; the executor (local pool
 or SLURM) runs those not finished yet; the driver alone writes their results
-(:mod:`dropkit.experiments.results`), and the report is built from the run folder. Re-running
+(`dropkit.experiments.results`), and the report is built from the run folder. Re-running
 the same command skips finished jobs, so a killed run resumes where it stopped and the report
 comes out the same. One command at a time may write a run folder (an advisory lock).
 """

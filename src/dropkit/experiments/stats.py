@@ -1,12 +1,12 @@
 """Student-t intervals over seeds, and the power of the paired comparison they decide.
 
-- :func:`mean_interval`: the mean of some values and its two-sided Student-t interval;
-- :func:`paired_t_interval`: the same for the paired differences ``a - b``;
-- :func:`min_detectable_effect`: the smallest true paired difference the interval would show
+- `mean_interval`: the mean of some values and its two-sided Student-t interval;
+- `paired_t_interval`: the same for the paired differences ``a - b``;
+- `min_detectable_effect`: the smallest true paired difference the interval would show
   (clear 0) with a given probability, from the noncentral t distribution;
-- :func:`seeds_for_power`: how many seeds bring the minimum detectable effect down to a target
+- `seeds_for_power`: how many seeds bring the minimum detectable effect down to a target
   (the report's one power definition: 80% power);
-- :func:`seeds_needed`: how many seeds bring the interval's half-width below a target.
+- `seeds_needed`: how many seeds bring the interval's half-width below a target.
 
 scipy (the ``data`` extra) is imported inside the functions, so importing this module is cheap.
 """
@@ -137,7 +137,7 @@ def _smallest_n(enough: Callable[[int], bool]) -> int:
 
 
 def seeds_for_power(sd: float, effect: float, level: float = 0.95, power: float = 0.8) -> int:
-    """The smallest ``n >= 2`` whose :func:`min_detectable_effect` is at most ``effect``: how
+    """The smallest ``n >= 2`` whose `min_detectable_effect` is at most ``effect``: how
     many seeds would show a true paired difference of ``effect`` with probability ``power``
     when the differences have standard deviation ``sd`` (the MDE falls as ``n`` grows)."""
     if not effect > 0:

@@ -4,7 +4,7 @@ An executor is handed jobs — callables with a ``label`` that take an optional 
 and return their output — and calls ``on_done(job, output)`` in the driver's process as each one
 ends. It knows nothing of claims, reports or the run folder's layout; a job knows nothing of
 where it runs. A job that ends without an output (a cancelled or crashed SLURM job) is reported
-as a :class:`JobFailure` with the reason.
+as a `JobFailure` with the reason.
 """
 
 from __future__ import annotations

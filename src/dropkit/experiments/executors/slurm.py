@@ -7,7 +7,7 @@ Job ids are kept in ``jobs.json`` in the executor's folder, so a driver started 
 kill, or after ``--detach``) re-attaches to jobs still queued or running instead of submitting
 them twice, and collects those that finished while it was away. A job that ends without a
 result (cancelled, failed node, out of memory, time limit without a checkpoint) is reported as
-a :class:`~dropkit.experiments.executors.JobFailure` with SLURM's state and the end of its log.
+a `JobFailure` with SLURM's state and the end of its log.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _ended(job: Any) -> bool:
 
 class SlurmExecutor:
     """Submit jobs to SLURM with submitit's ``AutoExecutor``; ``parameters`` go to its
-    ``update_parameters`` as given. With ``detach``, :meth:`run` returns once all are queued."""
+    ``update_parameters`` as given. With ``detach``, `run` returns once all are queued."""
 
     def __init__(
         self, folder: Path, parameters: Mapping[str, Any], *, detach: bool = False
