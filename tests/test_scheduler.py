@@ -2,6 +2,7 @@ import json
 import pickle
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -187,3 +188,19 @@ def test_training_loop_with_compiled_wrapper() -> None:
         seen.append(model[2].p)
         sched.step()
     assert seen == drop_schedule(0.4, 6, 1, 3, "early", "linear").tolist()
+
+
+def test_numpy_scalars_are_rates_and_cutoffs_like_python_numbers() -> None:
+    """The argument rule of ``dropkit._checks``: numpy scalars count as the numbers they hold
+    (float32 is not a ``float`` subclass, unlike float64)."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.0))
+    sched = dropkit.DropoutScheduler(model, 10, dropout=np.float32(0.25))
+    assert sched.get_last_p() == {"dropout": pytest.approx(0.25)}
+    early = dropkit.schedules.early(0.1, np.float32(0.5))
+    assert early(4, 10) == 0.1 and early(5, 10) == 0.0
+
+
+def test_an_unknown_depth_rule_is_refused_even_without_drop_path_sites() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.0))
+    with pytest.raises(ValueError, match="depth_rule='bogus'"):
+        dropkit.DropoutScheduler(model, 10, dropout=0.1, depth_rule="bogus")

@@ -255,3 +255,20 @@ def test_real_torchvision_swin() -> None:
     n_blocks = sum(isinstance(m, torchvision.ops.StochasticDepth) for m in model.modules())
     assert len(drop_paths) == n_blocks > 0
     assert all(s.controllable and s.attr == "p" for s in drop_paths)
+
+
+def test_register_site_refuses_a_non_string_attr_with_type_error() -> None:
+    class Odd(nn.Module):
+        pass
+
+    with pytest.raises(TypeError, match="attr must be the name"):
+        dropkit.register_site(Odd, attr=3, kind="dropout")
+    with pytest.raises(ValueError, match="not an attribute name"):
+        dropkit.register_site(Odd, attr="not valid", kind="dropout")
+
+
+def test_describe_counts_one_site_in_the_singular() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1))
+    assert dropkit.describe(model).splitlines()[0] == (
+        "Sequential: 1 site (1 dropout, 0 drop_path), 0 not controllable"
+    )

@@ -48,8 +48,8 @@ step, the last holding after (as [`from_array`][dropkit.schedules.from_array]). 
 def _as_schedule(spec: ScheduleLike, kind: str) -> Schedule:
     if isinstance(spec, bool):
         raise TypeError(f"{kind}={spec!r}: pass a schedule, a float rate or an array of rates")
-    if isinstance(spec, (int, float)):
-        return standard(spec)
+    if isinstance(spec, (int, float, np.integer, np.floating)):
+        return standard(float(spec))
     if isinstance(spec, (Sequence, np.ndarray)) and not isinstance(spec, str):
         return from_array(spec)
     if callable(spec):
@@ -181,6 +181,8 @@ class DropoutScheduler:
             raise ValueError("nothing to schedule: pass dropout=... and/or drop_path=...")
         if on_missing not in ("raise", "warn"):
             raise ValueError(f"on_missing={on_missing!r} must be 'raise' or 'warn'")
+        if depth_rule not in ("linear", "uniform"):  # refused even when nothing uses it yet
+            raise ValueError(f"depth_rule={depth_rule!r} must be 'linear' or 'uniform'")
         self.total_steps = total_steps
         self.schedules: dict[str, Schedule] = {
             kind: _as_schedule(spec, kind)

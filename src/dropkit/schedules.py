@@ -62,7 +62,7 @@ def _check_step(step: int, total_steps: int) -> None:
 
 
 def _check_cutoff(cutoff: float | int) -> None:
-    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float, np.integer)):
+    if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float, np.integer, np.floating)):
         raise TypeError(
             f"cutoff must be a float fraction in (0, 1] or an int step count, got {cutoff!r}"
         )

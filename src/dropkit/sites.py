@@ -180,8 +180,10 @@ def register_site(cls: type, attr: str, kind: SiteKind = "dropout") -> None:
         raise TypeError(
             f"register_site needs a class, got {cls!r}; pass type(module) for instances"
         )
-    if not isinstance(attr, str) or not attr.isidentifier():
-        raise ValueError(f"attr must be the name of the rate attribute (a string), got {attr!r}")
+    if not isinstance(attr, str):
+        raise TypeError(f"attr must be the name of the rate attribute (a string), got {attr!r}")
+    if not attr.isidentifier():
+        raise ValueError(f"attr={attr!r} is not an attribute name (a Python identifier)")
     if kind not in SITE_KINDS:
         raise ValueError(f"kind={kind!r} is not one of {SITE_KINDS}")
     unregister_site(cls)
@@ -381,7 +383,7 @@ def describe(model: nn.Module) -> str:
         >>> import dropkit
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 2))
         >>> print(dropkit.describe(model))
-        Sequential: 1 sites (1 dropout, 0 drop_path), 0 not controllable
+        Sequential: 1 site (1 dropout, 0 drop_path), 0 not controllable
         site  kind     p    controllable  note
         --------------------------------------
         1     dropout  0.1  yes
@@ -405,7 +407,7 @@ def describe(model: nn.Module) -> str:
     n_drop = sum(s.kind == "dropout" for s in sites)
     n_off = sum(not s.controllable for s in sites)
     summary = (
-        f"{type(unwrap(model)).__name__}: {len(sites)} sites "
+        f"{type(unwrap(model)).__name__}: {len(sites)} site{'' if len(sites) == 1 else 's'} "
         f"({n_drop} dropout, {len(sites) - n_drop} drop_path), {n_off} not controllable"
     )
     rule = "-" * len(line(header))
