@@ -112,3 +112,34 @@ def test_a_failing_probe_gives_no_advice_and_says_where_the_traceback_is(example
     err = capsys.readouterr().err
     assert code == 2 and "4 probe(s) failed, no advice" in err and "RuntimeError: boom" in err
     assert (tmp_path / "advice/probes/none/seed-0/traceback.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seeds": 1}, "seeds=1"),
+        ({"seeds": [3]}, "give >= 2 seeds"),
+        ({"threshold": 0}, "threshold"),
+    ],
+)
+def test_advise_function_refuses_bad_probes_before_training(example, tmp_path, kwargs, match):
+    """As advise() does: from Python, seeds=1 used to train every probe, then fail."""
+    from dropkit.experiments.advise import advise_function
+
+    setting = load_config(example / "config.yaml").settings[0]
+    with pytest.raises(ValueError, match=match):
+        advise_function(setting, str(example), tmp_path / "advice", **kwargs)
+    assert not (tmp_path / "advice").exists()  # nothing trained, nothing written
+
+
+def test_advise_leaves_the_callers_random_state_alone() -> None:
+    import torch
+    from torch import nn
+
+    import dropkit
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    dropkit.advise(lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "digits", seeds=2,
+                   budget=0.05)  # fmt: skip
+    assert torch.equal(torch.get_rng_state(), before)

@@ -134,7 +134,7 @@ def flatten_gradients(grads: Iterable[Tensor | None], params: Iterable[Tensor]) 
     """
     parts = [
         torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None else g.reshape(-1)
-        for g, p in zip(grads, params)
+        for g, p in zip(grads, params, strict=True)
     ]
     return torch.cat(parts)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import torch
 from torch import nn
 
 from dropkit import diagnostics as dd
@@ -232,6 +233,20 @@ def _gde(
     return values
 
 
+def _probe_seeds(seeds: int | Sequence[int], threshold: float) -> list[int]:
+    """The probes' seeds (a count gives 0..n-1), refused below 2, and the threshold checked:
+    both before anything trains."""
+    if isinstance(seeds, (int, numbers.Integral)):  # bool is an int
+        seed_list = list(range(check_int(seeds, "seeds", 2)))
+    else:
+        seed_list = [check_int(s, "each seed", 0) for s in seeds]
+    if len(seed_list) < 2:
+        raise ValueError(f"seeds={seeds!r}: give >= 2 seeds, the confidence needs a spread")
+    if not threshold > 0:
+        raise ValueError(f"threshold={threshold} must be > 0")
+    return seed_list
+
+
 def advise(
     model_fn: Callable[[], nn.Module],
     data: Dataset | str,
@@ -330,14 +345,7 @@ def advise(
     budget = default_budget(train.warmup_frac) if budget is None else budget
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget={budget} must lie in (0, 1]: the fraction of the run to probe")
-    if isinstance(seeds, (int, numbers.Integral)):  # bool is an int
-        seed_list = list(range(check_int(seeds, "seeds", 2)))
-    else:
-        seed_list = [check_int(s, "each seed", 0) for s in seeds]
-    if len(seed_list) < 2:
-        raise ValueError(f"seeds={seeds!r}: give >= 2 seeds, the confidence needs a spread")
-    if not threshold > 0:
-        raise ValueError(f"threshold={threshold} must be > 0")
+    seed_list = _probe_seeds(seeds, threshold)
     # the packages used after the probes have trained, checked before they start
     require("scipy", "data", "for the advice's confidence intervals")
     if figure is not None:
@@ -348,7 +356,8 @@ def advise(
     steps_per_epoch = len(probe_data.x) // train.batch_size
     total = train.epochs * steps_per_epoch
     probe_steps = max(1, math.ceil(budget * total))
-    sites = [site for site in find_sites(model_fn()) if site.controllable]
+    with torch.random.fork_rng(devices=[]):  # building a model draws: the caller's RNG is kept
+        sites = [site for site in find_sites(model_fn()) if site.controllable]
     kinds = {site.kind for site in sites}
     off = {kind: 0.0 for kind in kinds}
     variants = [Variant("none", dropout=off.get("dropout"), drop_path=off.get("drop_path"))]
@@ -572,7 +581,7 @@ def advise_function(
     out: Path,
     *,
     budget: float | None = None,
-    seeds: int = 3,
+    seeds: int | Sequence[int] = 3,
     p: float = 0.1,
     threshold: float = 0.1,
     executor: str = "local",
@@ -598,8 +607,8 @@ def advise_function(
         budget: The fraction of the run each probe trains (``trial.budget``), in (0, 1];
             default [`default_budget`][dropkit.experiments.advise.default_budget] of the
             warm-up.
-        seeds: Seeds per arm (default 3: seeds 0, 1, 2); give at least 2, the intervals need a
-            spread.
+        seeds: Seeds per arm: a count (default 3: seeds 0, 1, 2) or the seeds; give at least 2,
+            the intervals need a spread.
         p: The standard dropout rate of the probe's dropout arm, and of the recommended
             schedule (default 0.1).
         threshold: The projected relative gap that separates the regimes (default 0.1).
@@ -623,6 +632,7 @@ def advise_function(
 
     if setting.function is None:
         raise ValueError(f"settings.{setting.name} is a built-in setting; use advise()")
+    seed_list = _probe_seeds(seeds, threshold)
     warmup = float(setting.params.get("warmup_frac", PAPER_CUTOFF))
     budget = default_budget(warmup) if budget is None else budget
     if not 0.0 < budget <= 1.0:
@@ -651,7 +661,7 @@ def advise_function(
             ("train_loss", "test_loss"),
         )
         for name, schedule in arms.items()
-        for seed in range(seeds)
+        for seed in seed_list
     ]
     outcomes: dict[str, TrialOutcome | JobFailure] = {}
 
@@ -669,7 +679,7 @@ def advise_function(
             f"tracebacks are in {probes}"
         )
     evidence: dict[str, Any] = {"budget": budget, "warmup_frac": warmup, "variants": {}}
-    evidence["seeds"] = list(range(seeds))
+    evidence["seeds"] = seed_list
     for name in arms:
         metrics = [
             cast(TrialOutcome, outcomes[job.label]).metrics or {}
