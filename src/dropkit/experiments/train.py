@@ -3,17 +3,20 @@
 On a CPU, training a tiny model is dominated by per-step overhead, so the seeds of a variant are
 trained as one vectorized *population*: the members' parameters are stacked
 (``torch.func.stack_module_state``) and one forward runs all of them through
-``vmap(functional_call(base, ...), randomness="different")``, so every member draws its own
-dropout masks. Rates live on the ``base`` module whose structure ``functional_call`` uses: a
-[`DropoutScheduler`][dropkit.DropoutScheduler] on it sets the rate for every member at once.
+``vmap(functional_call(base, ...))``. Rates live on the ``base`` module whose structure
+``functional_call`` uses: a [`DropoutScheduler`][dropkit.DropoutScheduler] on it sets the rate
+for every member at once.
 
 One AdamW over the stacked parameters is exactly S independent AdamWs (AdamW is elementwise;
 nothing here mixes members, e.g. no global-norm clipping). Each seed fixes its member's
-initialisation and its own data order; the dropout masks come from one generator seeded by all
-the seeds, so a member's masks depend on which seeds train together (runs stay reproducible).
+initialisation, its data order and its dropout masks: the model's ``nn.Dropout`` and
+[`DropPath`][dropkit.DropPath] sites draw from a stream keyed by (seed, site, step)
+(``dropkit.experiments.streams``), so a seed trains alike alone, in any population
+and in any split of the seeds into jobs. Other sites (a float attention dropout of a user's
+model) draw from a generator seeded by all the seeds, through ``randomness="different"``.
 
 ``vectorize=False`` trains the same members one module each, in lock step, with the same API: a
-reference path, equal to the population when no randomness is involved. Measured on one CPU
+reference path, equal to the population up to float rounding (masks included). Measured on one CPU
 thread (``benchmarks/demo_calibration.py --compare-loop``), vectorizing pays for small models
 whose steps are overhead-bound (about 1.5x for an 18k-parameter residual MLP) and not for wider
 ones, which are compute-bound (0.95x to 1.1x).
@@ -39,6 +42,7 @@ from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
 from dropkit.rdrop import rdrop_terms
 
 from .data import Dataset
+from .streams import keyed_sites, set_keyed, step_keys
 
 __all__ = [
     "Population",
@@ -334,7 +338,8 @@ def _order_generators(seeds: list[int]) -> list[torch.Generator]:
 
 
 def _mask_seed(seeds: list[int]) -> int:
-    """One seed for all dropout masks of a population, derived from all of its seeds."""
+    """One seed for the masks of sites that are not keyed per seed (see the module docstring),
+    derived from all of the population's seeds."""
     value = 0x9E3779B97F4A7C15
     for seed in seeds:
         value = (value * 6364136223846793005 + seed + 1442695040888963407) % 2**63
@@ -413,9 +418,10 @@ def train_variant(
     """Train ``variant`` once per seed on ``data``; return losses, accuracies and the population.
 
     ``model_fn()`` builds one model; it is called once per seed under ``torch.manual_seed(seed)``,
-    so the seed fixes the initialisation. Each seed also fixes its member's data order. The
-    dropout masks are drawn from a generator seeded by all ``seeds`` (the caller's global RNG is
-    left untouched), so the same call gives the same numbers. ``on_step(steps_done, population)``
+    so the seed fixes the initialisation. Each seed also fixes its member's data order and, for
+    ``nn.Dropout`` / ``DropPath`` sites, its masks (one stream per seed, site and step; other
+    sites draw from a generator seeded by all ``seeds``). The caller's global RNG is left
+    untouched, and the same call gives the same numbers. ``on_step(steps_done, population)``
     runs after every optimizer step (progress bars, diagnostics); with ``vectorize=False`` it
     gets a stacked copy of the members, built only when ``on_step`` is given. ``max_steps``
     stops after that many optimizer steps of the run the config lays out (its LR and dropout
@@ -492,6 +498,7 @@ def _train_population(
 ) -> tuple[Population, _Log]:
     population = Population.from_modules(build_members(model_fn, seeds), seeds)
     base = population.base.train()
+    sites = keyed_sites(base)  # each member's masks from its own seed's stream
     scheduler = _scheduler(base, total, variant)
     params = list(population.params.values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -509,9 +516,11 @@ def _train_population(
     for step, index in _batch_indices(seeds, len(data.x), config.batch_size, steps_per_epoch, stop):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config)
-        losses, logged = batched_objective(
-            population.params, population.buffers, data.x[index], data.y[index]
-        )
+        keys = step_keys(seeds, len(sites), step)
+        buffers = {**population.buffers, **{f"{n}.key": keys[:, j] for j, n in enumerate(sites)}}
+        set_keyed(base, True)
+        losses, logged = batched_objective(population.params, buffers, data.x[index], data.y[index])
+        set_keyed(base, False)  # MC passes and member copies keep the global generator
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # members are independent: each gets its own gradient
         optimizer.step()
@@ -537,6 +546,9 @@ def _train_lockstep(
     on_step: Callable[[int, Population], None] | None,
 ) -> tuple[Population, _Log]:
     members = [m.train() for m in build_members(model_fn, seeds)]
+    sites = keyed_sites(members[0])  # one architecture: every member has these names
+    for member in members[1:]:
+        keyed_sites(member)
     schedulers = [_scheduler(m, total, variant) for m in members]
     optimizers = [
         torch.optim.AdamW(m.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -547,11 +559,16 @@ def _train_lockstep(
     log = _Log(stop, len(seeds), config.log_every)
     for step, index in _batch_indices(seeds, len(data.x), config.batch_size, steps_per_epoch, stop):
         logged = torch.zeros(len(seeds))
+        keys = step_keys(seeds, len(sites), step)
         for s, (model, optimizer) in enumerate(zip(members, optimizers)):
             x, y = data.x[index[s]], data.y[index[s]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, config)
+            for j, name in enumerate(sites):
+                model.get_buffer(f"{name}.key").fill_(keys[s, j])
+            set_keyed(model, True)
             loss, ce = objective(model(torch.cat([x, x]) if doubled else x), y, alpha, doubled)
+            set_keyed(model, False)
             logged[s] = ce.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

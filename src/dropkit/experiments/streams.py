@@ -1,0 +1,171 @@
+"""One random stream per seed: dropout masks keyed by (seed, site, step), never by the population.
+
+``vmap(..., randomness="different")`` slices one draw of the global generator across the members,
+so a member's masks would depend on which seeds train beside it. Here a mask is a pure function
+of a 64-bit key and the element's index: ``keyed_uniform(key, shape)`` hashes both into a
+uniform in [0, 1) with integer ops that ``vmap`` batches, and the trainer hands every member its
+own key per site and step (``step_keys``), as a buffer. A seed trained alone, in any population,
+or in any split of the seeds into jobs draws the same masks.
+
+``keyed_sites(model)`` swaps a model's ``nn.Dropout`` and [`DropPath`][dropkit.DropPath] modules
+for keyed subclasses (the sites, their rates and their schedules are unchanged); other sites (a
+float attention dropout, say) keep the global generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from dropkit.layers import DropPath
+
+__all__ = [
+    "KeyedDropPath",
+    "KeyedDropout",
+    "keyed_sites",
+    "keyed_uniform",
+    "set_keyed",
+    "step_keys",
+]
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(value: int) -> int:
+    """splitmix64's finalizer: a bijection of 64-bit integers that spreads every input bit."""
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EB & _MASK64
+    return value ^ (value >> 31)
+
+
+def _key(seed: int, site: int, step: int) -> int:
+    """The key of one member's site at one step, as a signed 64-bit integer (torch's int64)."""
+    value = _mix64(_mix64(_mix64(seed + 0x9E3779B97F4A7C15) + site) + step)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def step_keys(seeds: list[int], n_sites: int, step: int) -> Tensor:
+    """``(len(seeds), n_sites)`` int64 keys: member ``s``'s site ``j`` at ``step``."""
+    return torch.tensor(
+        [[_key(seed, site, step) for site in range(n_sites)] for seed in seeds], dtype=torch.int64
+    )
+
+
+def _hash32(x: Tensor) -> Tensor:
+    # a 32-bit integer hash in int64 arithmetic (multiplier < 2**27: no product overflows)
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def _keyed_bits(key: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """32 random bits (int64 in [0, 2**32)) per element of ``shape``: a 32-bit hash of
+    ``a * i + b`` (mod 2**32) for the flat index ``i``, where the key's halves give an odd ``a``
+    and ``b``, so different keys hash different sequences, not shifts or permutations of one."""
+    index = torch.arange(int(torch.Size(shape).numel()), dtype=torch.int64, device=key.device)
+    scale, offset = (key & _MASK32) | 1, (key >> 32) & _MASK32
+    return _hash32((index.view(shape) * scale + offset) & _MASK32)  # i < 2**31: no overflow
+
+
+def keyed_uniform(key: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+    """Uniforms in [0, 1) (float32, 24 random bits) of ``shape``, a pure function of the int64
+    ``key`` and each element's index (what a keyed site compares its rate with)."""
+    return (_keyed_bits(key, shape) >> 8).to(torch.float32) * 2.0**-24
+
+
+def _salt(call: int) -> int:
+    """What a site's ``call``-th use in one step mixes into its key (0 for the first)."""
+    if call == 0:
+        return 0
+    value = _mix64(call)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class _Keyed:
+    """The keyed state of a site: its key buffer (set per step), and how often it was called
+    since (a module used twice in one forward, like a block's shared DropPath, draws twice)."""
+
+    key: Tensor
+    keyed: bool
+    calls: int
+
+    def _init_key(self) -> None:
+        self.register_buffer("key", torch.zeros((), dtype=torch.int64), persistent=False)  # type: ignore[attr-defined]
+        self.keyed = False
+        self.calls = 0
+
+    def _keep(self, x: Tensor, rate: float, shape: tuple[int, ...]) -> Tensor:
+        key = self.key ^ _salt(self.calls)
+        self.calls += 1
+        if rate == 1.0:
+            return x * 0.0
+        # keep with probability 1 - rate: the top 24 bits as a uniform u, kept when u >= rate
+        keep = (_keyed_bits(key, shape) >> 8) >= math.ceil(rate * 2**24)
+        return x * (keep.to(x.dtype) / (1.0 - rate))
+
+
+class KeyedDropout(_Keyed, nn.Dropout):
+    """``nn.Dropout`` whose masks come from its ``key`` buffer while ``keyed`` is True (set by
+    the trainer for each step); otherwise exactly ``nn.Dropout``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+        self._init_key()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Inverted dropout with the keyed mask (or ``nn.Dropout``'s when not keyed)."""
+        if not self.keyed:
+            return super().forward(x)
+        if not self.training or self.p == 0.0:
+            return x
+        return self._keep(x, self.p, tuple(x.shape))
+
+
+class KeyedDropPath(_Keyed, DropPath):
+    """[`DropPath`][dropkit.DropPath] with one keyed draw per sample while ``keyed`` is True."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__(drop_prob)
+        self._init_key()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Stochastic depth with keyed per-sample draws (or ``DropPath``'s when not keyed)."""
+        if not self.keyed:
+            return super().forward(x)
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        return self._keep(x, self.drop_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+def keyed_sites(model: nn.Module) -> list[str]:
+    """Swap ``model``'s ``nn.Dropout`` / ``DropPath`` modules (exactly those classes) for keyed
+    ones at the same rates, in place; return their names in module order (the site index of
+    [`step_keys`][dropkit.experiments.streams.step_keys])."""
+    names = []
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Dropout:
+            replacement: nn.Module = KeyedDropout(module.p)
+        elif type(module) is DropPath:
+            replacement = KeyedDropPath(module.drop_prob)
+        elif isinstance(module, _Keyed):
+            names.append(name)
+            continue
+        else:
+            continue
+        replacement.train(module.training)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, replacement)
+        names.append(name)
+    return names
+
+
+def set_keyed(model: nn.Module, keyed: bool) -> None:
+    """Switch every keyed site of ``model`` to its key (True) or to the global generator, and
+    start its call count afresh (call it before each step's forward)."""
+    for module in model.modules():
+        if isinstance(module, _Keyed):
+            module.keyed = keyed
+            module.calls = 0
