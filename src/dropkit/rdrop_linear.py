@@ -261,6 +261,7 @@ class _RDropLinear(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
+@torch.compiler.disable  # the row count after padding is data-dependent: one clean graph break
 def rdrop_linear_terms(
     hidden1: Tensor,
     hidden2: Tensor,
@@ -308,23 +309,6 @@ def rdrop_linear_terms(
             ``label_smoothing`` lies outside [0, 1], or ``chunk_size`` is below 1.
     """
     _check(hidden1, hidden2, weight, bias, target, alpha, label_smoothing, chunk_size)
-    return _terms(
-        hidden1, hidden2, weight, bias, target, alpha, ignore_index, label_smoothing, chunk_size
-    )
-
-
-@torch.compiler.disable  # the row count after padding is data-dependent: one clean graph break
-def _terms(
-    hidden1: Tensor,
-    hidden2: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    target: Tensor,
-    alpha: float,
-    ignore_index: int,
-    label_smoothing: float,
-    chunk_size: int | None,
-) -> RDropTerms:
     # autocast would run the products in bf16 / fp16: this loss computes in float32 (or
     # float64) as promised, whatever region it is called from (backward only scales and casts)
     with torch.autocast(device_type=weight.device.type, enabled=False):
