@@ -123,6 +123,7 @@ def test_auto_generated_class_docstrings_do_not_count() -> None:
     assert _own_doc(Told) == "A pair, documented."
 
 
+@functools.cache
 def _api_pages_rules() -> ModuleType:
     """tools/docs/griffe_api_pages.py: what the API pages hide (plumbing, deprecated params)."""
     path = Path(__file__).resolve().parents[1] / "tools" / "docs" / "griffe_api_pages.py"
@@ -215,7 +216,8 @@ def _no_returns(where: str, fn: Any) -> list[str]:
     annotation = inspect.signature(fn).return_annotation
     if annotation in (None, "None", inspect.Signature.empty) or fn.__name__ == "__init__":
         return []
-    if "returns" in _sections(fn) or "yields" in _sections(fn):
+    sections = _sections(fn)
+    if "returns" in sections or "yields" in sections:
         return []
     return [f"{where}: Returns"]
 
