@@ -10,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from dropkit.cli import main
 from dropkit.experiments.config import ConfigError, builtin_config, parse_config
+from dropkit.experiments.plan import make_plan
 
 TINY = {
     "name": "tiny",
@@ -224,3 +226,43 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
     resumed = json.loads((tmp_path / "k" / "report.json").read_text())
     whole = json.loads((tmp_path / "whole" / "report.json").read_text())
     assert resumed["claims"] == whole["claims"]
+
+
+def test_more_seeds_extend_a_finished_run_folder_training_only_the_new_ones(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml", {**TINY, "seeds": 3})
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    runs = out / "runs" / "digits"
+    variants = ("none", "dropout", "early")
+    before = {v: json.loads((runs / v / "result.json").read_text()) for v in variants}
+    extended = parse_config(yaml.safe_load(config.read_text())).with_seeds(4)
+    assert [job.seeds for job in make_plan(extended, out).todo()] == [(3,)] * 3  # only seed 3
+    assert main(["run", str(config), "--out", str(out), "--seeds", "4"]) == 0
+    assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--seeds", "4"]) == 0
+    for v in variants:
+        after = json.loads((runs / v / "result.json").read_text())
+        whole = json.loads((tmp_path / "whole" / "runs" / "digits" / v / "result.json").read_text())
+        assert after["seeds"] == [0, 1, 2, 3]
+        for metric, values in after["metrics"].items():
+            assert values[:3] == before[v]["metrics"][metric]  # the old seeds, not retrained
+            assert values == pytest.approx(whole["metrics"][metric], rel=1e-6, nan_ok=True)
+        np.testing.assert_allclose(after["curve"]["train_loss"], whole["curve"]["train_loss"],
+                                   rtol=1e-6)  # fmt: skip
+        if after["dynamics"] is not None:
+            for name, table in after["dynamics"]["values"].items():
+                np.testing.assert_allclose(table, whole["dynamics"]["values"][name], rtol=1e-6)
+        rows = [json.loads(line) for line in (runs / v / "metrics.jsonl").read_text().splitlines()]
+        assert {row["seed"] for row in rows} == {0, 1, 2, 3}
+    report = json.loads((out / "report.json").read_text())
+    assert [c["n_seeds"] for c in report["claims"]] == [4, 4]
+    [extension] = report["extensions"]
+    assert extension["seeds"] == {"digits": [3, 4]} and extension["after_report"]
+    text = (out / "report.md").read_text()
+    assert "## Seeds added later" in text and "`digits` from 3 to 4 seeds" in text
+    assert "**not corrected** for that look" in text
+    # the same command again changes nothing; fewer seeds than the folder holds are refused
+    assert main(["run", str(config), "--out", str(out), "--seeds", "4"]) == 0
+    assert len(json.loads((out / "report.json").read_text())["extensions"]) == 1
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(out), "--seeds", "2"]) == 2
+    assert "can only add seeds" in capsys.readouterr().err

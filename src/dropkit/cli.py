@@ -16,6 +16,10 @@ from dropkit.sites import describe
 DEMO_BUDGETS = {"quick": "demo-quick", "default": "demo", "full": "demo-full"}
 DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 WORKERS_HELP = f"runs trained at once, in separate processes (default {DEFAULT_WORKERS})"
+SEEDS_HELP = (
+    "seeds per variant in every setting (default: the config's); on a finished run folder, more "
+    "seeds than it holds trains only the new ones"
+)
 
 
 def _load_factory(spec: str):
@@ -70,6 +74,12 @@ def _executor_arguments(parser: argparse.ArgumentParser) -> None:
         help="slurm: submit and return at once; `dropkit status DIR`, then the same command "
         "again collects",
     )
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="train without torch.compile even where a setting's train.compile asks for it "
+        "(the reference path; same results up to float rounding)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", type=Path, help="run folder (default: runs/demo, runs/demo-quick, runs/demo-full)"
     )
-    demo.add_argument("--seeds", type=int, help="seeds per variant (default: the config's, 5)")
+    demo.add_argument("--seeds", type=int, help=SEEDS_HELP)
     demo.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     _executor_arguments(demo)
     budget = demo.add_mutually_exclusive_group()
@@ -93,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an experiment config (YAML)")
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
+    run.add_argument("--seeds", type=int, help=SEEDS_HELP)
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     _executor_arguments(run)
 
@@ -168,16 +179,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             budget = "quick" if args.quick else "full" if args.full else "default"
             config = builtin_config(DEMO_BUDGETS[budget])
-            if args.seeds is not None:
-                if args.seeds < 2:
-                    raise ConfigError("--seeds must be >= 2: claims are paired comparisons")
-                config = config.with_seeds(args.seeds)
         else:
             config = load_config(args.config)
+        if args.seeds is not None:
+            if args.seeds < 2:
+                raise ConfigError("--seeds must be >= 2: claims are paired comparisons")
+            config = config.with_seeds(args.seeds)
         if args.executor is not None:
             config = config.with_executor(args.executor)
         out = args.out or Path("runs") / config.name
-        report = run_experiment(config, out, workers=args.workers, detach=args.detach)
+        report = run_experiment(
+            config, out, workers=args.workers, detach=args.detach, eager=args.eager
+        )
         if report is None:
             print(
                 f"submitted; `dropkit status {out}` shows the jobs, and the same command again "

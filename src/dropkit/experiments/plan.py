@@ -27,6 +27,7 @@ from dropkit.experiments.trial import Trial, TrialJob
 __all__ = ["Plan", "make_plan", "outcome_path", "run_dir"]
 
 OUTCOME_FILE = "outcome.json"
+RESULT_FILE = "result.json"
 
 
 def run_dir(out: Path, setting: str, variant: str) -> Path:
@@ -49,16 +50,25 @@ def read_outcome(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _result_finished(path: Path, seeds: tuple[int, ...]) -> bool:
-    """Whether ``path`` is a readable result of ``seeds``; a damaged one is trained again."""
+def read_record(path: Path, *, quiet: bool = False) -> RunRecord | None:
+    """The result at ``path``; None when there is none, or it is damaged (then trained again)."""
     if not path.exists():
-        return False
+        return None
     try:
-        record = RunRecord.from_dict(read_json(path))
+        return RunRecord.from_dict(read_json(path))
     except (ValueError, KeyError, TypeError) as err:  # truncated or not a result: retrain
-        print(f"{path} is damaged ({type(err).__name__}); training it again", file=sys.stderr)
-        return False
-    return record.seeds == list(seeds)
+        if not quiet:
+            print(f"{path} is damaged ({type(err).__name__}); training it again", file=sys.stderr)
+        return None
+
+
+def _seeds_to_train(path: Path, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """``seeds`` less those a result at ``path`` already holds (a run extended by ``--seeds``);
+    all of ``seeds`` when it holds none of them or seeds outside them."""
+    record = read_record(path, quiet=True)
+    if record is None or not set(record.seeds) <= set(seeds):
+        return seeds
+    return tuple(s for s in seeds if s not in record.seeds) or seeds
 
 
 def _claimed_metrics(config: ExperimentConfig, setting: SettingSpec) -> tuple[str, ...]:
@@ -95,23 +105,28 @@ class Plan:
             outcome = read_outcome(outcome_path(self.out, trial.setting, trial.variant, trial.seed))
             return outcome is not None and outcome.get("metrics") is not None
         assert isinstance(job, PopulationJob)
-        path = run_dir(self.out, job.setting.name, job.variant.name) / "result.json"
-        return _result_finished(path, job.seeds)
+        record = read_record(run_dir(self.out, job.setting.name, job.variant.name) / RESULT_FILE)
+        return record is not None and set(job.seeds) <= set(record.seeds)
 
     def todo(self) -> list[Job]:
         """The jobs still to run."""
         return [job for job in self.jobs if not self.finished(job)]
 
 
-def make_plan(config: ExperimentConfig, out: Path, cache_dir: Path | None = None) -> Plan:
-    """One population job per built-in (setting, variant); one trial job per (variant, seed) of
-    a function setting."""
+def make_plan(
+    config: ExperimentConfig, out: Path, cache_dir: Path | None = None, *, eager: bool = False
+) -> Plan:
+    """One population job per built-in (setting, variant), of the seeds its result does not hold
+    yet; one trial job per (variant, seed) of a function setting. ``eager`` keeps every
+    population off ``torch.compile``."""
     jobs: list[Job] = []
     for setting in config.settings:
         seeds = config.seeds_of(setting)
         for spec in setting.variants:
             if setting.function is None:
-                jobs.append(PopulationJob(setting, spec, seeds, cache_dir))
+                result = run_dir(out, setting.name, spec.name) / RESULT_FILE
+                todo = _seeds_to_train(result, seeds)
+                jobs.append(PopulationJob(setting, spec, todo, cache_dir, eager))
                 continue
             required = _claimed_metrics(config, setting)
             jobs += [

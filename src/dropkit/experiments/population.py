@@ -7,6 +7,7 @@ its metric rows and dynamics records — and writes nothing: the driver writes t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,12 +91,14 @@ class PopulationOutput:
 
 @dataclass(frozen=True)
 class PopulationJob:
-    """Train a built-in (setting, variant) over ``seeds``, one thread, wherever it runs."""
+    """Train a built-in (setting, variant) over ``seeds``, one thread, wherever it runs;
+    ``eager`` trains without ``torch.compile`` whatever the setting's ``train.compile``."""
 
     setting: SettingSpec
     variant: VariantSpec
     seeds: tuple[int, ...]
     cache_dir: Path | None
+    eager: bool = False
 
     @property
     def label(self) -> str:
@@ -108,6 +111,8 @@ class PopulationJob:
     def _train(self, progress: Callable[[str, int, int], None]) -> PopulationOutput:
         setting, spec, seeds = self.setting, self.variant, list(self.seeds)
         data_name, model_spec, train = setting.recipe()
+        if self.eager:
+            train = dataclasses.replace(train, compile=False)
         dataset = datasets.load_dataset(data_name, cache_dir=self.cache_dir)
         model_fn = model_factory(model_spec, dataset.n_features, dataset.n_classes)
         steps = train.epochs * (len(dataset.x) // train.batch_size)

@@ -56,6 +56,41 @@ class RunRecord:
         """``{seed: value}`` of a final metric (empty when the run did not measure it)."""
         return dict(zip(self.seeds, self.metrics.get(metric, [])))
 
+    def extended(self, other: RunRecord) -> RunRecord:
+        """This run with the seeds of ``other``, the same (setting, variant) trained alike on
+        other seeds (a run extended by ``--seeds``): per-seed tables joined, wall times added."""
+        if set(self.seeds) & set(other.seeds):
+            raise ValueError(f"both runs hold seeds {sorted(set(self.seeds) & set(other.seeds))}")
+        same = ("setting", "variant", "total_steps", "cutoff_step")
+        if any(getattr(self, k) != getattr(other, k) for k in same) or (
+            self.curve.steps != other.curve.steps
+        ):
+            raise ValueError("the runs differ in more than their seeds: they cannot be joined")
+        dynamics = None
+        if self.dynamics is not None and other.dynamics is not None:
+            if self.dynamics.steps != other.dynamics.steps:
+                raise ValueError("the runs' dynamics were measured at different steps")
+            dynamics = DynamicsSeries(
+                self.dynamics.steps,
+                {k: v + other.dynamics.values[k] for k, v in self.dynamics.values.items()},
+            )
+        return RunRecord(
+            setting=self.setting,
+            variant=self.variant,
+            seeds=self.seeds + other.seeds,
+            total_steps=self.total_steps,
+            cutoff_step=self.cutoff_step,
+            metrics={k: v + other.metrics.get(k, []) for k, v in self.metrics.items()},
+            curve=Curve(
+                self.curve.steps, self.curve.train_loss + other.curve.train_loss, self.curve.rates
+            ),
+            dynamics=dynamics,
+            wall_s=self.wall_s + other.wall_s,
+            diverged_at=self.diverged_at + other.diverged_at,
+            errors=(self.errors or [None] * len(self.seeds))
+            + (other.errors or [None] * len(other.seeds)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

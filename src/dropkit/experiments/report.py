@@ -444,13 +444,33 @@ def _held_paragraph(
     return lines
 
 
+def _extension_lines(extensions: list[dict[str, Any]]) -> list[str]:
+    """One line per ``--seeds`` extension of the run folder, disclosing any look before it."""
+    lines = []
+    for extension in extensions:
+        grown = ", ".join(
+            f"`{name}` from {old} to {new} seeds" for name, (old, new) in extension["seeds"].items()
+        )
+        when = (
+            "after a report had been built from the seeds before: the intervals and verdicts "
+            "above are **not corrected** for that look (adding seeds until a verdict settles "
+            "raises the chance of a false confirmation above the nominal 2.5%)"
+            if extension["after_report"]
+            else "before any report was built (no look to correct for)"
+        )
+        lines.append(f"- {extension['at']}: {grown}, {when}.")
+    return lines
+
+
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and figures for the run folder; return the JSON."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} has no config.json: is it a dropkit run folder?")
-    config = parse_config(read_json(config_path)["config"])
+    stored = read_json(config_path)
+    config = parse_config(stored["config"])
+    extensions = stored.get("extensions", [])
     results = load_results(run_dir, config)
     claims = evaluate_claims(config, results)
     curves = {
@@ -477,6 +497,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         },
         "dynamics": curves,
         "training_wall_s": wall,
+        "extensions": extensions,
     }
     tested = [c for c in claims if c.verdict not in ("not applicable", "not measured")]
     lines = [
@@ -514,6 +535,8 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             f"{_effect_text(c)} | {_mde_text(c)} | {c.n_seeds} | "
             f"{VERDICT_WORDS[c.verdict]}{note} |"
         )
+    if extensions:
+        lines += ["", "## Seeds added later", "", *_extension_lines(extensions)]
     power = _power_lines(config, claims)
     if power:
         lines += ["", "## Power against the paper's effect", "", *power]

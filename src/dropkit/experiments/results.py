@@ -11,8 +11,10 @@ way. Every file is written atomically.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
+from pathlib import Path
 from typing import Any
 
 from dropkit.experiments.config import VariantSpec
@@ -20,9 +22,11 @@ from dropkit.experiments.executors import Job, JobFailure
 from dropkit.experiments.io import write_json, write_jsonl
 from dropkit.experiments.plan import (
     OUTCOME_FILE,
+    RESULT_FILE,
     Plan,
     outcome_path,
     read_outcome,
+    read_record,
     run_dir,
     trial_dir,
 )
@@ -42,6 +46,12 @@ def _cutoff(spec: VariantSpec, total_steps: int) -> int | None:
         return cutoff_step(spec, total_steps) if total_steps > 0 else None
     except ValueError:
         return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 class Results:
@@ -69,10 +79,17 @@ class Results:
             write_json(folder / FAILURE_FILE, {"reason": output.reason})
             return f"failed: {output.reason.splitlines()[0]}"
         (folder / FAILURE_FILE).unlink(missing_ok=True)
-        write_jsonl(folder / "metrics.jsonl", output.metrics_rows)
-        if output.dynamics_records is not None:
-            write_jsonl(folder / "records.jsonl", output.dynamics_records)
-        write_json(folder / "result.json", output.record.to_dict())  # last: marks it finished
+        record, rows, records = output.record, output.metrics_rows, output.dynamics_records
+        held = read_record(folder / RESULT_FILE, quiet=True)
+        if held is not None and not set(held.seeds) & set(record.seeds):  # seeds added
+            record = held.extended(record)
+            rows = _read_jsonl(folder / "metrics.jsonl") + rows
+            if records is not None:
+                records = _read_jsonl(folder / "records.jsonl") + records
+        write_jsonl(folder / "metrics.jsonl", rows)
+        if records is not None:
+            write_jsonl(folder / "records.jsonl", records)
+        write_json(folder / RESULT_FILE, record.to_dict())  # last: marks it finished
         return "done"
 
     def _trial(self, job: TrialJob, output: TrialOutcome | JobFailure) -> str:

@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dropkit._checks import check_int
 from dropkit._optional import import_optional
-from dropkit.experiments.config import ConfigError, ExperimentConfig
+from dropkit.experiments.config import ConfigError, ExperimentConfig, parse_config
 from dropkit.experiments.executors import Job, make_executor
 from dropkit.experiments.io import read_json, write_json, write_jsonl
 from dropkit.experiments.lock import RunFolderBusy, RunFolderUnlockable, one_writer
@@ -145,13 +146,15 @@ def run_experiment(
     workers: int = 1,
     progress: bool = True,
     detach: bool = False,
+    eager: bool = False,
 ) -> dict[str, Any] | None:
     """Run what is not finished yet in ``out_dir`` on the config's executor, then write the
     report; return report.json (None with ``detach``: the jobs were submitted, nothing waited).
 
     Local: ``workers > 1`` runs that many jobs at once in separate processes. Every job runs
     with one intra-op thread wherever it runs, so its numbers do not depend on the executor or
-    the worker that ran it.
+    the worker that ran it. ``eager`` trains every population without ``torch.compile``, even
+    where a setting's ``train.compile`` asks for it (the reference path).
     """
     workers = check_int(workers, "workers", 1)
     out = Path(out_dir)
@@ -160,17 +163,54 @@ def run_experiment(
         raise ConfigError("--detach submits to a cluster: it needs --executor slurm")
     out.mkdir(parents=True, exist_ok=True)
     with one_writer(out):
-        return _run_locked(config, out, cache_dir, workers, progress, detach)
+        return _run_locked(config, out, cache_dir, workers, progress, detach, eager)
 
 
-def _check_same_config(out: Path, config: ExperimentConfig) -> None:
-    config_file = out / "config.json"
-    if config_file.exists() and read_json(config_file)["config"] != config.to_dict():
+def _seed_counts(config: ExperimentConfig) -> dict[str, int]:
+    return {s.name: len(config.seeds_of(s)) for s in config.settings}
+
+
+def _without_seeds(raw: dict[str, Any]) -> dict[str, Any]:
+    settings = {
+        name: {k: v for k, v in s.items() if k != "seeds"} for name, s in raw["settings"].items()
+    }
+    return {**{k: v for k, v in raw.items() if k != "seeds"}, "settings": settings}
+
+
+def _record_config(out: Path, config: ExperimentConfig) -> None:
+    """Write ``config.json``, or check that the folder holds a run of ``config``. The same
+    config with more seeds extends the run (only the new seeds train); the extension is
+    recorded, with whether a report had been built before it (a look the report discloses)."""
+    path, wanted = out / "config.json", config.to_dict()
+    if not path.exists():
+        write_json(path, {"config": wanted})
+        return
+    stored = read_json(path)
+    held = parse_config(stored["config"])  # read back through today's defaults
+    if held.to_dict() == wanted:
+        return
+    if _without_seeds(held.to_dict()) != _without_seeds(wanted):
         raise ValueError(
             f"{out} holds a run of a different config; pass another --out, or delete the folder "
             "to start over"
         )
-    write_json(config_file, {"config": config.to_dict()})
+    before, after = _seed_counts(held), _seed_counts(config)
+    for name, count in after.items():
+        if count < before[name]:
+            raise ValueError(
+                f"{out} holds {before[name]} seeds of setting {name!r}, more than the {count} "
+                f"asked for: --seeds can only add seeds to a run folder (pass --seeds "
+                f"{max(before.values())} or more), or pass another --out"
+            )
+    extension = {
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": {
+            name: [before[name], after[name]] for name in after if after[name] > before[name]
+        },
+        "after_report": (out / "report.json").exists(),
+    }
+    extensions = [*stored.get("extensions", []), extension]
+    write_json(path, {"config": wanted, "extensions": extensions})
 
 
 def executor_dir(out: Path, config: ExperimentConfig) -> Path:
@@ -187,9 +227,11 @@ def _run_locked(
     workers: int,
     progress: bool,
     detach: bool,
+    eager: bool,
 ) -> dict[str, Any] | None:
-    _check_same_config(out, config)
-    plan = make_plan(config, out.resolve(), None if cache_dir is None else Path(cache_dir))
+    _record_config(out, config)
+    cache = None if cache_dir is None else Path(cache_dir)
+    plan = make_plan(config, out.resolve(), cache, eager=eager)
     todo = plan.todo()  # preflight generated and cached the data
     started = time.perf_counter()
     bars = _Bars(len(plan.jobs), len(plan.jobs) - len(todo), progress)
