@@ -124,7 +124,8 @@ class _Keyed:
         self.active = rate > 0.0
         if hasattr(self, "_threshold"):  # not yet while the parent class's __init__ runs
             self._threshold.fill_(math.ceil(rate * 2**24))
-            self._scale.copy_(torch.tensor(1.0) / (1.0 - rate) if rate < 1.0 else 0.0)
+            scale = torch.tensor(1.0) / (1.0 - rate) if rate < 1.0 else torch.zeros(())
+            self._scale.copy_(scale)
 
     def _keep(self, x: Tensor, shape: tuple[int, ...]) -> Tensor:
         key = self.key ^ _salt(self.calls)
@@ -169,11 +170,15 @@ class KeyedDropPath(_Keyed, DropPath):
         super().__init__(drop_prob)
         self._init_key(self.drop_prob)
 
-    def _set_drop_prob(self, value: float) -> None:
-        DropPath.drop_prob.fset(self, value)  # type: ignore[attr-defined]
-        self._mirror(self.drop_prob)
+    @property
+    def drop_prob(self) -> float:
+        """The probability of dropping the branch per sample (``DropPath``'s, mirrored)."""
+        return self._drop_prob
 
-    drop_prob = property(DropPath.drop_prob.fget, _set_drop_prob, doc=DropPath.drop_prob.__doc__)
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        DropPath.drop_prob.fset(self, value)  # type: ignore[attr-defined]
+        self._mirror(self._drop_prob)
 
     def forward(self, x: Tensor) -> Tensor:
         """Stochastic depth with keyed per-sample draws (or ``DropPath``'s when not keyed)."""
