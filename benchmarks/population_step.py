@@ -1,10 +1,10 @@
 """A population training step, eager against compiled (``TrainConfig.compile``), side by side.
 
-For each setting of the default demo (``dropkit demo``) and for a ViT1D setting (the paper's
-model family: dim 32, depth 3, 4 heads, on the demo's 40 000-sample MNIST-1D), trains the
-setting's variant with dropout switched on over its seeds for the same steps twice, through
-``train_variant`` itself: eagerly (today's reference path) and compiled. Prints per setting the
-steady-state ms per step of each (median step time after the first 20 steps), their ratio, the
+For each setting of the default demo (``dropkit demo``: its underfitting ViT1D and its two
+overfitting models) and for the residual-MLP underfitting setting of ``dropkit demo --full``,
+trains the setting's variant with dropout switched on over its seeds for the same steps twice,
+through ``train_variant`` itself: eagerly (the reference path) and compiled. Prints per setting
+the steady-state ms per step of each (median step time after the first 20 steps), their ratio, the
 seconds the compiled run spent before its first step (compiling), and the largest relative
 difference between the two runs' logged training losses (same seeds, same masks: float
 rounding only). One thread, as the demo's jobs run.
@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from dropkit.experiments.config import builtin_config
+from dropkit.experiments.config import SettingSpec, builtin_config
 from dropkit.experiments.data import load_dataset
 from dropkit.experiments.models import model_factory
 from dropkit.experiments.population import train_variant_spec
@@ -31,18 +31,12 @@ from dropkit.experiments.train import TrainConfig, train_variant
 WARMUP_STEPS = 20
 
 
-def _settings() -> list[tuple[str, str, dict, TrainConfig, str, int]]:
-    """(label, data, model, train, variant, seeds) of each demo setting, plus the ViT1D one."""
-    config = builtin_config("demo")
-    rows = []
-    for setting in config.settings:
-        data, model, train = setting.recipe()
-        variant = next(v.name for v in setting.variants if v.name in ("dropout", "sd"))
-        rows.append((setting.name, data, model, train, variant, len(config.seeds_of(setting))))
-    underfit = next(s for s in config.settings if s.name == "underfit")
-    vit = {"kind": "vit", "dim": 32, "depth": 3, "heads": 4, "patch": 4}
-    rows.append(("vit (dim 32, depth 3)", "mnist1d-large", vit, underfit.recipe()[2], "dropout", 8))
-    return rows
+def _settings() -> list[tuple[str, SettingSpec, int]]:
+    """(label, setting, seeds) of each default-demo setting, then demo-full's residual MLP."""
+    demo, full = builtin_config("demo"), builtin_config("demo-full")
+    rows = [(s.name, s, len(demo.seeds_of(s))) for s in demo.settings]
+    underfit = next(s for s in full.settings if s.name == "underfit")
+    return [*rows, ("underfit (demo-full, ResMLP)", underfit, 8)]
 
 
 def _timed_run(model_fn, data, variant, seeds, train: TrainConfig, steps: int):
@@ -62,15 +56,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="steps per run (default 150)")
     steps = parser.parse_args().steps
     torch.set_num_threads(1)
-    config = builtin_config("demo")
     print("| setting | variant | seeds | eager ms/step | compiled ms/step | eager / compiled "
           "| compile s | max rel. loss diff |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for label, data_name, model, train, variant_name, n_seeds in _settings():
+    for label, setting, n_seeds in _settings():
+        data_name, model, train = setting.recipe()
         data = load_dataset(data_name)
         model_fn = model_factory(model, data.n_features, data.n_classes)
-        setting = next((s for s in config.settings if s.name == label), config.settings[0])
-        variant = train_variant_spec(next(v for v in setting.variants if v.name == variant_name))
+        spec = next(v for v in setting.variants if v.name in ("dropout", "sd"))
+        variant, variant_name = train_variant_spec(spec), spec.name
         seeds = list(range(n_seeds))
         runs = {}
         for compile_ in (False, True):

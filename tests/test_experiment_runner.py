@@ -124,6 +124,10 @@ def without_none_arm(raw: dict) -> None:
         (lambda c: c["settings"]["digits"]["dynamics"].update(every=3), "dynamics.every"),
         (lambda c: c["settings"]["digits"]["dynamics"].update(window=30), "dynamics.window"),
         (lambda c: c["settings"]["digits"]["dynamics"].pop("until"), "dynamics.until"),
+        (
+            lambda c: c["settings"]["digits"]["dynamics"].update(reference_samples=0),
+            "dynamics.reference_samples",
+        ),
         (lambda c: c["settings"]["digits"].update(regime="underfitting"), "regime_claim"),
         (lambda c: c["settings"]["digits"].update(regime="hungry", regime_claim="T1"), "regime"),
         (

@@ -244,3 +244,23 @@ def test_step_seed_is_the_recorders_rule_and_separates_nearby_pairs():
     assert dd.step_seed(3, 7) == expected
     with pytest.raises(ValueError, match="step"):
         dd.step_seed(0, -1)
+
+
+def test_the_probe_takes_g_hat_over_the_first_reference_samples_when_asked():
+    x, y = random_data(120)
+    data = Dataset("random", x, y, x[:10], y[:10], 3)
+    model_fn = lambda: mlp(0.3)  # noqa: E731
+    spec = DynamicsSpec(variants=("v",), every=1, window=1, until=1, n_batches=3,
+                        reference_samples=50)  # fmt: skip
+    probe = DynamicsProbe(spec, model_fn, data, [0], 1, 12, "v")
+    torch.manual_seed(0)
+    model = model_fn().train()
+    probe.records.clear()
+    probe._measure(0, 4, copy.deepcopy(model))
+    batches = dd.sample_batches(x, y, 3, 12, seed=dd.step_seed(0, 4))
+    subset = dd.measure_gradient_set(model, batches, dd.whole_data_batches(x[:50], y[:50]),
+                                     seed=dd.step_seed(0, 4))  # fmt: skip
+    whole = dd.measure_gradient_set(model, batches, dd.whole_data_batches(x, y),
+                                    seed=dd.step_seed(0, 4))  # fmt: skip
+    measured = {r["instrument"]: r["value"] for r in probe.records}
+    assert measured["gde"] == subset.gde != whole.gde

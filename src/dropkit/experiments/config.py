@@ -82,8 +82,10 @@ class DynamicsSpec:
 
     At optimizer steps ``0, every, 2 * every, ...`` up to ``until`` (linearly spaced, as the
     paper's curves), every seed's model gets ``n_batches`` mini-batch gradients (the set G) and
-    the gradient over the whole training set with dropout off (ĝ). Claims average a measure over
-    the checkpoints in the early-phase window, steps in ``(0, window]`` (step 0 is the shared
+    the gradient over the whole training set with dropout off (ĝ), or over its first
+    ``reference_samples`` when set (a fixed subset, for models whose full-set gradient at every
+    checkpoint would cost more than their training). Claims average a measure over the
+    checkpoints in the early-phase window, steps in ``(0, window]`` (step 0 is the shared
     initialisation and never counts); the figures show the whole curve.
     """
 
@@ -92,6 +94,7 @@ class DynamicsSpec:
     window: int
     until: int
     n_batches: int = 16
+    reference_samples: int | None = None
 
     def checkpoint_steps(self, total_steps: int) -> tuple[int, ...]:
         """The measured steps of a run of ``total_steps`` optimizer steps (0 included)."""
@@ -395,6 +398,11 @@ def _dynamics(value: Any, where: str, variants: tuple[VariantSpec, ...]) -> Dyna
     n_batches = _number(value.get("n_batches", 16), f"{where}.n_batches", integer=True)
     if n_batches < 2:
         raise ConfigError(f"{where}.n_batches: direction variance needs >= 2 gradients")
+    reference = value.get("reference_samples")
+    if reference is not None:
+        reference = _number(reference, f"{where}.reference_samples", integer=True)
+        if reference < 1:
+            raise ConfigError(f"{where}.reference_samples: must be >= 1 (or left out: all)")
     if ints["window"] > ints["until"]:
         raise ConfigError(f"{where}.window: {ints['window']} exceeds until={ints['until']}")
     inside = ints["window"] // ints["every"]
@@ -404,7 +412,9 @@ def _dynamics(value: Any, where: str, variants: tuple[VariantSpec, ...]) -> Dyna
             f"a curve needs >= {MIN_WINDOW_CHECKPOINTS}: make every <= "
             f"{ints['window'] // MIN_WINDOW_CHECKPOINTS}"
         )
-    return DynamicsSpec(variants=tuple(chosen), n_batches=n_batches, **ints)
+    return DynamicsSpec(
+        variants=tuple(chosen), n_batches=n_batches, reference_samples=reference, **ints
+    )
 
 
 _BUILTIN_KEYS = ("data", "model", "train", "dynamics", "mc_passes")

@@ -57,7 +57,8 @@ class DynamicsProbe:
         self.initial_params = [
             {name: p.detach().clone() for name, p in m.named_parameters()} for m in initial
         ]
-        self.full_batches = dd.whole_data_batches(data.x, data.y)
+        reference = slice(spec.reference_samples)  # None: the whole training set
+        self.full_batches = dd.whole_data_batches(data.x[reference], data.y[reference])
         for i, model in enumerate(initial):
             self._measure(i, 0, model.train())
 
