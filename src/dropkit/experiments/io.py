@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "write_atomic", "write_json", "write_jsonl"]
+__all__ = ["read_json", "read_jsonl", "write_atomic", "write_json", "write_jsonl"]
 
 
 def _umask() -> int:
@@ -52,3 +52,11 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (none when it does not exist)."""
+    if not Path(path).exists():
+        return []
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line]

@@ -11,15 +11,13 @@ way. Every file is written atomically.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
-from pathlib import Path
 from typing import Any
 
 from dropkit.experiments.config import VariantSpec
 from dropkit.experiments.executors import Job, JobFailure
-from dropkit.experiments.io import write_json, write_jsonl
+from dropkit.experiments.io import read_jsonl, write_json, write_jsonl
 from dropkit.experiments.plan import (
     OUTCOME_FILE,
     RESULT_FILE,
@@ -46,12 +44,6 @@ def _cutoff(spec: VariantSpec, total_steps: int) -> int | None:
         return cutoff_step(spec, total_steps) if total_steps > 0 else None
     except ValueError:
         return None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 class Results:
@@ -83,9 +75,9 @@ class Results:
         held = read_record(folder / RESULT_FILE, quiet=True)
         if held is not None and not set(held.seeds) & set(record.seeds):  # seeds added
             record = held.extended(record)
-            rows = _read_jsonl(folder / "metrics.jsonl") + rows
+            rows = read_jsonl(folder / "metrics.jsonl") + rows
             if records is not None:
-                records = _read_jsonl(folder / "records.jsonl") + records
+                records = read_jsonl(folder / "records.jsonl") + records
         write_jsonl(folder / "metrics.jsonl", rows)
         if records is not None:
             write_jsonl(folder / "records.jsonl", records)

@@ -10,7 +10,6 @@ comes out the same. One command at a time may write a run folder (an advisory lo
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -26,7 +25,7 @@ from dropkit._checks import check_int
 from dropkit._optional import import_optional
 from dropkit.experiments.config import ConfigError, ExperimentConfig, parse_config
 from dropkit.experiments.executors import Job, make_executor
-from dropkit.experiments.io import read_json, write_json, write_jsonl
+from dropkit.experiments.io import read_json, read_jsonl, write_json, write_jsonl
 from dropkit.experiments.lock import RunFolderBusy, RunFolderUnlockable, one_writer
 from dropkit.experiments.plan import make_plan
 from dropkit.experiments.preflight import preflight
@@ -284,11 +283,7 @@ def _gather_records(out: Path, config: ExperimentConfig) -> None:
     for setting in config.settings:
         for spec in setting.variants:
             path = out / "runs" / setting.name / spec.name / "records.jsonl"
-            if path.exists():
-                rows += [
-                    {"setting": setting.name, **row}
-                    for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
-                ]
+            rows += [{"setting": setting.name, **row} for row in read_jsonl(path)]
     write_jsonl(out / "records.jsonl", rows)
 
 
