@@ -41,10 +41,14 @@ def _mix64(value: int) -> int:
     return value ^ (value >> 31)
 
 
-def _key(seed: int, site: int, step: int) -> int:
-    """The key of one member's site at one step, as a signed 64-bit integer (torch's int64)."""
-    value = _mix64(_mix64(_mix64(seed + 0x9E3779B97F4A7C15) + site) + step)
+def _signed64(value: int) -> int:
+    """An unsigned 64-bit integer as the signed one with the same bits (torch's int64)."""
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _key(seed: int, site: int, step: int) -> int:
+    """The key of one member's site at one step."""
+    return _signed64(_mix64(_mix64(_mix64(seed + 0x9E3779B97F4A7C15) + site) + step))
 
 
 def step_keys(seeds: list[int], n_sites: int, step: int) -> Tensor:
@@ -90,10 +94,7 @@ def keyed_uniform(key: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
 
 def _salt(call: int) -> int:
     """What a site's ``call``-th use in one step mixes into its key (0 for the first)."""
-    if call == 0:
-        return 0
-    value = _mix64(call)
-    return value - (1 << 64) if value >= 1 << 63 else value
+    return 0 if call == 0 else _signed64(_mix64(call))
 
 
 class _Keyed:
@@ -127,6 +128,18 @@ class _Keyed:
             scale = torch.tensor(1.0) / (1.0 - rate) if rate < 1.0 else torch.zeros(())
             self._scale.copy_(scale)
 
+    def _mask_shape(self, x: Tensor) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The keyed mask while ``keyed`` (the identity in eval mode or at rate 0); otherwise
+        exactly the replaced module's forward (next in the method resolution order)."""
+        if not self.keyed:
+            return super().forward(x)  # type: ignore[misc]
+        if not (self.training and self.active):  # type: ignore[attr-defined]
+            return x
+        return self._keep(x, self._mask_shape(x))
+
     def _keep(self, x: Tensor, shape: tuple[int, ...]) -> Tensor:
         key = self.key ^ _salt(self.calls)
         self.calls += 1
@@ -154,13 +167,8 @@ class KeyedDropout(_Keyed, nn.Dropout):
         self._p = value
         self._mirror(value)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Inverted dropout with the keyed mask (or ``nn.Dropout``'s when not keyed)."""
-        if not self.keyed:
-            return super().forward(x)
-        if not (self.training and self.active):
-            return x
-        return self._keep(x, tuple(x.shape))
+    def _mask_shape(self, x: Tensor) -> tuple[int, ...]:
+        return tuple(x.shape)  # one draw per element
 
 
 class KeyedDropPath(_Keyed, DropPath):
@@ -180,13 +188,8 @@ class KeyedDropPath(_Keyed, DropPath):
         DropPath.drop_prob.fset(self, value)  # type: ignore[attr-defined]
         self._mirror(self._drop_prob)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Stochastic depth with keyed per-sample draws (or ``DropPath``'s when not keyed)."""
-        if not self.keyed:
-            return super().forward(x)
-        if not (self.training and self.active):
-            return x
-        return self._keep(x, (x.shape[0],) + (1,) * (x.ndim - 1))
+    def _mask_shape(self, x: Tensor) -> tuple[int, ...]:
+        return (x.shape[0],) + (1,) * (x.ndim - 1)  # one draw per sample
 
 
 def keyed_sites(model: nn.Module) -> list[str]:

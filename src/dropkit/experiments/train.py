@@ -453,15 +453,9 @@ def train_variant(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_mask_seed(seeds))
+        run = _train_population if vectorize else _train_lockstep
         stop = total if max_steps is None else min(max_steps, total)
-        if vectorize:
-            population, log = _train_population(
-                model_fn, data, variant, seeds, config, total, stop, on_step
-            )
-        else:
-            population, log = _train_lockstep(
-                model_fn, data, variant, seeds, config, total, stop, on_step
-            )
+        population, log = run(model_fn, data, variant, seeds, config, total, stop, on_step)
     n_eval = config.train_eval_samples or n_train
     train_loss, train_acc = population.evaluate(data.x[:n_eval], data.y[:n_eval], config.eval_batch)
     test_loss, test_acc = population.evaluate(data.x_test, data.y_test, config.eval_batch)
