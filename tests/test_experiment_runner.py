@@ -82,9 +82,10 @@ def test_builtin_configs_parse_and_cover_the_claims(name):
         assert "none" in {v.name for v in setting.variants}
         assert setting.regime in ("underfitting", "overfitting")
         assert by_id[setting.regime_claim].setting == setting.name
+        swept = {c.a for c in config.claims if "cutoff" in c.sweep and c.setting == setting.name}
         for variant in setting.variants:  # the paper's recipe: warm-up ends at the cutoff
             for spec in (variant.dropout, variant.drop_path):
-                if spec is not None and spec.kind == "early":
+                if spec is not None and spec.kind == "early" and variant.name not in swept:
                     assert spec.cutoff == setting.train.warmup_frac
     early_sd = builtin_config(name).settings[0].variant("early_sd").drop_path
     assert (early_sd.p, early_sd.shape) == (0.5, "linear")  # the paper's ViT-T rate
@@ -93,6 +94,31 @@ def test_builtin_configs_parse_and_cover_the_claims(name):
         assert by_id[claim_id].test == "superiority"
     for claim_id in ("C3n", "C4n", "C7n"):
         assert by_id[claim_id].test == "non-inferiority" and by_id[claim_id].margin <= 0.001
+
+
+def test_demo_full_sweeps_the_papers_cutoffs_and_rates_on_the_default_vit_setting():
+    demo, full = builtin_config("demo"), builtin_config("demo-full")
+    sweep = next(s for s in full.settings if s.name == "underfit_vit")
+    assert sweep.recipe() == next(s for s in demo.settings if s.name == "underfit").recipe()
+    points = {
+        axis: sorted(sweep.variant(c.a).swept(axis) for c in full.claims if axis in c.sweep)
+        for axis in ("cutoff", "p")
+    }
+    assert points == {"cutoff": [0.01, 0.05, 0.1667, 0.3333, 0.5], "p": [0.05, 0.1, 0.2]}
+    for claim in (c for c in full.claims if c.sweep):
+        assert (claim.b, claim.metric, claim.direction) == ("none", "test_acc", ">")
+        early = sweep.variant(claim.a).dropout
+        assert early is not None and (early.kind, early.shape) == ("early", "linear")
+
+
+def two_points_at_one_rate(raw: dict) -> None:
+    raw["claims"][0]["sweep"] = "p"
+    raw["claims"].append({**raw["claims"][0], "id": "T3", "a": "dropout"})
+
+
+def a_sweep_point_against_another_baseline(raw: dict) -> None:
+    raw["claims"][0]["sweep"] = "p"
+    raw["claims"].append({**raw["claims"][0], "id": "T3", "a": "dropout", "b": "early"})
 
 
 def without_none_arm(raw: dict) -> None:
@@ -144,6 +170,10 @@ def without_none_arm(raw: dict) -> None:
         (lambda c: c["claims"][0].update(direction=">="), "claims[0].margin"),
         (lambda c: c["claims"][0].update(margin=0.1), "claims[0].margin"),
         (lambda c: c["settings"]["digits"].update(seeds=1), "settings.digits.seeds"),
+        (lambda c: c["claims"][0].update(sweep="depth"), "claims[0].sweep: expected axes"),
+        (lambda c: c["claims"][1].update(sweep="cutoff"), "'dropout' has no cutoff"),
+        (two_points_at_one_rate, "two points sit at the same p"),
+        (a_sweep_point_against_another_baseline, "must share metric, b, direction and margin"),
     ],
 )
 def test_config_errors_name_the_field(edit, message):

@@ -216,3 +216,67 @@ def test_the_report_states_the_minimum_seeds_and_caps_a_two_seed_claim(tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "A verdict needs at least 3 finite paired seeds" in text
     assert text.index("A verdict needs at least 3") < text.index("## Claims")
+
+
+SWEEP = {
+    "name": "sweep",
+    "seeds": 3,
+    "settings": {
+        "s": {
+            "data": "digits",
+            "model": {"kind": "mlp"},
+            "train": {"epochs": 1},
+            "variants": {
+                "none": {},
+                "c10": {"dropout": {"schedule": "early", "p": 0.1, "cutoff": 0.1}},
+                "c01": {"dropout": {"schedule": "early", "p": 0.1, "cutoff": 0.01}},
+                "c50": {"dropout": {"schedule": "early", "p": 0.1, "cutoff": 0.5}},
+                "p20": {"dropout": {"schedule": "early", "p": 0.2, "cutoff": 0.1}},
+            },
+        }
+    },
+    "claims": [
+        {"id": f"S{name}", "statement": f"{name} beats none", "setting": "s", "metric": "test_acc",
+         "a": name, "b": "none", "direction": ">", "target": 0.004, "sweep": sweep}
+        for name, sweep in (("c10", ["cutoff", "p"]), ("c01", "cutoff"), ("c50", "cutoff"),
+                            ("p20", "p"))
+    ],
+}  # fmt: skip
+
+
+def test_a_sweep_reports_each_point_in_axis_order_with_its_figure(tmp_path) -> None:
+    # the paper's sensitivity panels: effect against the swept value, each point its own claim;
+    # c50 never ran, so its point is listed as not measured and left out of the figure
+    config = parse_config(SWEEP)
+    write_json(tmp_path / "config.json", {"config": config.to_dict()})
+    accuracies = {
+        "none": [0.50, 0.60, 0.70],
+        "c10": [0.60, 0.72, 0.80],  # +0.10, +0.12, +0.10: confirmed
+        "c01": [0.49, 0.62, 0.69],  # -0.01, +0.02, -0.01: inconclusive
+        "p20": [0.40, 0.49, 0.61],  # -0.10, -0.11, -0.09: opposite
+    }
+    for name, acc in accuracies.items():
+        run = dataclasses.replace(record(name, acc, gde_rows([0.0] * 3)), dynamics=None)
+        (tmp_path / "runs/s" / name).mkdir(parents=True)
+        write_json(tmp_path / "runs/s" / name / "result.json", run.to_dict())
+    report = build_report(tmp_path)
+    sweeps = report["sweeps"]["s"]
+    assert [(p["claim"], p["value"]) for p in sweeps["cutoff"]] == [
+        ("Sc01", 0.01), ("Sc10", 0.1), ("Sc50", 0.5)
+    ]  # fmt: skip
+    assert [(p["claim"], p["value"]) for p in sweeps["p"]] == [("Sc10", 0.1), ("Sp20", 0.2)]
+    by_claim = {p["claim"]: p for points in sweeps.values() for p in points}
+    for name in ("c10", "c01", "p20"):
+        diffs = [a - b for a, b in zip(accuracies[name], accuracies["none"])]
+        assert by_claim[f"S{name}"]["effect"] == pytest.approx(sum(diffs) / 3)
+    verdicts = {claim: p["verdict"] for claim, p in by_claim.items()}
+    assert verdicts == {"Sc10": "confirmed", "Sc01": "inconclusive", "Sc50": "not measured",
+                        "Sp20": "opposite"}  # fmt: skip
+    assert (tmp_path / "figures/s_sweep.png").stat().st_size > 0
+    text = (tmp_path / "report.md").read_text()
+    assert "![s_sweep.png](figures/s_sweep.png)" in text
+    assert (
+        "`s` cutoff sweep (each point − none, test_acc): inconclusive at 0.01; confirmed at 0.1; "
+        "not measured at 0.5." in text
+    )
+    assert "`s` p sweep (each point − none, test_acc): confirmed at 0.1; opposite at 0.2." in text

@@ -65,6 +65,7 @@ __all__ = [
     "DIRECTIONS",
     "MAX_FAILED_SHARE",
     "MIN_SEEDS",
+    "SWEEP_AXES",
     "Claim",
     "ClaimResult",
     "evaluate_claim",
@@ -77,6 +78,7 @@ DIRECTIONS: tuple[str, ...] = ("<", ">", ">=", "<=")
 NON_INFERIORITY = (">=", "<=")
 MAX_FAILED_SHARE = 0.2  # above this share of failed seeds, a verdict is capped at inconclusive
 MIN_SEEDS = 3  # fewer finite paired seeds than this: a verdict is capped at inconclusive
+SWEEP_AXES = ("cutoff", "p")  # the schedule fields a sensitivity sweep varies
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Claim:
     difference is not worse than ``margin`` (> 0, metric units) in the wrong direction.
     ``paper`` says what the paper reported and where; ``target`` is the paper's effect size in
     metric units (the report's power section compares the interval's half-width with it).
+    ``sweep`` names the sensitivity sweeps (``"cutoff"``, ``"p"``) the claim is a point of: the
+    report draws the effect against ``a``'s schedule value on that axis, one panel per axis.
     """
 
     id: str
@@ -99,8 +103,14 @@ class Claim:
     margin: float = 0.0
     paper: str = ""
     target: float | None = None
+    sweep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = [axis for axis in self.sweep if axis not in SWEEP_AXES]
+        if unknown:
+            raise ValueError(
+                f"claim {self.id}: sweep axes must be among {list(SWEEP_AXES)}, got {unknown}"
+            )
         if self.direction not in DIRECTIONS:
             raise ValueError(
                 f"claim {self.id}: direction must be one of {list(DIRECTIONS)}, "

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, Literal, cast, overload
 
 from dropkit import _optional, schedules
-from dropkit.experiments.claims import DIRECTIONS, Claim
+from dropkit.experiments.claims import DIRECTIONS, SWEEP_AXES, Claim
 from dropkit.experiments.train import TrainConfig
 
 __all__ = [
@@ -71,6 +71,12 @@ class VariantSpec:
     rdrop_alpha: float = 0.0
     double_batch: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    def swept(self, axis: str) -> float:
+        """``axis`` (``"cutoff"`` or ``"p"``) of the variant's one schedule: where it sits in a
+        sensitivity sweep (the config parser checks the variant has exactly one)."""
+        (schedule,) = [s for s in (self.dropout, self.drop_path) if s is not None]
+        return float(getattr(schedule, axis))
 
 
 MIN_WINDOW_CHECKPOINTS = 8
@@ -516,7 +522,7 @@ def _setting(name: str, value: Any) -> SettingSpec:
 def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim:
     where = f"claims[{index}]"
     value = _mapping(value, where)
-    optional = {"margin", "paper", "target"}
+    optional = {"margin", "paper", "target", "sweep"}
     keys = {"id", "statement", "setting", "metric", "a", "b", "direction", *optional}
     _only(value, keys, where)
     missing = sorted(keys - optional - set(value))
@@ -547,6 +553,8 @@ def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim
             f"('<', '>') none; got direction {direction!r} with margin {margin!r}"
         )
     target = value.get("target")
+    variant = next(v for v in setting.variants if v.name == value["a"])
+    sweep = _sweep(value.get("sweep", []), variant, f"{where}.sweep")
     return Claim(
         id=str(value["id"]),
         statement=str(value["statement"]),
@@ -558,7 +566,52 @@ def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim
         margin=margin,
         paper=str(value.get("paper", "")),
         target=None if target is None else _number(target, f"{where}.target"),
+        sweep=sweep,
     )
+
+
+def _sweep(value: Any, variant: VariantSpec, where: str) -> tuple[str, ...]:
+    """The sweep axes of a claim: its variant ``a`` schedules one of dropout / drop path and
+    sets every swept field, the point's place on the axis."""
+    axes = [value] if isinstance(value, str) else value
+    if not isinstance(axes, list) or any(axis not in SWEEP_AXES for axis in axes):
+        raise ConfigError(f"{where}: expected axes among {list(SWEEP_AXES)}, got {value!r}")
+    if not axes:
+        return ()
+    schedules = [s for s in (variant.dropout, variant.drop_path) if s is not None]
+    if len(schedules) != 1:
+        raise ConfigError(
+            f"{where}: a sweep point's variant a ({variant.name!r}) must schedule exactly one of "
+            f"dropout / drop_path, the one whose {' and '.join(axes)} the sweep varies; "
+            f"it schedules {len(schedules)}"
+        )
+    if "cutoff" in axes and schedules[0].cutoff is None:
+        raise ConfigError(
+            f"{where}: {variant.name!r} has no cutoff (a standard schedule); a cutoff sweep's "
+            "points are early or late schedules"
+        )
+    return tuple(axes)
+
+
+def _check_sweeps(claims: tuple[Claim, ...], settings: Mapping[str, SettingSpec]) -> None:
+    """The points of one sweep (setting, axis) compare one metric against one baseline, in one
+    direction, at distinct values: one curve of effect against the swept value."""
+    sweeps: dict[tuple[str, str], list[Claim]] = {}
+    for claim in claims:
+        for axis in claim.sweep:
+            sweeps.setdefault((claim.setting, axis), []).append(claim)
+    for (setting, axis), points in sweeps.items():
+        where = f"claims: the {axis} sweep of {setting!r} ({', '.join(c.id for c in points)})"
+        shared = {(c.metric, c.b, c.direction, c.margin) for c in points}
+        if len(shared) > 1:
+            raise ConfigError(
+                f"{where}: its points must share metric, b, direction and margin, got "
+                f"{sorted(shared)}"
+            )
+        variants = {v.name: v for v in settings[setting].variants}
+        values = [variants[c.a].swept(axis) for c in points]
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{where}: two points sit at the same {axis} ({values})")
 
 
 def _check_regimes(settings: Mapping[str, SettingSpec], claims: tuple[Claim, ...]) -> None:
@@ -611,6 +664,7 @@ def parse_config(raw: Any, root: str | Path | None = None) -> ExperimentConfig:
         raise ConfigError("claims: expected a list of claims")
     claims = tuple(_claim(i, c, settings) for i, c in enumerate(claims_raw))
     _check_regimes(settings, claims)
+    _check_sweeps(claims, settings)
     return ExperimentConfig(
         name=str(raw.get("name", "experiment")),
         seeds=_number(raw.get("seeds", 5), "seeds", integer=True),

@@ -15,7 +15,13 @@ import numpy as np
 
 from dropkit._optional import import_optional
 
-__all__ = ["accuracy_bars", "dynamics_panels", "loss_curves", "paired_difference_panels"]
+__all__ = [
+    "accuracy_bars",
+    "dynamics_panels",
+    "loss_curves",
+    "paired_difference_panels",
+    "sweep_panels",
+]
 
 
 def _pyplot() -> Any:
@@ -79,7 +85,8 @@ def _panel_grid(names: Sequence[str]):
 
 
 def _finish(plt, fig, axes, path: Path, title: str) -> Path:
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -173,3 +180,43 @@ def accuracy_bars(accuracies: Mapping[str, Sequence[float]], path: Path, title: 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def sweep_panels(
+    sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    scale: float = 1.0,
+    target: float | None = None,
+) -> Path:
+    """One panel per swept axis, as the paper's sensitivity panels: the paired effect against the
+    swept value with its 95% interval, zero drawn solid and the paper's effect dashed.
+
+    ``sweeps[axis]`` lists points with ``value``, ``effect``, ``ci_low``, ``ci_high`` and
+    ``verdict`` (``effect`` None: not measured or not applicable, left out); a confirmed point is
+    filled, any other hollow. An axis spanning a factor of 10 or more is drawn logarithmic.
+    """
+    names = list(sweeps)
+    plt, fig, axes = _panel_grid(names)
+    for ax, axis in zip(axes.flat, names):
+        points = [p for p in sweeps[axis] if p["effect"] is not None]
+        ax.axhline(0.0, color="0.2", linewidth=0.8)
+        if target is not None:
+            ax.axhline(target * scale, color="C2", linestyle="--", linewidth=1,
+                       label="the paper's effect")  # fmt: skip
+        for point in points:
+            effect = point["effect"] * scale
+            error = [[effect - point["ci_low"] * scale], [point["ci_high"] * scale - effect]]
+            confirmed = point["verdict"] == "confirmed"
+            ax.errorbar(point["value"], effect, yerr=error, fmt="o", color="C0", capsize=4,
+                        markerfacecolor="C0" if confirmed else "white")  # fmt: skip
+        values = [p["value"] for p in sweeps[axis]]
+        if min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel(axis)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(f"{axis} sweep", fontsize=10)
+    return _finish(plt, fig, axes, path, title)

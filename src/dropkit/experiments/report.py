@@ -21,7 +21,7 @@ from dropkit.experiments.io import read_json, write_atomic
 from dropkit.experiments.record import RunRecord
 from dropkit.experiments.stats import paired_t_interval, seeds_for_power, t_quantile
 
-__all__ = ["build_report", "load_results", "summary_table"]
+__all__ = ["build_report", "load_results", "summary_table", "sweep_points"]
 
 INSTRUMENT_TITLES = {
     "batch_grad_norm": "mean mini-batch gradient norm",
@@ -111,6 +111,58 @@ def paired_curves(
             "crossover_step": crossover,
         }
     return out
+
+
+def sweep_points(
+    config: ExperimentConfig, claims: list[ClaimResult]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``sweeps[setting][axis]``: the sweep's points in order of the swept value, each its claim,
+    variant, ``value`` on the axis, effect with 95% interval and verdict."""
+    results = {c.id: c for c in claims}
+    variants = {s.name: {v.name: v for v in s.variants} for s in config.settings}
+    sweeps: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for claim in config.claims:
+        result = results[claim.id]
+        for axis in claim.sweep:
+            sweeps.setdefault(claim.setting, {}).setdefault(axis, []).append(
+                {
+                    "claim": claim.id,
+                    "variant": claim.a,
+                    "value": variants[claim.setting][claim.a].swept(axis),
+                    "effect": result.effect,
+                    "ci_low": result.ci_low,
+                    "ci_high": result.ci_high,
+                    "verdict": result.verdict,
+                }
+            )
+    for axes in sweeps.values():
+        for points in axes.values():
+            points.sort(key=lambda point: point["value"])
+    return sweeps
+
+
+def _sweep_figures(
+    fig_dir: Path, config: ExperimentConfig, sweeps: Mapping[str, Mapping[str, list[dict]]]
+) -> dict[str, str]:
+    """``{setting}_sweep.png`` per setting with a sweep that measured any point."""
+    claims = {c.id: c for c in config.claims}
+    made = {}
+    for setting, axes in sweeps.items():
+        if not any(p["effect"] is not None for points in axes.values() for p in points):
+            continue
+        first = claims[next(iter(axes.values()))[0]["claim"]]
+        scale, unit = _scaled(first.metric)
+        path = figures.sweep_panels(
+            axes,
+            fig_dir / f"{setting}_sweep.png",
+            f"{setting}: sensitivity, each point vs {first.b} "
+            "(paired mean, 95% CI; filled: confirmed)",
+            ylabel=f"{first.metric}: A − {first.b}" + (f" ({unit.strip()})" if unit else ""),
+            scale=scale,
+            target=first.target,
+        )
+        made[setting] = path.name
+    return made
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -259,10 +311,12 @@ def _figures(
     config: ExperimentConfig,
     results: Mapping[str, Mapping[str, RunRecord]],
     curves: Mapping[str, Mapping[str, dict[str, Any]]],
+    sweeps: Mapping[str, Mapping[str, list[dict[str, Any]]]],
 ) -> dict[str, list[str]]:
     made: dict[str, list[str]] = {}
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
+    sweep_figures = _sweep_figures(fig_dir, config, sweeps)
     for setting in config.settings:
         found = results.get(setting.name, {})
         if not found:
@@ -310,6 +364,8 @@ def _figures(
                 titles=INSTRUMENT_TITLES,
             )
             names.append(path.name)
+        if setting.name in sweep_figures:
+            names.append(sweep_figures[setting.name])
         made[setting.name] = names
     return made
 
@@ -444,6 +500,26 @@ def _held_paragraph(
     return lines
 
 
+def _sweep_lines(
+    config: ExperimentConfig, sweeps: Mapping[str, Mapping[str, list[dict[str, Any]]]]
+) -> list[str]:
+    """Per sweep, the verdict at each swept value, in the order of the axis."""
+    claims = {c.id: c for c in config.claims}
+    lines = []
+    for setting, axes in sweeps.items():
+        for axis, points in axes.items():
+            first = claims[points[0]["claim"]]
+            verdicts: dict[str, list[str]] = {}
+            for point in points:
+                verdicts.setdefault(point["verdict"], []).append(f"{point['value']:g}")
+            lines.append(
+                f"`{setting}` {axis} sweep (each point − {first.b}, {first.metric}): "
+                + "; ".join(f"{verdict} at {', '.join(at)}" for verdict, at in verdicts.items())
+                + "."
+            )
+    return lines
+
+
 def _extension_lines(extensions: list[dict[str, Any]]) -> list[str]:
     """One line per ``--seeds`` extension of the run folder, disclosing any look before it."""
     lines = []
@@ -478,7 +554,8 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         for s in config.settings
         if (found := paired_curves(s, results.get(s.name, {})))
     }
-    figure_names = _figures(run_dir, config, results, curves)
+    sweeps = sweep_points(config, claims)
+    figure_names = _figures(run_dir, config, results, curves, sweeps)
     wall = sum(r.wall_s for rs in results.values() for r in rs.values())
     report = {
         "name": config.name,
@@ -496,6 +573,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             for s in config.settings
         },
         "dynamics": curves,
+        "sweeps": sweeps,
         "training_wall_s": wall,
         "extensions": extensions,
     }
@@ -541,6 +619,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     if power:
         lines += ["", "## Power against the paper's effect", "", *power]
     lines += ["", "## What held here", "", *_held_paragraph(config, claims, curves)]
+    lines += _sweep_lines(config, sweeps)
     lines += ["", "## Results", "", summary_table(config, results), "## Settings and figures", ""]
     for setting in config.settings:
         lines += _setting_section(setting, figure_names.get(setting.name, []))
