@@ -147,6 +147,19 @@ def test_a_compiled_population_trains_as_the_eager_one() -> None:
     assert compiled.config["compile"] and not eager.config["compile"]
 
 
+@pytest.mark.slow
+def test_each_compiled_population_compiles_however_many_trained_before_it(caplog) -> None:
+    """A worker trains many populations of different models: without a fresh compiler state
+    per population the step's graphs pile up on one function until Dynamo's recompile limit
+    (8 by default, 1 here) makes it fall back to eager, silently slower (found in a --full run)."""
+    data = tiny()
+    variant = Variant("dropout", dropout=schedules.standard(0.2))
+    with torch._dynamo.config.patch(recompile_limit=1), caplog.at_level("WARNING"):
+        for name in ("mlp", "resmlp"):
+            train_variant(MODELS[name], data, variant, [0, 1], COMPILED, max_steps=2)
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+
+
 def test_a_population_trains_eagerly_where_compiling_fails() -> None:
     """No usable C++ compiler: the run warns, says why, and trains on the eager step."""
     torch._dynamo.reset()

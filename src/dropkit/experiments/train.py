@@ -129,7 +129,9 @@ class TrainConfig:
             equal to the eager step's up to float rounding (1e-7 measured), 2x to 3x faster
             per step (``benchmarks/population_step.py``) after 10 to 60 s of compilation per
             variant, so it pays for runs of thousands of steps. Where compiling fails (no C++
-            compiler, say) the run warns and goes on eagerly.
+            compiler, say) the run warns and goes on eagerly. Each compiled population starts
+            from a fresh compiler state (``torch.compiler.reset()``), so functions compiled
+            elsewhere in the process compile again on their next call.
 
     Raises:
         TypeError: If an int field is not an int.
@@ -553,6 +555,10 @@ def _train_population(
 
     batched_objective = vmap(member_objective, randomness="different")
     if config.compile:
+        # a fresh compiler state: the graphs of populations trained before in this process (a
+        # worker trains many) would pile up on the one vmapped function until Dynamo's
+        # recompile limit makes it fall back to eager; Inductor's disk cache keeps this cheap
+        torch.compiler.reset()
         batched_objective = _compiled_or_eager(batched_objective)
     log = _Log(stop, len(seeds), config.log_every)
     for step, index in _batch_indices(seeds, len(data.x), config.batch_size, steps_per_epoch, stop):
