@@ -2,12 +2,15 @@
 
 For each setting of the default demo (``dropkit demo``: its underfitting ViT1D and its two
 overfitting models) and for the residual-MLP underfitting setting of ``dropkit demo --full``,
-trains the setting's variant with dropout switched on over its seeds for the same steps twice,
-through ``train_variant`` itself: eagerly (the reference path) and compiled. Prints per setting
-the steady-state ms per step of each (median step time after the first 20 steps), their ratio, the
-seconds the compiled run spent before its first step (compiling), and the largest relative
-difference between the two runs' logged training losses (same seeds, same masks: float
-rounding only). One thread, as the demo's jobs run.
+trains the setting's variant with dropout switched on over its seeds for the same steps,
+through ``train_variant`` itself: eagerly (the reference path) and compiled, in the order eager,
+compiled, compiled, eager, so a machine that speeds up or slows down during the run moves both
+paths alike (step times on shared machines drift by a third between runs). Prints per setting
+the steady-state ms per step of each (the median step time after the first 20 steps, pooled over
+the path's two runs), their ratio, the seconds the first compiled run spent before its first
+step (compiling), and the largest relative difference between the logged training losses of an
+eager and a compiled run (same seeds, same masks: float rounding only). One thread, as the demo's
+jobs run.
 
     python benchmarks/population_step.py [--steps 150]
 """
@@ -40,15 +43,15 @@ def _settings() -> list[tuple[str, SettingSpec, int]]:
 
 
 def _timed_run(model_fn, data, variant, seeds, train: TrainConfig, steps: int):
+    """The run's result, its steady-state step times and the seconds before its first step."""
     stamps: list[float] = []
     start = time.perf_counter()
     result = train_variant(
         model_fn, data, variant, seeds, train, max_steps=steps,
         on_step=lambda step, population: stamps.append(time.perf_counter()),
     )  # fmt: skip
-    steady = stamps[WARMUP_STEPS:]
-    per_step = statistics.median(b - a for a, b in itertools.pairwise(steady))
-    return result, per_step, stamps[0] - start
+    steady = [b - a for a, b in itertools.pairwise(stamps[WARMUP_STEPS:])]
+    return result, steady, stamps[0] - start
 
 
 def main() -> None:
@@ -66,11 +69,15 @@ def main() -> None:
         spec = next(v for v in setting.variants if v.name in ("dropout", "sd"))
         variant, variant_name = train_variant_spec(spec), spec.name
         seeds = list(range(n_seeds))
-        runs = {}
-        for compile_ in (False, True):
+        runs: dict[bool, list] = {False: [], True: []}
+        for compile_ in (False, True, True, False):
             run_config = dataclasses.replace(train, compile=compile_, log_every=1)
-            runs[compile_] = _timed_run(model_fn, data, variant, seeds, run_config, steps)
-        (eager, eager_ms, _), (compiled, compiled_ms, compile_s) = runs[False], runs[True]
+            runs[compile_].append(_timed_run(model_fn, data, variant, seeds, run_config, steps))
+        eager_ms, compiled_ms = (
+            statistics.median(t for _, steady, _ in runs[path] for t in steady)
+            for path in (False, True)
+        )
+        (eager, _, _), (compiled, _, compile_s) = runs[False][0], runs[True][0]
         diff = max(
             abs(a - b) / abs(a)
             for seed_a, seed_b in zip(eager.train_loss, compiled.train_loss)
