@@ -26,7 +26,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy src/dropkit
 	$(VENV)/bin/python -m pytest -n 2 -q
 
@@ -46,8 +46,8 @@ figures: install
 	$(VENV)/bin/python tools/docs/figures.py demo runs/demo
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 
 bench: install
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done

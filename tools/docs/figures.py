@@ -14,9 +14,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from dropkit import schedules  # noqa: E402
+from dropkit import schedules
 
 FIGURES = Path(__file__).resolve().parents[2] / "docs" / "figures"
 DEMO_FIGURES = (

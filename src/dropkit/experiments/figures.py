@@ -214,7 +214,7 @@ def sweep_panels(
         values = [p["value"] for p in sweeps[axis]]
         if min(values) > 0 and max(values) >= 10 * min(values):
             ax.set_xscale("log")
-        ax.set_xticks(values, [f"{v:g}" for v in values], fontsize=8)
+        ax.set_xticks(values, [f"{v:.2g}" for v in values], fontsize=8, rotation=30)
         ax.minorticks_off()
         ax.set_xlabel(axis)
         ax.set_ylabel(ylabel, fontsize=8)
