@@ -2,7 +2,8 @@
 
 ``schedules``: the four schedules of ``dropkit.schedules`` over one run, and the per-block rate
 profile stochastic depth gets, drawn from the library itself. ``demo RUN_DIR``: copies the
-figures of a finished ``dropkit demo`` run folder that the demo guide embeds.
+figures of a finished ``dropkit demo`` run folder that the demo guide embeds; ``demo-full
+RUN_DIR`` those of a ``dropkit demo --full`` run folder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DEMO_FIGURES = (
     "overfit_test_acc.png",
 )
 """The demo figures the demo guide embeds (a setting's name, then the figure's)."""
+FULL_FIGURES = ("underfit_vit_sweep.png",)
+"""The ``dropkit demo --full`` figures the demo guide embeds."""
 
 
 def draw_schedules(path: Path, total_steps: int = 600) -> Path:
@@ -58,15 +61,17 @@ def draw_schedules(path: Path, total_steps: int = 600) -> Path:
     return path
 
 
-def copy_demo(run_dir: Path) -> list[Path]:
-    """Copy the embedded figures of a finished demo run folder into ``docs/figures/demo``."""
-    out = FIGURES / "demo"
+def copy_demo(run_dir: Path, full: bool = False) -> list[Path]:
+    """Copy the embedded figures of a finished demo run folder into ``docs/figures/demo`` (of a
+    ``--full`` one into ``docs/figures/demo-full``)."""
+    out = FIGURES / ("demo-full" if full else "demo")
     out.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in DEMO_FIGURES:
+    for name in FULL_FIGURES if full else DEMO_FIGURES:
         source = run_dir / "figures" / name
         if not source.is_file():
-            raise SystemExit(f"{source} is missing: run `dropkit demo --out {run_dir}` first")
+            command = f"dropkit demo {'--full ' if full else ''}--out {run_dir}"
+            raise SystemExit(f"{source} is missing: run `{command}` first")
         copied.append(Path(shutil.copyfile(source, out / name)))
     return copied
 
@@ -75,7 +80,9 @@ if __name__ == "__main__":
     what = sys.argv[1:] or ["schedules"]
     if what[0] == "schedules":
         print(draw_schedules(FIGURES / "schedules.png"))
-    elif what[0] == "demo" and len(what) == 2:
-        print(*copy_demo(Path(what[1])), sep="\n")
+    elif what[0] in ("demo", "demo-full") and len(what) == 2:
+        print(*copy_demo(Path(what[1]), full=what[0] == "demo-full"), sep="\n")
     else:
-        raise SystemExit("usage: figures.py schedules | figures.py demo RUN_DIR")
+        raise SystemExit(
+            "usage: figures.py schedules | figures.py demo RUN_DIR | figures.py demo-full RUN_DIR"
+        )
