@@ -72,10 +72,15 @@ class VariantSpec:
     double_batch: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def schedules(self) -> tuple[ScheduleSpec, ...]:
+        """The schedules the variant sets: of dropout, then of drop path."""
+        return tuple(s for s in (self.dropout, self.drop_path) if s is not None)
+
     def swept(self, axis: str) -> float:
         """``axis`` (``"cutoff"`` or ``"p"``) of the variant's one schedule: where it sits in a
         sensitivity sweep (the config parser checks the variant has exactly one)."""
-        (schedule,) = [s for s in (self.dropout, self.drop_path) if s is not None]
+        (schedule,) = self.schedules
         return float(getattr(schedule, axis))
 
 
@@ -578,7 +583,7 @@ def _sweep(value: Any, variant: VariantSpec, where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where}: expected axes among {list(SWEEP_AXES)}, got {value!r}")
     if not axes:
         return ()
-    schedules = [s for s in (variant.dropout, variant.drop_path) if s is not None]
+    schedules = variant.schedules
     if len(schedules) != 1:
         raise ConfigError(
             f"{where}: a sweep point's variant a ({variant.name!r}) must schedule exactly one of "

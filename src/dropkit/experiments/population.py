@@ -40,8 +40,8 @@ def train_variant_spec(spec: VariantSpec) -> Variant:
 
 def cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
     """The step at which the variant's early / late schedule switches (None: it has none)."""
-    for schedule in (spec.dropout, spec.drop_path):
-        if schedule is not None and schedule.kind != "standard" and schedule.cutoff is not None:
+    for schedule in spec.schedules:
+        if schedule.kind != "standard" and schedule.cutoff is not None:
             return cutoff_steps(schedule.cutoff, total_steps)
     return None
 

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from dropkit.experiments import figures
-from dropkit.experiments.claims import MAX_FAILED_SHARE, MIN_SEEDS, ClaimResult, evaluate_claims
+from dropkit.experiments.claims import (
+    MAX_FAILED_SHARE,
+    MIN_SEEDS,
+    Claim,
+    ClaimResult,
+    evaluate_claims,
+)
 from dropkit.experiments.config import ExperimentConfig, SettingSpec, parse_config
 from dropkit.experiments.io import read_json, write_atomic
 from dropkit.experiments.record import RunRecord
@@ -141,16 +147,21 @@ def sweep_points(
     return sweeps
 
 
+def _sweep_claim(config: ExperimentConfig, points: list[dict[str, Any]]) -> Claim:
+    """The claim of a sweep's first point: all its points share its metric, baseline, direction
+    and target (the config parser checks)."""
+    return next(c for c in config.claims if c.id == points[0]["claim"])
+
+
 def _sweep_figures(
     fig_dir: Path, config: ExperimentConfig, sweeps: Mapping[str, Mapping[str, list[dict]]]
 ) -> dict[str, str]:
     """``{setting}_sweep.png`` per setting with a sweep that measured any point."""
-    claims = {c.id: c for c in config.claims}
     made = {}
     for setting, axes in sweeps.items():
         if not any(p["effect"] is not None for points in axes.values() for p in points):
             continue
-        first = claims[next(iter(axes.values()))[0]["claim"]]
+        first = _sweep_claim(config, next(iter(axes.values())))
         scale, unit = _scaled(first.metric)
         path = figures.sweep_panels(
             axes,
@@ -504,11 +515,10 @@ def _sweep_lines(
     config: ExperimentConfig, sweeps: Mapping[str, Mapping[str, list[dict[str, Any]]]]
 ) -> list[str]:
     """Per sweep, the verdict at each swept value, in the order of the axis."""
-    claims = {c.id: c for c in config.claims}
     lines = []
     for setting, axes in sweeps.items():
         for axis, points in axes.items():
-            first = claims[points[0]["claim"]]
+            first = _sweep_claim(config, points)
             verdicts: dict[str, list[str]] = {}
             for point in points:
                 verdicts.setdefault(point["verdict"], []).append(f"{point['value']:g}")
