@@ -15,8 +15,13 @@ import pytest
 import yaml
 
 from dropkit.cli import main
+from dropkit.diagnostics import train_test_inconsistency
+from dropkit.experiments import data as datasets
 from dropkit.experiments.config import ConfigError, builtin_config, parse_config
+from dropkit.experiments.models import model_factory
 from dropkit.experiments.plan import make_plan
+from dropkit.experiments.population import PopulationJob, train_variant_spec
+from dropkit.experiments.train import train_variant
 
 TINY = {
     "name": "tiny",
@@ -300,3 +305,26 @@ def test_more_seeds_extend_a_finished_run_folder_training_only_the_new_ones(tmp_
     capsys.readouterr()
     assert main(["run", str(config), "--out", str(out), "--seeds", "2"]) == 2
     assert "can only add seeds" in capsys.readouterr().err
+
+
+def test_inconsistency_is_zero_without_passes_where_every_site_ends_at_rate_0():
+    """The MC passes are skipped for a model whose every site ends at rate 0 (no schedule,
+    or an early one): each pass would be the deterministic forward, as measuring shows."""
+    setting = parse_config(TINY).settings[0]
+    variants = {v.name: v for v in setting.variants}
+    outputs = {
+        name: PopulationJob(setting, variants[name], (0, 1), cache_dir=None, eager=True)()
+        for name in ("none", "early", "dropout")
+    }
+    for name in ("none", "early"):
+        assert outputs[name].record.metrics["inconsistency_kl"] == [0.0, 0.0]
+    assert all(kl > 0 for kl in outputs["dropout"].record.metrics["inconsistency_kl"])
+    data_name, model, train = setting.recipe()
+    data = datasets.load_dataset(data_name)
+    model_fn = model_factory(model, data.n_features, data.n_classes)
+    trained = train_variant(
+        model_fn, data, train_variant_spec(variants["early"]), [0], train
+    ).population
+    assert trained is not None
+    measured = train_test_inconsistency(trained.member(0).train(), data.x_test, passes=3, seed=0)
+    assert measured.kl == pytest.approx(0.0, abs=1e-6)

@@ -23,6 +23,7 @@ from dropkit.experiments.record import Curve, RunRecord
 from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
 from dropkit.experiments.trial import fixed_threads
 from dropkit.schedules import cutoff_steps
+from dropkit.sites import find_sites
 
 __all__ = ["PopulationJob", "PopulationOutput", "cutoff_step"]
 
@@ -48,10 +49,14 @@ def cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
 
 def _inconsistency_kl(result: TrainResult, data: datasets.Dataset, passes: int) -> list[float]:
     """Per seed: KL(average of ``passes`` MC-dropout predictions || deterministic) on test data
-    (NaN for a seed that diverged: it has no predictions to compare)."""
+    (NaN for a seed that diverged: it has no predictions to compare). 0 without a pass where
+    every site ends at rate 0 (no schedule, or an early one): each pass is then the
+    deterministic forward, the built-in models drawing nothing else at random."""
     population = result.population
     if population is None:  # a result read back from JSON holds no models
         raise ValueError(f"{result.variant}: the result holds no trained models to measure")
+    if all(site.p == 0.0 for site in find_sites(population.base)):
+        return [math.nan if at is not None else 0.0 for at in result.diverged_at]
     return [
         math.nan
         if result.diverged_at[i] is not None
