@@ -1,7 +1,7 @@
 """A population training step, eager against compiled (``TrainConfig.compile``), side by side.
 
-For each setting of the default demo (``dropkit demo``: its underfitting ViT1D and its two
-overfitting models) and for the residual-MLP underfitting setting of ``dropkit demo --full``,
+For each setting of the default demo (``dropkit demo``: its underfitting ViT1D and its
+overfitting MLP) and for the residual-MLP underfitting setting of ``dropkit demo --full``,
 trains the setting's variant with dropout switched on over its seeds for the same steps,
 through ``train_variant`` itself: eagerly (the reference path) and compiled, in the order eager,
 compiled, compiled, eager, so a machine that speeds up or slows down during the run moves both

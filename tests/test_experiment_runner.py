@@ -21,6 +21,7 @@ from dropkit.experiments.config import ConfigError, builtin_config, parse_config
 from dropkit.experiments.models import model_factory
 from dropkit.experiments.plan import make_plan
 from dropkit.experiments.population import PopulationJob, train_variant_spec
+from dropkit.experiments.report import summary_table
 from dropkit.experiments.train import train_variant
 
 TINY = {
@@ -95,10 +96,14 @@ def test_builtin_configs_parse_and_cover_the_claims(name):
     early_sd = builtin_config(name).settings[0].variant("early_sd").drop_path
     assert (early_sd.p, early_sd.shape) == (0.5, "linear")  # the paper's ViT-T rate
     # the paper's improvement claims are superiority tests; non-inferiority only sits beside them
+    late_sd = ("C7r", "C7", "C7n")  # the default demo leaves late s.d. to demo-full
+    assert all((c in by_id) is (name != "demo") for c in late_sd)
     for claim_id in ("C3", "C4", "C7", "C8", "C8c"):
-        assert by_id[claim_id].test == "superiority"
+        assert claim_id not in by_id or by_id[claim_id].test == "superiority"
     for claim_id in ("C3n", "C4n", "C7n"):
-        assert by_id[claim_id].test == "non-inferiority" and by_id[claim_id].margin <= 0.001
+        assert claim_id not in by_id or (
+            by_id[claim_id].test == "non-inferiority" and by_id[claim_id].margin <= 0.001
+        )
 
 
 def test_demo_full_sweeps_the_papers_cutoffs_and_rates_on_the_default_vit_setting():
@@ -124,6 +129,11 @@ def two_points_at_one_rate(raw: dict) -> None:
 def a_sweep_point_against_another_baseline(raw: dict) -> None:
     raw["claims"][0]["sweep"] = "p"
     raw["claims"].append({**raw["claims"][0], "id": "T3", "a": "dropout", "b": "early"})
+
+
+def inconsistency_claimed_without_passes(raw: dict) -> None:
+    raw["settings"]["digits"]["mc_passes"] = 0
+    raw["claims"][0].update(metric="inconsistency_kl", a="dropout")
 
 
 def without_none_arm(raw: dict) -> None:
@@ -179,6 +189,8 @@ def without_none_arm(raw: dict) -> None:
         (lambda c: c["claims"][1].update(sweep="cutoff"), "'dropout' has no cutoff"),
         (two_points_at_one_rate, "two points sit at the same p"),
         (a_sweep_point_against_another_baseline, "must share metric, b, direction and margin"),
+        (lambda c: c["settings"]["digits"].update(mc_passes=-1), "settings.digits.mc_passes"),
+        (inconsistency_claimed_without_passes, "claims[0].metric: 'inconsistency_kl' is not"),
     ],
 )
 def test_config_errors_name_the_field(edit, message):
@@ -328,3 +340,14 @@ def test_inconsistency_is_zero_without_passes_where_every_site_ends_at_rate_0():
     assert trained is not None
     measured = train_test_inconsistency(trained.member(0).train(), data.x_test, passes=3, seed=0)
     assert measured.kl == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_setting_without_mc_passes_measures_and_shows_no_inconsistency():
+    raw = json.loads(json.dumps(TINY))
+    raw["settings"]["digits"]["mc_passes"] = 0
+    config = parse_config(raw)
+    setting = config.settings[0]
+    output = PopulationJob(setting, setting.variant("dropout"), (0, 1), None, eager=True)()
+    assert set(output.record.metrics) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    table = summary_table(config, {"digits": {"dropout": output.record}})
+    assert "test loss |" in table and "inconsistency" not in table

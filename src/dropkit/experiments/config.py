@@ -139,7 +139,8 @@ class SettingSpec:
             R-Drop alpha, ``double_batch``, ``params``), in config order; at least one.
         dynamics: The gradient-dynamics measurements of a built-in setting (``DynamicsSpec``),
             or None.
-        mc_passes: Monte-Carlo dropout passes for the train/test inconsistency (default 8).
+        mc_passes: Monte-Carlo dropout passes for the train/test inconsistency (default 8);
+            0 skips the measurement, for a setting where no claim reads it.
         regime: ``"underfitting"`` or ``"overfitting"``, the regime the setting is meant to be
             in, or None.
         regime_claim: The id of the claim that establishes ``regime``; the setting's other
@@ -156,7 +157,7 @@ class SettingSpec:
     train: TrainConfig | None
     variants: tuple[VariantSpec, ...]
     dynamics: DynamicsSpec | None = None
-    mc_passes: int = 8  # Monte-Carlo dropout passes for the train/test inconsistency
+    mc_passes: int = 8  # Monte-Carlo dropout passes for the train/test inconsistency; 0: none
     regime: str | None = None  # "underfitting" or "overfitting": the regime it is meant to be in
     regime_claim: str | None = None  # the claim that establishes it; the others depend on it
     seeds: int | None = None  # seeds for this setting (None: the config's)
@@ -519,7 +520,9 @@ def _setting(name: str, value: Any) -> SettingSpec:
         model=dict(model),
         train=_train(value["train"], f"{where}.train"),
         dynamics=None if dynamics is None else _dynamics(dynamics, f"{where}.dynamics", variants),
-        mc_passes=_number(value.get("mc_passes", 8), f"{where}.mc_passes", integer=True),
+        mc_passes=_number(
+            value.get("mc_passes", 8), f"{where}.mc_passes", integer=True, low_open=False
+        ),
         **common,
     )
 
@@ -542,6 +545,11 @@ def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim
         if setting.dynamics is None:
             raise ConfigError(f"{where}.metric: {metric!r} needs a dynamics block in the setting")
         names = set(setting.dynamics.variants)
+    if metric == "inconsistency_kl" and setting.function is None and not setting.mc_passes:
+        raise ConfigError(
+            f"{where}.metric: {metric!r} is not measured where the setting's mc_passes is 0; "
+            "give the setting Monte-Carlo passes (8 by default) or claim another metric"
+        )
     for side in ("a", "b"):
         if value[side] not in names:
             raise ConfigError(f"{where}.{side}: {value[side]!r} is not one of {sorted(names)}")

@@ -148,7 +148,11 @@ class PopulationJob:
                 "train_acc": result.final_train_acc,
                 "test_loss": result.test_loss,
                 "test_acc": result.test_acc,
-                "inconsistency_kl": _inconsistency_kl(result, dataset, setting.mc_passes),
+                **(
+                    {"inconsistency_kl": _inconsistency_kl(result, dataset, setting.mc_passes)}
+                    if setting.mc_passes
+                    else {}
+                ),
             },
             curve=Curve(result.log_steps, result.train_loss, result.rates),
             dynamics=None if probe is None else probe.series(),

@@ -247,10 +247,10 @@ def _setting_line(
 def _columns(
     setting: SettingSpec, found: Mapping[str, RunRecord]
 ) -> tuple[tuple[str, float, int], ...]:
-    """The built-in metrics, or every metric a training function returned (4 decimals; an
-    ``*_acc`` metric in percent)."""
+    """The built-in metrics (the inconsistency where it was measured), or every metric a
+    training function returned (4 decimals; an ``*_acc`` metric in percent)."""
     if setting.function is None:
-        return _TABLE_COLUMNS
+        return tuple(c for c in _TABLE_COLUMNS if c[0] != "inconsistency_kl" or setting.mc_passes)
     names = sorted({m for r in found.values() for m in r.metrics})
     return tuple((m, 100 if m.endswith("_acc") else 1, 2 if m.endswith("_acc") else 4)
                  for m in names)  # fmt: skip

@@ -126,8 +126,9 @@ class TrainConfig:
             large set a fixed subset saves a full pass per variant.
         compile: Run each step of a population (forward and backward) through
             ``torch.compile``, with a fused AdamW (default False): the same masks and losses
-            equal to the eager step's up to float rounding (1e-7 measured), 2x to 3x faster
-            per step (``benchmarks/population_step.py``) after 10 to 60 s of compilation per
+            equal to the eager step's up to float rounding (1e-7 measured), 1.35x to 2.6x
+            faster per step (``benchmarks/population_step.py``: the most where per-op overhead
+            dominates, as on the demo's small ViT1D) after 5 to 60 s of compilation per
             variant, so it pays for runs of thousands of steps. Where compiling fails (no C++
             compiler, say) the run warns and goes on eagerly. Each compiled population starts
             from a fresh compiler state (``torch.compiler.reset()``), so functions compiled
