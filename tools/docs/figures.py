@@ -20,16 +20,19 @@ import matplotlib.pyplot as plt
 from dropkit import schedules
 
 FIGURES = Path(__file__).resolve().parents[2] / "docs" / "figures"
-DEMO_FIGURES = (
-    "underfit_train_loss.png",
-    "underfit_test_acc.png",
-    "underfit_dynamics.png",
-    "underfit_dynamics_difference.png",
-    "overfit_test_acc.png",
-)
-"""The demo figures the demo guide embeds (a setting's name, then the figure's)."""
-FULL_FIGURES = ("underfit_vit_sweep.png",)
-"""The ``dropkit demo --full`` figures the demo guide embeds."""
+EMBEDDED = {
+    "demo": (
+        "underfit_train_loss.png",
+        "underfit_test_acc.png",
+        "underfit_dynamics.png",
+        "underfit_dynamics_difference.png",
+        "overfit_test_acc.png",
+    ),
+    "demo-full": ("underfit_vit_sweep.png",),
+}
+"""Per built-in demo config, the figures of its run that the demo guide embeds (a setting's
+name, then the figure's), copied into ``docs/figures/<config>``."""
+COMMANDS = {"demo": "dropkit demo", "demo-full": "dropkit demo --full"}
 
 
 def draw_schedules(path: Path, total_steps: int = 600) -> Path:
@@ -61,17 +64,16 @@ def draw_schedules(path: Path, total_steps: int = 600) -> Path:
     return path
 
 
-def copy_demo(run_dir: Path, full: bool = False) -> list[Path]:
-    """Copy the embedded figures of a finished demo run folder into ``docs/figures/demo`` (of a
-    ``--full`` one into ``docs/figures/demo-full``)."""
-    out = FIGURES / ("demo-full" if full else "demo")
+def copy_demo(config: str, run_dir: Path) -> list[Path]:
+    """Copy the embedded figures of a finished run folder of the demo ``config`` (a key of
+    ``EMBEDDED``) into ``docs/figures/<config>``."""
+    out = FIGURES / config
     out.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in FULL_FIGURES if full else DEMO_FIGURES:
+    for name in EMBEDDED[config]:
         source = run_dir / "figures" / name
         if not source.is_file():
-            command = f"dropkit demo {'--full ' if full else ''}--out {run_dir}"
-            raise SystemExit(f"{source} is missing: run `{command}` first")
+            raise SystemExit(f"{source} is missing: run `{COMMANDS[config]} --out {run_dir}` first")
         copied.append(Path(shutil.copyfile(source, out / name)))
     return copied
 
@@ -80,8 +82,8 @@ if __name__ == "__main__":
     what = sys.argv[1:] or ["schedules"]
     if what[0] == "schedules":
         print(draw_schedules(FIGURES / "schedules.png"))
-    elif what[0] in ("demo", "demo-full") and len(what) == 2:
-        print(*copy_demo(Path(what[1]), full=what[0] == "demo-full"), sep="\n")
+    elif what[0] in EMBEDDED and len(what) == 2:
+        print(*copy_demo(what[0], Path(what[1])), sep="\n")
     else:
         raise SystemExit(
             "usage: figures.py schedules | figures.py demo RUN_DIR | figures.py demo-full RUN_DIR"
