@@ -323,9 +323,8 @@ def test_inconsistency_is_zero_without_passes_where_every_site_ends_at_rate_0():
     """The MC passes are skipped for a model whose every site ends at rate 0 (no schedule,
     or an early one): each pass would be the deterministic forward, as measuring shows."""
     setting = parse_config(TINY).settings[0]
-    variants = {v.name: v for v in setting.variants}
     outputs = {
-        name: PopulationJob(setting, variants[name], (0, 1), cache_dir=None, eager=True)()
+        name: PopulationJob(setting, setting.variant(name), (0, 1), cache_dir=None, eager=True)()
         for name in ("none", "early", "dropout")
     }
     for name in ("none", "early"):
@@ -335,7 +334,7 @@ def test_inconsistency_is_zero_without_passes_where_every_site_ends_at_rate_0():
     data = datasets.load_dataset(data_name)
     model_fn = model_factory(model, data.n_features, data.n_classes)
     trained = train_variant(
-        model_fn, data, train_variant_spec(variants["early"]), [0], train
+        model_fn, data, train_variant_spec(setting.variant("early")), [0], train
     ).population
     assert trained is not None
     measured = train_test_inconsistency(trained.member(0).train(), data.x_test, passes=3, seed=0)

@@ -137,23 +137,21 @@ class PopulationJob:
         result = train_variant(
             model_fn, dataset, train_variant_spec(spec), seeds, train, on_step=on_step
         )
+        metrics = {
+            "train_loss": result.final_train_loss,
+            "train_acc": result.final_train_acc,
+            "test_loss": result.test_loss,
+            "test_acc": result.test_acc,
+        }
+        if setting.mc_passes:  # 0: the setting skips the inconsistency
+            metrics["inconsistency_kl"] = _inconsistency_kl(result, dataset, setting.mc_passes)
         record = RunRecord(
             setting=setting.name,
             variant=spec.name,
             seeds=result.seeds,
             total_steps=result.total_steps,
             cutoff_step=cutoff_step(spec, result.total_steps),
-            metrics={
-                "train_loss": result.final_train_loss,
-                "train_acc": result.final_train_acc,
-                "test_loss": result.test_loss,
-                "test_acc": result.test_acc,
-                **(
-                    {"inconsistency_kl": _inconsistency_kl(result, dataset, setting.mc_passes)}
-                    if setting.mc_passes
-                    else {}
-                ),
-            },
+            metrics=metrics,
             curve=Curve(result.log_steps, result.train_loss, result.rates),
             dynamics=None if probe is None else probe.series(),
             wall_s=result.seconds,
