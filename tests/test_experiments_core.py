@@ -8,7 +8,9 @@ weights and losses when no randomness is involved.
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -74,6 +76,26 @@ def test_mnist1d_cache_is_reused_and_global_rng_untouched(tmp_path, monkeypatch)
     monkeypatch.setattr(datasets, "_generate_mnist1d", must_not_generate)
     again = datasets.load_mnist1d(200, seed=7, cache_dir=tmp_path)
     assert torch.equal(first.x, again.x) and torch.equal(first.y_test, again.y_test)
+
+
+def test_mnist1d_cache_is_readable_by_colleagues(tmp_path) -> None:
+    previous = os.umask(0o022)
+    try:
+        datasets.load_mnist1d(200, seed=7, cache_dir=tmp_path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "mnist1d_n200_seed7.npz").stat().st_mode) == 0o644
+
+
+def test_an_interrupted_cache_write_leaves_nothing(tmp_path, monkeypatch) -> None:
+    def interrupted(handle, **arrays):
+        handle.write(b"PK half an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.load_mnist1d(200, seed=7, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_mnist1d_seed_changes_the_data(tmp_path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from dropkit._checks import check_int
 from dropkit._optional import optional_imports
+from dropkit.experiments.io import atomic_writer
 
 __all__ = [
     "Dataset",
@@ -175,18 +175,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dropkit"
 
 
-def _save_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]  # the stub lets ** reach allow_pickle
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     with optional_imports("mnist1d", "data", "to generate MNIST-1D"):
         from mnist1d.data import get_dataset_args, make_dataset
@@ -221,7 +209,8 @@ def load_mnist1d(
             arrays = {key: stored[key] for key in NPZ_KEYS}
     else:
         arrays = _generate_mnist1d(num_samples, seed)
-        _save_atomically(path, arrays)
+        with atomic_writer(path) as handle:  # readable by colleagues sharing the cache
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # the stub lets ** reach allow_pickle
     return _as_dataset(f"mnist1d-n{num_samples}-seed{seed}", arrays)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["read_json", "read_jsonl", "write_atomic", "write_json", "write_jsonl"]
+__all__ = ["atomic_writer", "read_json", "read_jsonl", "write_atomic", "write_json", "write_jsonl"]
 
 
 def _umask() -> int:
@@ -18,18 +19,21 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temporary file beside ``path``, flush it to disk, then rename
-    it into place: a crash, even of the machine, leaves the old file or the new one, never part.
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside ``path``; on a clean exit the file is flushed
+    to disk, then renamed into place: a crash, even of the machine, leaves the old file or the
+    new one, never part. On an error the temporary file is removed.
 
     The file gets the mode a plain ``open`` would give (``0o666`` less the umask), so colleagues
-    on a shared cluster can read a run folder; ``mkstemp`` alone would leave it ``0o600``.
+    on a shared cluster can read a run folder or a data cache; ``mkstemp`` alone would leave it
+    ``0o600``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.chmod(tmp, 0o666 & ~_umask())  # by path: Windows has no os.fchmod
             os.fsync(handle.fileno())
@@ -40,6 +44,12 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, whatever the locale) to ``path`` through `atomic_writer`."""
+    with atomic_writer(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def write_json(path: Path, obj: Any) -> None:
