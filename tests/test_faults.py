@@ -173,6 +173,12 @@ def test_schedule_the_model_cannot_follow_is_refused(tmp_path) -> None:
     late = {"dropout": {"schedule": "early", "p": 0.1, "cutoff": 50}}  # 5 steps in the run
     with pytest.raises(ConfigError, match=r"variants\.e\.dropout\.cutoff: cutoff=50 steps"):
         preflight(parse_config(_config(_npz(tmp_path), variants={"e": late})))
+    never = {"dropout": {"schedule": "late", "p": 0.1, "cutoff": 5}}  # on from step 5 of 5
+    with pytest.raises(ConfigError, match=r"variants\.l\.dropout\.cutoff: late cutoff=5 .*never"):
+        preflight(parse_config(_config(_npz(tmp_path), variants={"l": never})))
+    never = {"dropout": {"schedule": "early", "p": 0.1, "cutoff": 0.05}}  # 0.25 steps of 5
+    with pytest.raises(ConfigError, match=r"variants\.e\.dropout\.cutoff: .*rounds to 0 steps"):
+        preflight(parse_config(_config(_npz(tmp_path), variants={"e": never})))
 
 
 def test_dynamics_window_longer_than_the_run_is_refused(tmp_path) -> None:

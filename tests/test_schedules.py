@@ -80,8 +80,8 @@ def _callable_for(p, epochs, cutoff, mode, shape, as_fraction):
 @given(official_args(), st.booleans())
 def test_callables_equal_drop_schedule_bit_for_bit(args, as_fraction: bool) -> None:
     p, epochs, ipe, cutoff, mode, shape = args
-    if mode == "late" and cutoff == 0:
-        return  # late(cutoff=0) is standard(p); the callable asks for a positive cutoff
+    if mode == "late" and cutoff in (0, epochs):
+        return  # the callable asks for a cutoff inside the run: 0 is standard(p), the end never
     arr = drop_schedule(p, epochs, ipe, cutoff, mode, shape)
     total = epochs * ipe
     if as_fraction:
@@ -126,6 +126,12 @@ def test_callable_bad_inputs() -> None:
         schedules.early(0.1, 1.5)
     with pytest.raises(ValueError, match=">= 1"):
         schedules.late(0.1, 0)
+    with pytest.raises(ValueError, match="never be on"):
+        schedules.late(0.1, 1.0)
+    with pytest.raises(ValueError, match="never be on"):
+        schedules.late(0.1, 10)(0, 10)
+    with pytest.raises(ValueError, match="never be on"):  # 0.999 of 10 steps rounds to 10
+        schedules.late(0.1, 0.999)(0, 10)
     with pytest.raises(TypeError, match="cutoff"):
         schedules.early(0.1, "10")
     with pytest.raises(ValueError, match="shape"):

@@ -8,7 +8,7 @@ With ``C`` cutoff steps:
 - ``early(p, cutoff, "constant")``: p for steps ``[0, C)``, then 0;
 - ``early(p, cutoff, "linear")``: ``linspace(p, 0, C)[k]`` for ``k < C`` (exactly p at 0, exactly 0
   at ``C - 1``), then 0;
-- ``late(p, cutoff)``: 0 for steps ``[0, C)``, then p.
+- ``late(p, cutoff)``: 0 for steps ``[0, C)``, then p (``C`` inside the run, else it is refused).
 
 [`drop_schedule`][dropkit.schedules.drop_schedule] builds the whole per-step array with the
 semantics of the official ``drop_scheduler`` of "Dropout Reduces Underfitting" and validates what
@@ -201,14 +201,14 @@ class Late:
 
     Attributes:
         p: The rate from the cutoff on, in [0, 1].
-        cutoff: Where dropout starts: a float fraction of the run in (0, 1], or an int number
+        cutoff: Where dropout starts: a float fraction of the run in (0, 1), or an int number
             of optimizer steps.
 
     Raises:
         TypeError: If ``p`` or ``cutoff`` has the wrong type, or a call's ``step`` /
             ``total_steps`` is not an int.
-        ValueError: If ``p`` or ``cutoff`` has a value outside its range; at a call, if an int
-            ``cutoff`` exceeds ``total_steps``.
+        ValueError: If ``p`` or ``cutoff`` has a value outside its range or ``cutoff`` is 1.0
+            (the end of the run); at a call, if ``cutoff`` falls at or past ``total_steps``.
     """
 
     p: float
@@ -217,10 +217,22 @@ class Late:
     def __post_init__(self) -> None:
         check_rate(self.p)
         _check_cutoff(self.cutoff)
+        if isinstance(self.cutoff, float) and self.cutoff == 1.0:
+            raise ValueError(_never_on(self.cutoff, "the end of the run"))
 
     def __call__(self, step: int, total_steps: int) -> float:
         _check_step(step, total_steps)
-        return 0.0 if step < cutoff_steps(self.cutoff, total_steps) else float(self.p)
+        c = cutoff_steps(self.cutoff, total_steps)
+        if c >= total_steps:
+            raise ValueError(_never_on(self.cutoff, f"step {c} of total_steps={total_steps}"))
+        return 0.0 if step < c else float(self.p)
+
+
+def _never_on(cutoff: float | int, where: str) -> str:
+    return (
+        f"late cutoff={cutoff} is {where}, so dropout would never be on; use an earlier "
+        "cutoff (or standard(p) for dropout throughout)"
+    )
 
 
 @dataclass(frozen=True)
@@ -325,7 +337,7 @@ def late(p: float, cutoff: float | int) -> Late:
 
     Args:
         p: The rate from the cutoff on, in [0, 1].
-        cutoff: Where dropout starts: a float fraction of the run in (0, 1] (``C =
+        cutoff: Where dropout starts: a float fraction of the run in (0, 1) (``C =
             round(cutoff * total_steps)`` steps) or an int number of optimizer steps ``C``.
 
     Returns:
@@ -334,7 +346,8 @@ def late(p: float, cutoff: float | int) -> Late:
     Raises:
         TypeError: If ``p`` is not a number or ``cutoff`` neither an int nor a float.
         ValueError: If ``p`` lies outside [0, 1], an int ``cutoff`` is below 1 or a float one
-            lies outside (0, 1]. When called: if an int ``cutoff`` exceeds ``total_steps``.
+            lies outside (0, 1) (at 1.0 dropout would never be on). When called: if ``cutoff``
+            falls at or past ``total_steps``.
 
     Examples:
         >>> from dropkit import schedules

@@ -23,7 +23,6 @@ from dropkit.experiments.config import ConfigError, ExperimentConfig, SettingSpe
 from dropkit.experiments.data import Dataset, load_dataset
 from dropkit.experiments.models import model_factory
 from dropkit.experiments.trial import load_function
-from dropkit.schedules import cutoff_steps
 from dropkit.sites import find_sites
 
 __all__ = ["MissingDependency", "check_function", "preflight", "preflight_settings", "require"]
@@ -123,7 +122,7 @@ def _check_model(setting: SettingSpec, data: Dataset) -> nn.Module:
 
 
 def _check_variants(setting: SettingSpec, model: nn.Module, total_steps: int) -> None:
-    """Every scheduled kind has a site in the model; integer cutoffs fit in the run."""
+    """Every scheduled kind has a site in the model; every cutoff falls inside the run."""
     kinds = {site.kind for site in find_sites(model) if site.controllable}
     for variant in setting.variants:
         for kind, schedule in (("dropout", variant.dropout), ("drop_path", variant.drop_path)):
@@ -137,8 +136,8 @@ def _check_variants(setting: SettingSpec, model: nn.Module, total_steps: int) ->
                     "a model with drop-path sites (resmlp, vit, mixer) for drop_path"
                 )
             if schedule.kind in ("early", "late") and schedule.cutoff is not None:
-                try:
-                    cutoff_steps(schedule.cutoff, total_steps)
+                try:  # the schedule's own checks: in the run, on for at least one step
+                    schedule.build()(0, total_steps)
                 except ValueError as err:
                     raise ConfigError(
                         f"{where}.cutoff: {err} (the run has {total_steps} optimizer steps: "
