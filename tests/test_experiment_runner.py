@@ -350,3 +350,13 @@ def test_a_setting_without_mc_passes_measures_and_shows_no_inconsistency():
     assert set(output.record.metrics) == {"train_loss", "train_acc", "test_loss", "test_acc"}
     table = summary_table(config, {"digits": {"dropout": output.record}})
     assert "test loss |" in table and "inconsistency" not in table
+
+
+def test_the_plan_runs_a_settings_heaviest_variants_first(tmp_path):
+    # dynamics variants, then doubled batches, then config order: the demo's two workers end
+    # together instead of one training R-Drop's control alone at the end
+    plan = make_plan(builtin_config("demo"), tmp_path)
+    assert [job.label for job in plan.jobs] == [
+        "underfit/none", "underfit/dropout", "underfit/early_dropout", "underfit/early_sd",
+        "overfit/rdrop", "overfit/rdrop_control", "overfit/none", "overfit/dropout",
+    ]  # fmt: skip

@@ -113,6 +113,14 @@ class Plan:
         return [job for job in self.jobs if not self.finished(job)]
 
 
+def _lighter(setting: SettingSpec, spec: VariantSpec) -> tuple[bool, bool]:
+    """Sorts a setting's variants heaviest first (those measuring dynamics, then those training
+    on a doubled batch; config order otherwise), so that workers running jobs in plan order
+    finish together instead of one running the longest job alone at the end."""
+    dynamics = setting.dynamics is not None and spec.name in setting.dynamics.variants
+    return not dynamics, not (spec.rdrop_alpha > 0 or spec.double_batch)
+
+
 def make_plan(
     config: ExperimentConfig, out: Path, cache_dir: Path | None = None, *, eager: bool = False
 ) -> Plan:
@@ -122,7 +130,7 @@ def make_plan(
     jobs: list[Job] = []
     for setting in config.settings:
         seeds = config.seeds_of(setting)
-        for spec in setting.variants:
+        for spec in sorted(setting.variants, key=lambda spec: _lighter(setting, spec)):
             if setting.function is None:
                 result = run_dir(out, setting.name, spec.name) / RESULT_FILE
                 todo = _seeds_to_train(result, seeds)
