@@ -218,6 +218,16 @@ def test_recorder_arguments_are_validated():
         dd.DynamicsRecorder(model, ["grad_norm"], cadence="often")
     with pytest.raises(ValueError, match="tensorboard=True"):
         dd.DynamicsRecorder(model, ["grad_norm"], tensorboard=True)
+    # refused when built, not at the first measurement hours into a run
+    heldout = torch.zeros(2, 6)
+    with pytest.raises(ValueError, match="passes=0 must be a positive int"):
+        dd.DynamicsRecorder(model, ["inconsistency"], heldout=heldout, passes=0)
+    with pytest.raises(TypeError, match="passes must be an int"):
+        dd.DynamicsRecorder(model, ["inconsistency"], heldout=heldout, passes=2.5)
+    with pytest.raises(ValueError, match="seed=-1 must be a non-negative int"):
+        dd.DynamicsRecorder(model, ["grad_norm"], seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int, or None"):
+        dd.DynamicsRecorder(model, ["grad_norm"], seed="0")
     rec = dd.DynamicsRecorder(model, ["grad_norm"])
     with pytest.raises(ValueError, match="non-negative"):
         rec.step(-1)

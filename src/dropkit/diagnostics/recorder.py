@@ -187,11 +187,12 @@ class DynamicsRecorder:
 
     Raises:
         ValueError: If an instrument name is unknown or none is given, an instrument lacks its
-            data (``batches``, ``full_batches`` or ``heldout``), ``n_batches``, ``chunk_size`` or
-            ``method`` is out of range, or ``tensorboard=True`` without a ``path``.
-        TypeError: If a cadence is neither an int nor a callable, ``n_batches`` or
-            ``chunk_size`` is not an int, or both ``cadence`` and ``schedule`` (or
-            ``n_batches`` and ``num_batches``) are given.
+            data (``batches``, ``full_batches`` or ``heldout``), ``n_batches``, ``chunk_size``,
+            ``passes``, ``seed`` or ``method`` is out of range, or ``tensorboard=True`` without a
+            ``path``.
+        TypeError: If a cadence is neither an int nor a callable, ``n_batches``,
+            ``chunk_size``, ``passes`` or ``seed`` is not an int, or both ``cadence`` and
+            ``schedule`` (or ``n_batches`` and ``num_batches``) are given.
         ImportError: If ``tensorboard`` is requested but the package is not installed (the
             message names ``pip install 'dropkit[tensorboard]'``).
 
@@ -276,10 +277,10 @@ class DynamicsRecorder:
         self.full_batches = None if full_batches is None else _Batches(full_batches, None)
         self.heldout = heldout
         self.forward = forward
-        self.passes = passes
+        self.passes = check_int(passes, "passes", 1, " (Monte-Carlo passes)")
         self.method = check_method(method)
         self.chunk_size = check_chunk_size(chunk_size)
-        self.seed = seed
+        self.seed = None if seed is None else check_int(seed, "seed", 0, ", or None")
         self.distance = (
             DistanceFromInit(model, snapshot_device, init_params) if "distance" in chosen else None
         )
