@@ -120,6 +120,24 @@ def test_state_dict_is_plain_and_resume_continues_exactly() -> None:
         DropoutScheduler(transformer(), 30, dropout=schedule).load_state_dict(state)
 
 
+def test_global_step_schedule_state_round_trips_before_and_after_its_start() -> None:
+    from dropkit.integrations import GlobalStepSchedule
+
+    schedule = schedules.early(0.5, cutoff=0.5, shape="linear")
+    unstarted = GlobalStepSchedule(schedule, None, {})
+    unstarted.load_state_dict(unstarted.state_dict())  # a checkpoint taken before fit: {}
+    model = transformer()
+    assert unstarted.start(model, 20).last_step == 0
+    with pytest.raises(KeyError, match="last_step"):  # refused at once, not at the start
+        GlobalStepSchedule(schedule, None, {}).load_state_dict({"total_steps": 20})
+    unstarted.go_to(7)
+    resumed = GlobalStepSchedule(schedule, None, {})
+    resumed.load_state_dict(unstarted.state_dict())
+    other = transformer()
+    assert resumed.start(other, 20).last_step == 7
+    assert dropout_rates(other) == dropout_rates(model)
+
+
 def test_past_total_steps_holds_last_rate_and_warns_once() -> None:
     model = transformer()
     sched = DropoutScheduler(model, 3, dropout=schedules.late(0.2, cutoff=2))

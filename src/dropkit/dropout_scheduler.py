@@ -88,6 +88,13 @@ def _check_compile_levels(levels: int) -> int:
     return levels
 
 
+def check_state(state_dict: dict[str, Any]) -> None:
+    """Raise ``KeyError`` unless ``state_dict`` holds what a scheduler's state must."""
+    missing = {"last_step", "total_steps"} - state_dict.keys()
+    if missing:
+        raise KeyError(f"state_dict lacks {sorted(missing)}; pass DropoutScheduler.state_dict()")
+
+
 class DropoutScheduler:
     """Apply a dropout schedule and/or a drop-path schedule to every controllable site of a model.
 
@@ -330,11 +337,7 @@ class DropoutScheduler:
             UserWarning: If the saved ``total_steps`` differs from this scheduler's: the rates
                 follow this scheduler's.
         """
-        missing = {"last_step", "total_steps"} - state_dict.keys()
-        if missing:
-            raise KeyError(
-                f"state_dict lacks {sorted(missing)}; pass DropoutScheduler.state_dict()"
-            )
+        check_state(state_dict)
         if state_dict["total_steps"] != self.total_steps:
             warnings.warn(
                 f"resuming a schedule saved with total_steps={state_dict['total_steps']} in a "

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
+from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike, check_state
 
 __all__ = ["GlobalStepSchedule"]
 
@@ -170,13 +170,16 @@ class GlobalStepSchedule:
                 returned.
 
         Raises:
-            KeyError: If the scheduler has started and ``state`` lacks ``"last_step"`` or
-                ``"total_steps"`` (before the start, the check waits for it).
+            KeyError: If ``state`` lacks ``"last_step"`` or ``"total_steps"``; before the start,
+                an empty ``state`` (what ``state_dict`` gives then) restores nothing.
         """
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
-        else:
+        elif state:
+            check_state(state)
             self._pending_state = dict(state)
+        else:  # saved before any start: no position to restore
+            self._pending_state = None
 
     def _started(self) -> DropoutScheduler:
         if self.scheduler is None:
