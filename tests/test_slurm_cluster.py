@@ -94,9 +94,12 @@ def test_preempted_checkpointable_job_is_requeued(executor: Any, tmp_path: Path)
     wait_for(started.exists, 60, f"job {job.job_id} starts")
     # As SLURM preempts, and as submitit's own job._interrupt() does: SIGTERM, which submitit
     # ignores, then its preemption signal USR2, on which it checkpoints and requeues the job.
+    # scancel returns before slurmd delivers, so USR2 waits until the SIGTERM has been seen: a
+    # SIGTERM arriving after it would kill the `scontrol requeue` USR2's handler runs (seen once).
     start = time.monotonic()
-    for signal in ("TERM", "USR2"):
-        subprocess.run(["scancel", f"--signal={signal}", job.job_id], check=True)
+    subprocess.run(["scancel", "--signal=TERM", job.job_id], check=True)
+    wait_for(lambda: "Bypassing signal SIGTERM" in (job.stderr() or ""), 30, "SIGTERM delivered")
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
     wait_for(job.paths.result_pickle.exists, 60, f"job {job.job_id} requeued and completed")
     requeued_s = time.monotonic() - start
     assert job.result() == 1  # the rerun started from the state checkpoint() returned
