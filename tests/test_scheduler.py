@@ -83,6 +83,11 @@ def test_placeholder_where_depth_rule_wants_a_rate_warns() -> None:
     with pytest.warns(UserWarning, match=r"cannot be scheduled.*blocks\.1\.drop_path1"):
         DropoutScheduler(model, 10, drop_path=0.2)
     assert model.blocks[2].drop_path1.drop_prob == pytest.approx(0.2)
+    # the warning gives the stuck sites' own reason, whatever site comes first in the model
+    model = lookalikes.TimmViT(depth=3, drop_path_rate=0.0)
+    model.blocks[0].drop_path1 = lookalikes.DropPath(0.0)
+    with pytest.warns(UserWarning, match=r"blocks\.1\.drop_path1.*replace_placeholders"):
+        DropoutScheduler(model, 10, drop_path=0.2)
 
 
 def test_no_sites_raises_with_listing_or_warns() -> None:

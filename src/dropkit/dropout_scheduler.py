@@ -232,11 +232,13 @@ class DropoutScheduler:
             blocks = list(dict.fromkeys(site.block for site in of_kind))
             by_block = dict(zip(blocks, depth_profile(len(blocks), depth_rule) if blocks else []))
             multipliers = [by_block[site.block] for site in of_kind]
-        stuck = [s.name for s, m in zip(of_kind, multipliers) if not s.controllable and m > 0]
+        stuck = [s for s, m in zip(of_kind, multipliers) if not s.controllable and m > 0]
         if stuck:
+            names = ", ".join(s.name for s in stuck[:5]) + (" ..." if len(stuck) > 5 else "")
+            why = " ".join(dict.fromkeys(s.note for s in stuck if s.note))  # each reason once
             warnings.warn(
                 f"{len(stuck)} {kind} site(s) cannot be scheduled and will stay off: "
-                f"{', '.join(stuck[:5])}{' ...' if len(stuck) > 5 else ''}. {of_kind[0].note}",
+                f"{names}. {why}",
                 stacklevel=4,
             )
         targets = [(s, m) for s, m in zip(of_kind, multipliers) if s.controllable]
