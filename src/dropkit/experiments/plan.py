@@ -20,7 +20,7 @@ from dropkit import schedules
 from dropkit.experiments.config import ExperimentConfig, SettingSpec, VariantSpec
 from dropkit.experiments.executors import Job
 from dropkit.experiments.io import read_json
-from dropkit.experiments.population import PopulationJob
+from dropkit.experiments.population import PopulationJob, train_variant_spec
 from dropkit.experiments.record import RunRecord
 from dropkit.experiments.trial import Trial, TrialJob
 
@@ -118,7 +118,7 @@ def _lighter(setting: SettingSpec, spec: VariantSpec) -> tuple[bool, bool]:
     on a doubled batch; config order otherwise), so that workers running jobs in plan order
     finish together instead of one running the longest job alone at the end."""
     dynamics = setting.dynamics is not None and spec.name in setting.dynamics.variants
-    return not dynamics, not (spec.rdrop_alpha > 0 or spec.double_batch)
+    return not dynamics, not train_variant_spec(spec).doubled
 
 
 def make_plan(
