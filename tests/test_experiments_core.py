@@ -23,6 +23,7 @@ from torch import nn
 import dropkit
 from dropkit import schedules
 from dropkit.experiments import data as datasets
+from dropkit.experiments.mnist1d_generator import _interp_rows, make_mnist1d
 from dropkit.experiments.models import MLP, Mixer1D, ResMLP, ViT1D, build_model
 from dropkit.experiments.train import (
     Population,
@@ -103,6 +104,60 @@ def test_mnist1d_seed_changes_the_data(tmp_path) -> None:
     b = datasets.load_mnist1d(200, seed=2, cache_dir=tmp_path)
     assert a.x.shape == b.x.shape == (160, 40)
     assert not torch.equal(a.x, b.x)
+
+
+@settings(max_examples=15, deadline=None)
+@given(num_samples=st.integers(10, 400), seed=st.integers(0, 2**32 - 1))
+def test_mnist1d_generator_gives_the_packages_arrays_bit_for_bit(num_samples, seed) -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    state = np.random.get_state(), random.getstate()
+    try:
+        expected = make_dataset(args)  # reseeds the global generators
+    finally:
+        np.random.set_state(state[0])
+        random.setstate(state[1])
+    made = make_mnist1d(num_samples, seed)
+    for key in datasets.NPZ_KEYS:
+        assert made[key].dtype == expected[key].dtype and made[key].shape == expected[key].shape
+        assert np.array_equal(made[key], expected[key]), key
+
+
+def test_mnist1d_generator_matches_the_package_on_the_canonical_set(mnist1d) -> None:
+    from mnist1d.data import make_dataset
+
+    state = np.random.get_state(), random.getstate()
+    try:
+        expected = make_dataset()  # the package's defaults: 5 000 samples, seed 42
+    finally:
+        np.random.set_state(state[0])
+        random.setstate(state[1])
+    assert torch.equal(mnist1d.x, torch.from_numpy(expected["x"]).float())
+    assert torch.equal(mnist1d.y_test, torch.from_numpy(expected["y_test"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    knots=st.lists(st.floats(-10, 10), min_size=2, max_size=12, unique=True),
+    rows=st.integers(1, 4),
+    queries=st.integers(1, 30),
+    data=st.data(),
+)
+def test_row_interpolation_is_np_interp_per_row(knots, rows, queries, data) -> None:
+    x_old = np.sort(np.asarray(knots))
+    values = np.asarray(
+        data.draw(
+            st.lists(st.floats(-1e3, 1e3), min_size=rows * len(knots), max_size=rows * len(knots))
+        )
+    ).reshape(rows, -1)
+    # queries inside the knots' range, some of them exactly on knots
+    inside = st.one_of(st.sampled_from(list(x_old)), st.floats(x_old[0], x_old[-1]))
+    x_new = np.sort(np.asarray(data.draw(st.lists(inside, min_size=queries, max_size=queries))))
+    got = _interp_rows(x_new, x_old, values)
+    for row, expected in zip(got, values):
+        assert np.array_equal(row, np.interp(x_new, x_old, expected))
 
 
 def test_digits() -> None:
