@@ -177,7 +177,8 @@ def default_cache_dir() -> Path:
 def _generate_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     with optional_imports("mnist1d", "data", "to generate MNIST-1D"):
         from dropkit.experiments.mnist1d_generator import make_mnist1d
-    return make_mnist1d(num_samples, seed)
+
+        return make_mnist1d(num_samples, seed)  # imports mnist1d itself
 
 
 def load_mnist1d(

@@ -13,7 +13,6 @@ against the package. The templates and the transformation's constants are read f
 from __future__ import annotations
 
 import numpy as np
-from mnist1d.data import get_dataset_args, get_templates
 from scipy.ndimage import gaussian_filter1d
 
 __all__ = ["make_mnist1d"]
@@ -33,6 +32,8 @@ def _interp_rows(x_new: np.ndarray, x_old: np.ndarray, rows: np.ndarray) -> np.n
 def make_mnist1d(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     """``x``, ``y``, ``x_test``, ``y_test`` as ``mnist1d.data.make_dataset`` gives them for the
     package's default arguments with ``num_samples`` and ``seed``."""
+    from mnist1d.data import get_dataset_args, get_templates  # where it is used: optional
+
     args, templates = get_dataset_args(), get_templates()
     low, high = args.padding
     dilated, eps = args.template_len + high, 1e-8
