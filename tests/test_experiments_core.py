@@ -106,34 +106,31 @@ def test_mnist1d_seed_changes_the_data(tmp_path) -> None:
     assert not torch.equal(a.x, b.x)
 
 
-@settings(max_examples=15, deadline=None)
-@given(num_samples=st.integers(10, 400), seed=st.integers(0, 2**32 - 1))
-def test_mnist1d_generator_gives_the_packages_arrays_bit_for_bit(num_samples, seed) -> None:
+def _packages_mnist1d(num_samples: int = 5000, seed: int = 42) -> dict[str, np.ndarray]:
+    """``mnist1d.make_dataset``'s arrays (it reseeds the global generators: restored here)."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
     state = np.random.get_state(), random.getstate()
     try:
-        expected = make_dataset(args)  # reseeds the global generators
+        return make_dataset(args)
     finally:
         np.random.set_state(state[0])
         random.setstate(state[1])
-    made = make_mnist1d(num_samples, seed)
+
+
+@settings(max_examples=15, deadline=None)
+@given(num_samples=st.integers(10, 400), seed=st.integers(0, 2**32 - 1))
+def test_mnist1d_generator_gives_the_packages_arrays_bit_for_bit(num_samples, seed) -> None:
+    expected, made = _packages_mnist1d(num_samples, seed), make_mnist1d(num_samples, seed)
     for key in datasets.NPZ_KEYS:
         assert made[key].dtype == expected[key].dtype and made[key].shape == expected[key].shape
         assert np.array_equal(made[key], expected[key]), key
 
 
 def test_mnist1d_generator_matches_the_package_on_the_canonical_set(mnist1d) -> None:
-    from mnist1d.data import make_dataset
-
-    state = np.random.get_state(), random.getstate()
-    try:
-        expected = make_dataset()  # the package's defaults: 5 000 samples, seed 42
-    finally:
-        np.random.set_state(state[0])
-        random.setstate(state[1])
+    expected = _packages_mnist1d()  # the package's defaults: 5 000 samples, seed 42
     assert torch.equal(mnist1d.x, torch.from_numpy(expected["x"]).float())
     assert torch.equal(mnist1d.y_test, torch.from_numpy(expected["y_test"]))
 

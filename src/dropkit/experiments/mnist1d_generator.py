@@ -1,8 +1,8 @@
-"""MNIST-1D's generator, vectorised: ``mnist1d.make_dataset``'s arrays, bit for bit, ~10x faster.
+"""MNIST-1D's generator, vectorised: ``mnist1d.make_dataset``'s arrays, bit for bit, 11x faster.
 
 ``make_dataset`` transforms one sample at a time (pad, dilate, scale, translate, correlated and
-i.i.d. noise, shear, subsample), building two scipy interpolators per sample: 50 000 samples
-take 16 s, the largest serial step of a first ``dropkit demo``. Here the random draws are made
+i.i.d. noise, shear, subsample), building scipy interpolators per sample: 50 000 samples take
+13 to 17 s, the largest serial step of a first ``dropkit demo``. Here the random draws are made
 in the package's order from a private ``RandomState`` seeded as its global one (so the global
 generators are left alone), and the arithmetic runs on every sample at once with the same
 float operations in the same order (``np.interp``'s, which ``interp1d`` delegates to for 1-D
