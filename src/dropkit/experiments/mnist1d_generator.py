@@ -20,7 +20,9 @@ __all__ = ["make_mnist1d"]
 
 def _interp_rows(x_new: np.ndarray, x_old: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``np.interp(x_new, x_old, row)`` for each row at once, with its arithmetic: the value at
-    a knot (or past the last) is the knot's, else ``slope * (x - x_j) + y_j``."""
+    a knot (or past the last) is the knot's, else ``slope * (x - x_j) + y_j``. For finite
+    slopes (``np.interp``'s retry after a NaN is not reproduced; the generator's knots are
+    evenly spaced)."""
     j = np.searchsorted(x_old, x_new, side="right") - 1  # x_old[j] <= x < x_old[j + 1]
     at_knot = (j == len(x_old) - 1) | (x_old[j] == x_new)
     k = np.minimum(j, len(x_old) - 2)
