@@ -56,6 +56,8 @@ __all__ = [
     "train_variant",
 ]
 
+EVAL_BATCH = 1024  # samples per forward when evaluating (TrainConfig.eval_batch's default)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -119,8 +121,10 @@ class TrainConfig:
             ``"constant"``: ``lr`` after the warm-up.
         log_every: The training loss is logged as the mean over windows of this many steps
             (at least 1; default 10).
-        eval_batch: Samples per forward when evaluating (at least 1; default 8192); memory, not
-            the result, depends on it.
+        eval_batch: Samples per forward when evaluating (at least 1; default 1024); speed and
+            memory, not the result, depend on it. A larger chunk can be slower on a CPU: an
+            8192-sample chunk made the demo's ViT1D evaluate 3x slower, its intermediate
+            tensors outgrowing the caches (``benchmarks/eval_batch.py``).
         train_eval_samples: The final training loss and accuracy (dropout off) are measured on
             the first this many training samples; None (default) measures all of them. On a
             large set a fixed subset saves a full pass per variant.
@@ -154,7 +158,7 @@ class TrainConfig:
     warmup_frac: float = 0.05
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     log_every: int = 10
-    eval_batch: int = 8192
+    eval_batch: int = EVAL_BATCH
     train_eval_samples: int | None = None
     compile: bool = False
 
@@ -236,7 +240,7 @@ class Population:
         return vmap(member, in_dims=in_dims, randomness="different")(self.params, self.buffers, x)
 
     def logits(
-        self, x: Tensor, train: bool = False, per_member: bool = False, chunk: int = 8192
+        self, x: Tensor, train: bool = False, per_member: bool = False, chunk: int = EVAL_BATCH
     ) -> Tensor:
         """Logits ``(S, N, C)`` of every member on ``x``.
 
@@ -258,7 +262,7 @@ class Population:
             self.base.train(was_training)
         return torch.cat(parts, dim=1)
 
-    def evaluate(self, x: Tensor, y: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    def evaluate(self, x: Tensor, y: Tensor, chunk: int = EVAL_BATCH) -> tuple[Tensor, Tensor]:
         """Per-member mean cross-entropy and accuracy on ``(x, y)`` with dropout off: two (S,)."""
         logits = self.logits(x, train=False, chunk=chunk)
         loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.size), reduction="none")
