@@ -168,6 +168,24 @@ def test_remove_restores_built_rates() -> None:
         sched.step()
 
 
+def test_remove_leaves_kinds_it_does_not_schedule() -> None:
+    model = lookalikes.TimmViT(depth=3, drop_path_rate=0.2)
+    rates = {
+        kind: [s.p for s in find_sites(model) if s.kind == kind]
+        for kind in ("dropout", "drop_path")
+    }
+    drop_path = DropoutScheduler(model, 10, drop_path=schedules.late(0.4, cutoff=2))
+    dropout = DropoutScheduler(model, 10, dropout=0.3)
+    for site in find_sites(model):
+        if site.kind == "drop_path" and site.controllable:
+            site.set_p(0.05)  # set by hand while the dropout scheduler runs
+    dropout.remove()
+    assert [s.p for s in find_sites(model) if s.kind == "dropout"] == rates["dropout"]
+    assert {s.p for s in find_sites(model) if s.kind == "drop_path" and s.controllable} == {0.05}
+    drop_path.remove()
+    assert [s.p for s in find_sites(model) if s.kind == "drop_path"] == rates["drop_path"]
+
+
 def test_writes_only_when_the_rate_changes() -> None:
     class CountingDropout(nn.Module):
         def __init__(self) -> None:

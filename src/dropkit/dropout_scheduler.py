@@ -205,10 +205,12 @@ class DropoutScheduler:
             else {}
         )
         sites = find_sites(model)
-        self._built_rates = {site: site.p for site in sites if site.controllable}
         self._targets = {
             kind: self._targets_for(kind, sites, depth_rule, model, on_missing)
             for kind in self.schedules
+        }
+        self._built_rates = {
+            site: site.p for targets in self._targets.values() for site, _ in targets
         }
         self._last_p: dict[str, float] = {}
         self._written: dict[str, float] = {}
@@ -351,10 +353,11 @@ class DropoutScheduler:
         self._apply(force=True)
 
     def remove(self) -> None:
-        """Restore every site's rate as the model was built, and stop scheduling.
+        """Restore the rates of the sites this scheduler drives, and stop scheduling.
 
-        "As built" means the rates the controllable sites had when this scheduler was created,
-        for every kind, scheduled or not. Afterwards [`step`][dropkit.DropoutScheduler.step] and
+        Each scheduled site gets back the rate it had when this scheduler was created; sites of
+        a kind it does not schedule are left as they are (another scheduler's, or rates set by
+        hand). Afterwards [`step`][dropkit.DropoutScheduler.step] and
         [`load_state_dict`][dropkit.DropoutScheduler.load_state_dict] raise ``RuntimeError``.
         """
         for site, rate in self._built_rates.items():
