@@ -253,6 +253,21 @@ def test_a_config_changed_between_a_crash_and_the_resume_is_refused(tmp_path, ca
     assert "holds a run of a different config" in capsys.readouterr().err
 
 
+def test_a_folder_recorded_with_another_eval_batch_resumes_without_retraining(tmp_path, capsys):
+    # eval_batch changes no number (its default moved from 8192 to 1024): a folder written
+    # before is the same run, not a different config
+    config, out = _write_config(tmp_path / "a.yaml"), tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    recorded = json.loads((out / "config.json").read_text())
+    recorded["config"]["settings"]["digits"]["train"]["eval_batch"] = 8192
+    (out / "config.json").write_text(json.dumps(recorded))
+    results = {p: p.read_bytes() for p in out.rglob("result.json")}
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    assert {p: p.read_bytes() for p in out.rglob("result.json")} == results
+    assert "extensions" not in json.loads((out / "config.json").read_text())
+    assert "different config" not in capsys.readouterr().err
+
+
 def test_the_process_fixture_sees_a_child_that_would_outlive_its_test():
     from tests.conftest import _MARKER, _marked_processes
 

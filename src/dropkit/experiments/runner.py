@@ -169,10 +169,17 @@ def _seed_counts(config: ExperimentConfig) -> dict[str, int]:
     return {s.name: len(config.seeds_of(s)) for s in config.settings}
 
 
-def _without_seeds(raw: dict[str, Any]) -> dict[str, Any]:
-    settings = {
-        name: {k: v for k, v in s.items() if k != "seeds"} for name, s in raw["settings"].items()
-    }
+def _identity(raw: dict[str, Any]) -> dict[str, Any]:
+    """What makes two configs one run: all of it but the seed counts and what cannot change a
+    number (``train.eval_batch``, the samples per evaluation forward)."""
+
+    def setting(s: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: v for k, v in s.items() if k != "seeds"}
+        if "train" in kept:
+            kept["train"] = {k: v for k, v in kept["train"].items() if k != "eval_batch"}
+        return kept
+
+    settings = {name: setting(s) for name, s in raw["settings"].items()}
     return {**{k: v for k, v in raw.items() if k != "seeds"}, "settings": settings}
 
 
@@ -186,14 +193,14 @@ def _record_config(out: Path, config: ExperimentConfig) -> None:
         return
     stored = read_json(path)
     held = parse_config(stored["config"])  # read back through today's defaults
-    if held.to_dict() == wanted:
-        return
-    if _without_seeds(held.to_dict()) != _without_seeds(wanted):
+    if _identity(held.to_dict()) != _identity(wanted):
         raise ValueError(
             f"{out} holds a run of a different config; pass another --out, or delete the folder "
             "to start over"
         )
     before, after = _seed_counts(held), _seed_counts(config)
+    if before == after:
+        return
     for name, count in after.items():
         if count < before[name]:
             raise ValueError(
