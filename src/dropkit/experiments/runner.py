@@ -32,6 +32,7 @@ from dropkit.experiments.preflight import preflight
 from dropkit.experiments.report import build_report, load_results, summary_table
 from dropkit.experiments.results import Results
 from dropkit.experiments.status import EXECUTOR_FILE
+from dropkit.experiments.train import TrainConfig
 
 __all__ = [
     "Interrupted",
@@ -170,13 +171,14 @@ def _seed_counts(config: ExperimentConfig) -> dict[str, int]:
 
 
 def _identity(raw: dict[str, Any]) -> dict[str, Any]:
-    """What makes two configs one run: all of it but the seed counts and what cannot change a
-    number (``train.eval_batch``, the samples per evaluation forward)."""
+    """What makes two configs one run: all of it but the seed counts and the training fields
+    that cannot change a number (``TrainConfig.RESULT_NEUTRAL``, e.g. ``eval_batch``)."""
 
     def setting(s: dict[str, Any]) -> dict[str, Any]:
         kept = {k: v for k, v in s.items() if k != "seeds"}
         if "train" in kept:
-            kept["train"] = {k: v for k, v in kept["train"].items() if k != "eval_batch"}
+            neutral = TrainConfig.RESULT_NEUTRAL
+            kept["train"] = {k: v for k, v in kept["train"].items() if k not in neutral}
         return kept
 
     settings = {name: setting(s) for name, s in raw["settings"].items()}

@@ -31,7 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +150,10 @@ class TrainConfig:
         run = TrainConfig(epochs=40, batch_size=64, lr=1e-3, warmup_frac=1 / 6)
         ```
     """
+
+    # fields that change no number, only speed and memory: a run recorded with other values
+    # of them is the same run (the runner's check of a run folder's config ignores them)
+    RESULT_NEUTRAL: ClassVar[frozenset[str]] = frozenset({"eval_batch"})
 
     epochs: int = 10
     batch_size: int = 128
