@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,12 +76,3 @@ def cancel_jobs(folder: Path, timeout: float = 30.0) -> None:
             raise TimeoutError(f"SLURM jobs {jobs} still active {timeout:.0f} s after scancel")
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=20, check=False)
         time.sleep(0.5)
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it is true; fail the test with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.2)

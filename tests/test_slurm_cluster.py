@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.slurm_cluster import cancel_jobs, require_cluster, wait_for
+from tests.slurm_cluster import cancel_jobs, require_cluster
+from tests.waiting import wait_for
 
 submitit = pytest.importorskip("submitit")
 cloudpickle = pytest.importorskip("cloudpickle")

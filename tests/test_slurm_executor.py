@@ -19,15 +19,16 @@ from dropkit.cli import main
 from dropkit.experiments.config import load_config
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
-from tests.slurm_cluster import cancel_jobs, require_cluster, wait_for
+from tests.slurm_cluster import cancel_jobs, require_cluster
 from tests.user_project import (
+    held_config_and_reference,
     project_folder,
     run_result,
-    slow_config_and_reference,
     trial_calls,
     user_config,
     write_config,
 )
+from tests.waiting import wait_for
 
 pytest.importorskip("submitit")
 pytestmark = pytest.mark.slow
@@ -94,7 +95,8 @@ def test_the_quick_demo_gives_the_same_results_on_slurm_as_here(cluster, tmp_pat
 def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, project, tmp_path):
     flags = project / "flags"
     reference = tmp_path / "reference"
-    config_path = slow_config_and_reference(project, 1, reference)
+    # the trial waits after its first checkpoint until it is preempted: no race with its end
+    config_path = held_config_and_reference(project, 1, reference, held="early-0")
     out = tmp_path / "run"
     driver = _driver(config_path, out)
     label = "mine/early/seed 0"
@@ -121,13 +123,14 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
     cluster, project, tmp_path
 ):
     flags = project / "flags"
-    # 20 steps of 0.5 s: the trial outlives SLURM's KillWait (5 s) after the scancel
-    config_path = write_config(project, user_config(flags, seeds=1, sleep=0.5, steps=20))
+    # the trial waits after its first checkpoint, outliving SLURM's KillWait (5 s) after scancel
+    config_path = write_config(project, user_config(flags, seeds=1))
+    (flags / "hold-dropout-0").touch()
     out = tmp_path / "run"
     driver = _driver(config_path, out)
     label = "mine/dropout/seed 0"
-    wait_for(lambda: (out / "runs/mine/dropout/seed-0/log.jsonl").exists() and _job_id(out, label),
-          120, "the trial runs")  # fmt: skip
+    checkpoint = out / "runs/mine/dropout/seed-0/checkpoint.pt"
+    wait_for(lambda: checkpoint.exists() and _job_id(out, label), 120, "the trial checkpoints")
     subprocess.run(["scancel", _job_id(out, label)], check=True)
     _, stderr = driver.communicate(timeout=180)
     assert driver.returncode == 0, stderr
@@ -135,9 +138,12 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
     error = run_result(out, "dropout")["errors"][0]
     assert error.startswith(f"SLURM job {_job_id(out, label)} ended CANCELLED")
     assert job_status(out)[label].startswith("failed: ")
+    # a failed trial starts again from scratch (its checkpoint is gone), this time unheld
     (flags / "calls.txt").unlink()
+    (flags / "hold-dropout-0").unlink()
     assert main(["run", str(config_path), "--out", str(out), "--executor", "slurm"]) == 0
     assert trial_calls(project) == ["dropout/0"]
+    assert not (flags / "restored.txt").exists()
     assert run_result(out, "dropout")["errors"] == [None]
 
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +22,14 @@ from dropkit.experiments.report import build_report
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.trial import read_log
 from tests.user_project import (
+    held_config_and_reference,
     project_folder,
     run_result,
-    slow_config_and_reference,
     trial_calls,
     user_config,
     write_config,
 )
+from tests.waiting import wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -181,31 +181,21 @@ def test_trial_checkpoint_restore_and_log(tmp_path):
 def test_a_killed_run_resumes_trials_from_their_checkpoints_to_the_same_numbers(project, tmp_path):
     flags = project / "flags"
     reference = tmp_path / "reference"
-    config_path = slow_config_and_reference(project, 2, reference)
+    # seed 1 of dropout waits after its first checkpoint until the run is killed: no race
+    config_path = held_config_and_reference(project, 2, reference, held="dropout-1")
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "dropkit.cli", "run", str(config_path), "--out", str(out),
                "--workers", "1"]  # fmt: skip
     driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-
-    def mid_trial() -> bool:
-        """A trial has checkpointed (at step 10 or 20 of 40) and is still running: at least
-        2 s of it are left. The checkpoint, not the log line written just before it."""
-        for checkpoint in out.glob("runs/mine/*/seed-*/checkpoint.pt"):
-            log = read_log(checkpoint.parent)
-            if log and log[-1]["step"] <= 20 and not (checkpoint.parent / "outcome.json").exists():
-                return True
-        return False
-
-    deadline = time.monotonic() + 120
-    while not mid_trial() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    checkpoint = out / "runs/mine/dropout/seed-1/checkpoint.pt"
+    wait_for(checkpoint.exists, 120, "the held trial checkpoints")
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 128 + signal.SIGTERM, err
     assert "run the same command again to resume" in err
     interrupted = [p.parent for p in out.glob("runs/mine/*/seed-*/checkpoint.pt")
                    if not (p.parent / "outcome.json").exists()]  # fmt: skip
-    assert interrupted
+    assert interrupted == [checkpoint.parent]
     done_before = {p.parent.name + p.parent.parent.name
                    for p in out.glob("runs/mine/*/seed-*/outcome.json")}  # fmt: skip
     (flags / "calls.txt").unlink()

@@ -12,7 +12,9 @@ import yaml
 
 # A user's module, written against the documented Trial only. It trains a small MLP on a fixed
 # random problem, checkpoints every 10 steps (its RNG state included, so a resumed trial ends
-# where an uninterrupted one does), and fails on request through files in its params' folder.
+# where an uninterrupted one does), and through files in its params' folder fails on request
+# (fail-VARIANT-SEED) or, unless it was restored, waits after its first checkpoint to be
+# interrupted there (hold-VARIANT-SEED): a test interrupts it mid-trial with no race.
 USER_MODULE = """
 import time
 from pathlib import Path
@@ -61,6 +63,8 @@ def train(trial):
             trial.checkpoint({"model": model.state_dict(), "opt": opt.state_dict(),
                               "sched": sched.state_dict(), "rng": torch.get_rng_state(),
                               "step": step + 1})
+            if state is None and (flags / f"hold-{trial.variant}-{trial.seed}").exists():
+                hold()
     if p.get("return") == "list":
         return [1.0]
     model.eval()
@@ -71,6 +75,11 @@ def train(trial):
     if p.get("return") == "no_acc":
         del out["train_acc"]
     return out
+
+
+def hold():  # waits to be interrupted: the run is killed or preempted here
+    time.sleep(300)
+    raise RuntimeError("held for 300 s and never interrupted")
 
 
 def two_arguments(trial, other):
@@ -134,15 +143,16 @@ def run_result(out: Path, variant: str) -> dict:
     return json.loads((out / "runs" / "mine" / variant / "result.json").read_text())
 
 
-def slow_config_and_reference(project: Path, seeds: int, reference: Path) -> Path:
-    """Train the user's trials once as they are (the reference numbers, into ``reference``),
-    then write the same config with a sleep per step, slow enough to interrupt, and return it;
-    the sleep changes no number. The call log is cleared for the run under test."""
+def held_config_and_reference(project: Path, seeds: int, reference: Path, held: str) -> Path:
+    """Train the user's trials once as they are (the reference numbers, into ``reference``), then
+    ask trial ``held`` ("variant-seed") to wait after its first checkpoint until it is interrupted,
+    and return the config. The call log is cleared for the run under test."""
     from dropkit.experiments.config import load_config
     from dropkit.experiments.runner import run_experiment
 
     flags = project / "flags"
-    run_experiment(load_config(write_config(project, user_config(flags, seeds=seeds))), reference,
-                   progress=False)  # fmt: skip
+    config_path = write_config(project, user_config(flags, seeds=seeds))
+    run_experiment(load_config(config_path), reference, progress=False)
     (flags / "calls.txt").unlink()
-    return write_config(project, user_config(flags, seeds=seeds, sleep=0.1))
+    (flags / f"hold-{held}").touch()
+    return config_path
