@@ -17,6 +17,7 @@ import pytest
 
 from dropkit.cli import main
 from dropkit.experiments.config import load_config
+from dropkit.experiments.executors.slurm import NO_TIME_LIMIT
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
 from tests.slurm_cluster import cancel_jobs, require_cluster
@@ -109,6 +110,7 @@ def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, 
         subprocess.run(["scancel", f"--signal={name}", job], check=True)
     _, stderr = driver.communicate(timeout=180)
     assert driver.returncode == 0, stderr
+    assert NO_TIME_LIMIT in stderr  # the config sets no timeout_min: submitit's 5 minutes
     restored = (flags / "restored.txt").read_text().split()
     assert len(restored) == 1 and restored[0].startswith("early/0@")
     assert trial_calls(project).count("early/0") == 2
@@ -148,11 +150,14 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
 
 
 def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp_path, capsys):
-    config_path = write_config(project, user_config(project / "flags", seeds=1, sleep=0.02))
+    raw = user_config(project / "flags", seeds=1, sleep=0.02)
+    config_path = write_config(project, raw | {"executor": {"kind": "slurm", "timeout_min": 10}})
     out = tmp_path / "run"
-    command = ["run", str(config_path), "--out", str(out), "--executor", "slurm"]
+    command = ["run", str(config_path), "--out", str(out)]
     assert main([*command, "--detach"]) == 0
-    assert "submitted; `dropkit status" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "submitted; `dropkit status" in printed.out
+    assert "SLURM: 3 job(s) submitted" in printed.err and NO_TIME_LIMIT not in printed.err
     assert not (out / "report.json").exists()
     labels = {f"mine/{v}/seed 0" for v in ("none", "dropout", "early")}
     assert set(job_status(out)) == labels

@@ -31,6 +31,13 @@ ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMP
 POLL_S = 2.0  # seconds between sacct calls while jobs are pending
 LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long is reported lost
 LOG_TAIL_LINES = 20
+TIME_LIMIT_KEYS = ("timeout_min", "slurm_time")
+NO_TIME_LIMIT = (
+    "SLURM: the executor block sets no timeout_min, so submitit's default limit of 5 minutes "
+    "applies to every job; near it a job is requeued (up to 3 times, resuming from its "
+    "trial.checkpoint(), else from the start) and then fails. Set executor.timeout_min (minutes) "
+    "to what a job needs."
+)
 
 
 def _submitit() -> Any:
@@ -153,6 +160,8 @@ class SlurmExecutor:
                 file=sys.stderr,
                 flush=True,
             )
+        if fresh and not any(key in self.parameters for key in TIME_LIMIT_KEYS):
+            print(NO_TIME_LIMIT, file=sys.stderr, flush=True)
         if self.detach:
             return
         pending = dict(handles)
