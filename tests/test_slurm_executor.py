@@ -105,9 +105,13 @@ def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, 
     wait_for(lambda: checkpoint.exists() and _job_id(out, label), 120, "the trial checkpoints")
     job = _job_id(out, label)
     # what SLURM sends on preemption, as submitit's own tests do: SIGTERM (submitit's job
-    # ignores it), then USR2, on which it checkpoints and requeues
-    for name in ("TERM", "USR2"):
-        subprocess.run(["scancel", f"--signal={name}", job], check=True)
+    # ignores it), then USR2, on which it checkpoints and requeues; USR2 waits until the SIGTERM
+    # has been seen, as in test_slurm_cluster.py (a late SIGTERM kills the requeue)
+    log = out / "slurm" / f"{job}_0_log.err"
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    wait_for(lambda: log.exists() and "Bypassing signal SIGTERM" in log.read_text(), 30,
+             "SIGTERM delivered")  # fmt: skip
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
     _, stderr = driver.communicate(timeout=180)
     assert driver.returncode == 0, stderr
     assert NO_TIME_LIMIT in stderr  # the config sets no timeout_min: submitit's 5 minutes
