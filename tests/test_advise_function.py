@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from dropkit.cli import main
 from dropkit.experiments.advise import default_budget
 from dropkit.experiments.config import load_config
 from dropkit.experiments.runner import run_experiment
+from tests.slurm_cluster import cancel_jobs, require_cluster
+from tests.waiting import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch"
 
@@ -60,6 +63,29 @@ def test_advise_probes_a_training_function_and_emits_a_runnable_config(example, 
     assert a1.direction == ("<" if advice["regime"] == "underfitting" else ">")
     report = run_experiment(config.with_seeds(2), tmp_path / "run", progress=False)
     assert report is not None and report["claims"][0]["n_seeds"] == 2
+
+
+@pytest.mark.slow
+def test_advise_on_slurm_gives_the_local_advice_with_the_parameters_given(example, tmp_path):
+    pytest.importorskip("submitit")
+    require_cluster()
+    base = ["advise", str(example / "config.yaml"), "--seeds", "2", "--budget", "0.5"]
+    slurm = ["--executor", "slurm", "--executor-param", "timeout_min=6",
+             "--executor-param", "name=dk-advise"]  # fmt: skip
+    try:
+        assert main([*base, "--out", str(tmp_path / "local")]) == 0
+        assert main([*base, "--out", str(tmp_path / "slurm"), *slurm]) == 0
+    finally:
+        cancel_jobs(tmp_path)
+    local, remote = (json.loads((tmp_path / where / "advice.json").read_text())
+                     for where in ("local", "slurm"))  # fmt: skip
+    assert remote["evidence"]["variants"] == local["evidence"]["variants"]
+    assert remote["recommendation"] == local["recommendation"]
+    ids = ",".join(json.loads((tmp_path / "slurm/slurm/jobs.json").read_text()).values())
+    sacct = ["sacct", "-n", "-X", "-P", "-o", "JobName,Timelimit", "-j", ids]
+    wait_for(lambda: len(subprocess.check_output(sacct, text=True).split()) == 4, 30,
+             "sacct: the probes are accounted")  # fmt: skip
+    assert subprocess.check_output(sacct, text=True).split() == ["dk-advise|00:06:00"] * 4
 
 
 def test_an_early_dropout_advice_emits_its_schedule_and_the_papers_claims(tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import dropkit
-from dropkit.cli import main
+from dropkit.cli import _executor_param, main
 from dropkit.experiments.claims import MIN_SEEDS
 from dropkit.experiments.config import SettingSpec, builtin_config
 
@@ -37,6 +37,43 @@ def test_version_flag_prints_the_package_version(capsys) -> None:
 def test_demo_refuses_fewer_than_two_seeds(capsys) -> None:
     assert main(["demo", "--seeds", "1"]) == 2
     assert "--seeds must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("timeout_min=60", 60), ("mem_gb=2.5", 2.5), ("slurm_partition=gpu", "gpu"),
+     ("slurm_time=08:00:00", "08:00:00"), ("slurm_use_srun=false", False)],
+)  # fmt: skip
+def test_executor_param_values_are_typed_as_submitit_checks_them(text: str, value) -> None:
+    key, parsed = _executor_param(text)
+    assert key == text.partition("=")[0]
+    assert parsed == value and type(parsed) is type(value)
+
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples/plain_pytorch/config.yaml"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--executor-param", "timeout_min=60"], "add --executor slurm"),
+        (["run", str(EXAMPLE_CONFIG), "--executor", "local", "--executor-param", "mem_gb=4"],
+         "add --executor slurm"),
+        (["demo", "--executor", "slurm", "--executor-param", "folder=logs"],
+         "not a submitit parameter"),
+        (["advise", "missing.yaml", "--executor-param", "timeout_min=60"], "add --executor slurm"),
+    ],
+)  # fmt: skip
+def test_executor_params_are_refused_where_submitit_does_not_run(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_malformed_executor_param_names_the_form(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["demo", "--executor", "slurm", "--executor-param", "timeout_min"])
+    assert caught.value.code == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
 VERDICTS = {"confirmed", "non-inferior", "inconclusive", "opposite", "not applicable"}

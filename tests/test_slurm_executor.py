@@ -158,10 +158,17 @@ def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp
     config_path = write_config(project, raw | {"executor": {"kind": "slurm", "timeout_min": 10}})
     out = tmp_path / "run"
     command = ["run", str(config_path), "--out", str(out)]
-    assert main([*command, "--detach"]) == 0
+    # the command line's submitit parameters go over the block's, typed as submitit checks them
+    params = ["--executor-param", "timeout_min=7", "--executor-param", "name=dk-detach"]
+    assert main([*command, *params, "--detach"]) == 0
     printed = capsys.readouterr()
     assert "submitted; `dropkit status" in printed.out
     assert "SLURM: 3 job(s) submitted" in printed.err and NO_TIME_LIMIT not in printed.err
+    ids = ",".join(json.loads((out / "slurm/jobs.json").read_text()).values())
+    sacct = ["sacct", "-n", "-X", "-P", "-o", "JobName,Timelimit", "-j", ids]
+    wait_for(lambda: len(subprocess.check_output(sacct, text=True).split()) == 3, 30,
+             "sacct: the jobs are accounted")  # fmt: skip
+    assert subprocess.check_output(sacct, text=True).split() == ["dk-detach|00:07:00"] * 3
     assert not (out / "report.json").exists()
     labels = {f"mine/{v}/seed 0" for v in ("none", "dropout", "early")}
     assert set(job_status(out)) == labels

@@ -62,12 +62,42 @@ def _load_factory(spec: str):
     return build
 
 
+def _executor_param(text: str) -> tuple[str, int | float | bool | str]:
+    """``KEY=VALUE`` of ``--executor-param``: VALUE as an int, a float, true / false, else the
+    string as written (``slurm_time=08:00:00`` stays a string, unlike in YAML 1.1)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KEY=VALUE with a submitit parameter as KEY, e.g. timeout_min=60"
+        )
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            pass
+    booleans = {"true": True, "false": False}
+    return key, booleans.get(value.lower(), value)
+
+
+def _executor_param_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor-param",
+        type=_executor_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="slurm: a submitit parameter, over the config's executor block; repeat for more "
+        "(e.g. --executor-param timeout_min=60 --executor-param slurm_partition=gpu)",
+    )
+
+
 def _executor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor",
         choices=["local", "slurm"],
         help="where jobs run (default: the config's executor block, else local)",
     )
+    _executor_param_argument(parser)
     parser.add_argument(
         "--detach",
         action="store_true",
@@ -135,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         "--executor", choices=["local", "slurm"], default="local",
         help="where a training function's probes run (default local)",
     )  # fmt: skip
+    _executor_param_argument(advise)
 
     report = commands.add_parser("report", help="rebuild report.md / report.json of a run folder")
     report.add_argument("run_dir", type=Path)
@@ -187,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config.with_seeds(args.seeds)
         if args.executor is not None:
             config = config.with_executor(args.executor)
+        config = config.with_executor_parameters(dict(args.executor_param))
         out = args.out or Path("runs") / config.name
         report = run_experiment(
             config, out, workers=args.workers, detach=args.detach, eager=args.eager
@@ -217,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _advise(args: argparse.Namespace) -> int:
     from dropkit.experiments.advise import advise, advise_function, emit_config
-    from dropkit.experiments.config import ConfigError, load_settings
+    from dropkit.experiments.config import ConfigError, cli_executor_parameters, load_settings
     from dropkit.experiments.data import load_dataset
     from dropkit.experiments.io import write_atomic, write_json
     from dropkit.experiments.models import model_factory
@@ -232,6 +264,7 @@ def _advise(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: give >= 2 seeds, the confidence needs a spread")
     if not 0.0 <= args.p <= 1.0:
         raise ConfigError(f"--p {args.p}: the dropout rate to probe must lie in [0, 1]")
+    executor_parameters = cli_executor_parameters(args.executor, dict(args.executor_param))
     settings = load_settings(args.config)
     if args.setting is not None:
         settings = tuple(s for s in settings if s.name == args.setting)
@@ -254,7 +287,7 @@ def _advise(args: argparse.Namespace) -> int:
         if setting.function is not None:
             advice = advise_function(
                 setting, root, out.resolve(), budget=args.budget, seeds=args.seeds, p=args.p,
-                executor=args.executor,
+                executor=args.executor, executor_parameters=executor_parameters,
             )  # fmt: skip
         else:
             data_name, model_spec, train = setting.recipe()

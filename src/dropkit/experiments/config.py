@@ -242,6 +242,19 @@ class ExperimentConfig:
         executor = dataclasses.replace(self.executor, kind=cast(Any, kind))
         return dataclasses.replace(self, executor=executor)
 
+    def with_executor_parameters(self, parameters: Mapping[str, Any]) -> ExperimentConfig:
+        """The same experiment with submitit ``parameters`` set over the executor block's
+        (``--executor-param``); they need the slurm executor."""
+        if not parameters:
+            return self
+        merged = {
+            **self.executor.parameters,
+            **cli_executor_parameters(self.executor.kind, parameters),
+        }
+        return dataclasses.replace(
+            self, executor=dataclasses.replace(self.executor, parameters=merged)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The config in the YAML schema, every default filled in (``parse_config`` reads it).
 
@@ -647,6 +660,23 @@ def _check_regimes(settings: Mapping[str, SettingSpec], claims: tuple[Claim, ...
                 f"{where}: {claim.id} compares {claim.a} with {claim.b}; a regime claim compares "
                 "standard dropout (or s.d.) with the `none` arm"
             )
+
+
+def cli_executor_parameters(kind: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``--executor-param`` values for an executor of ``kind``, checked: submitit's parameters,
+    so only for ``slurm``, and neither ``kind`` nor ``folder`` (``--executor``, the config)."""
+    reserved = sorted({"kind", "folder"} & set(parameters))
+    if reserved:
+        raise ConfigError(
+            f"--executor-param {reserved[0]}: not a submitit parameter; the executor is chosen "
+            "with --executor, its folder in the config's executor block"
+        )
+    if parameters and kind != "slurm":
+        raise ConfigError(
+            f"--executor-param {', '.join(sorted(parameters))}: submitit parameters, for the "
+            "slurm executor; add --executor slurm (the local executor takes none)"
+        )
+    return dict(parameters)
 
 
 def _executor(value: Any) -> ExecutorSpec:
