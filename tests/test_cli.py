@@ -42,7 +42,8 @@ def test_demo_refuses_fewer_than_two_seeds(capsys) -> None:
 @pytest.mark.parametrize(
     ("text", "value"),
     [("timeout_min=60", 60), ("mem_gb=2.5", 2.5), ("slurm_partition=gpu", "gpu"),
-     ("slurm_time=08:00:00", "08:00:00"), ("slurm_use_srun=false", False)],
+     ("slurm_time=08:00:00", "08:00:00"), ("slurm_use_srun=false", False),
+     ("slurm_partition=inf", "inf")],
 )  # fmt: skip
 def test_executor_param_values_are_typed_as_submitit_checks_them(text: str, value) -> None:
     key, parsed = _executor_param(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -70,11 +71,16 @@ def _executor_param(text: str) -> tuple[str, int | float | bool | str]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected KEY=VALUE with a submitit parameter as KEY, e.g. timeout_min=60"
         )
-    for convert in (int, float):
-        try:
-            return key, convert(value)
-        except ValueError:
-            pass
+    try:
+        return key, int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):  # "nan", "inf" stay strings: a partition may be named so
+        return key, number
     booleans = {"true": True, "false": False}
     return key, booleans.get(value.lower(), value)
 

@@ -33,7 +33,7 @@ LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long is reported 
 LOG_TAIL_LINES = 20
 TIME_LIMIT_KEYS = ("timeout_min", "slurm_time")
 NO_TIME_LIMIT = (
-    "SLURM: the executor block sets no timeout_min, so submitit's default limit of 5 minutes "
+    "SLURM: no timeout_min given, so submitit's default limit of 5 minutes "
     "applies to every job; near it a job is requeued (up to 3 times, resuming from its "
     "trial.checkpoint(), else from the start) and then fails. Give what a job needs, in minutes: "
     "timeout_min in the config's executor block, or --executor-param timeout_min=N."
