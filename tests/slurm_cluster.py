@@ -11,9 +11,12 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 # node states (sinfo %T, less any *~#!%$@^- suffix) in which a node takes jobs
 _USABLE = {"idle", "mixed", "allocated", "completing"}
@@ -76,3 +79,18 @@ def cancel_jobs(folder: Path, timeout: float = 30.0) -> None:
             raise TimeoutError(f"SLURM jobs {jobs} still active {timeout:.0f} s after scancel")
         subprocess.run(["scancel", *jobs], capture_output=True, timeout=20, check=False)
         time.sleep(0.5)
+
+
+def submitted_as(job_ids: Iterable[str]) -> list[str]:
+    """``name|time limit`` of each job, as sacct accounts them: what was asked of SLURM. Waits
+    until sacct lists every job (slurmctld reports them to the database asynchronously)."""
+    ids = list(job_ids)
+    command = ["sacct", "-n", "-X", "-P", "-o", "JobName,Timelimit", "-j", ",".join(ids)]
+    rows: list[str] = []
+
+    def accounted() -> bool:
+        rows[:] = _slurm(*command).split()
+        return len(rows) == len(ids)
+
+    wait_for(accounted, 30, f"sacct: jobs {ids} accounted")
+    return rows

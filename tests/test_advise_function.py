@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,8 +14,7 @@ from dropkit.cli import main
 from dropkit.experiments.advise import default_budget
 from dropkit.experiments.config import load_config
 from dropkit.experiments.runner import run_experiment
-from tests.slurm_cluster import cancel_jobs, require_cluster
-from tests.waiting import wait_for
+from tests.slurm_cluster import cancel_jobs, require_cluster, submitted_as
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch"
 
@@ -81,11 +79,8 @@ def test_advise_on_slurm_gives_the_local_advice_with_the_parameters_given(exampl
                      for where in ("local", "slurm"))  # fmt: skip
     assert remote["evidence"]["variants"] == local["evidence"]["variants"]
     assert remote["recommendation"] == local["recommendation"]
-    ids = ",".join(json.loads((tmp_path / "slurm/slurm/jobs.json").read_text()).values())
-    sacct = ["sacct", "-n", "-X", "-P", "-o", "JobName,Timelimit", "-j", ids]
-    wait_for(lambda: len(subprocess.check_output(sacct, text=True).split()) == 4, 30,
-             "sacct: the probes are accounted")  # fmt: skip
-    assert subprocess.check_output(sacct, text=True).split() == ["dk-advise|00:06:00"] * 4
+    ids = json.loads((tmp_path / "slurm/slurm/jobs.json").read_text()).values()
+    assert submitted_as(ids) == ["dk-advise|00:06:00"] * 4
 
 
 def test_an_early_dropout_advice_emits_its_schedule_and_the_papers_claims(tmp_path, capsys):
