@@ -64,12 +64,13 @@ def test_advise_probes_a_training_function_and_emits_a_runnable_config(example, 
 
 
 @pytest.mark.slow
-def test_advise_on_slurm_gives_the_local_advice_with_the_parameters_given(example, tmp_path):
+def test_advise_on_slurm_gives_the_local_advice_in_named_jobs_with_the_time_given(
+    example, tmp_path
+):
     pytest.importorskip("submitit")
     require_cluster()
     base = ["advise", str(example / "config.yaml"), "--seeds", "2", "--budget", "0.5"]
-    slurm = ["--executor", "slurm", "--executor-param", "timeout_min=6",
-             "--executor-param", "name=dk-advise"]  # fmt: skip
+    slurm = ["--executor", "slurm", "--executor-param", "timeout_min=6"]
     try:
         assert main([*base, "--out", str(tmp_path / "local")]) == 0
         assert main([*base, "--out", str(tmp_path / "slurm"), *slurm]) == 0
@@ -80,7 +81,7 @@ def test_advise_on_slurm_gives_the_local_advice_with_the_parameters_given(exampl
     assert remote["evidence"]["variants"] == local["evidence"]["variants"]
     assert remote["recommendation"] == local["recommendation"]
     ids = json.loads((tmp_path / "slurm/slurm/jobs.json").read_text()).values()
-    assert submitted_as(ids) == ["dk-advise|00:06:00"] * 4
+    assert submitted_as(ids) == ["dropkit-advise-digits|00:06:00"] * 4
 
 
 def test_an_early_dropout_advice_emits_its_schedule_and_the_papers_claims(tmp_path, capsys):

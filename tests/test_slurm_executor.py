@@ -17,7 +17,7 @@ import pytest
 
 from dropkit.cli import main
 from dropkit.experiments.config import load_config
-from dropkit.experiments.executors.slurm import NO_TIME_LIMIT
+from dropkit.experiments.executors.slurm import NO_TIME_LIMIT, SlurmExecutor
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
 from tests.slurm_cluster import cancel_jobs, require_cluster, submitted_as
@@ -81,6 +81,17 @@ def test_a_training_function_gives_the_same_numbers_on_slurm_as_here(cluster, pr
     assert report["claims"] == local["claims"] if local else False
     ids = json.loads((tmp_path / "slurm/slurm/jobs.json").read_text())
     assert len(ids) == 6 and len({i.split("_")[0] for i in ids.values()}) == 1  # one job array
+    # named after the config; no timeout_min given, so submitit's default of 5 minutes
+    assert submitted_as(ids.values()) == ["dropkit-userfn|00:05:00"] * 6
+
+
+def test_jobs_are_named_safely_for_sbatch_unless_the_parameters_name_them(tmp_path):
+    assert SlurmExecutor(tmp_path, {}, name="dropkit-my run/v2").parameters == {
+        "name": "dropkit-my-run-v2"
+    }
+    assert SlurmExecutor(tmp_path, {"name": "mine"}, name="dropkit-x").parameters == {
+        "name": "mine"
+    }
 
 
 def test_the_quick_demo_gives_the_same_results_on_slurm_as_here(cluster, tmp_path):

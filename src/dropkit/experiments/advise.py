@@ -669,7 +669,11 @@ def advise_function(
         outcomes[job.label] = outcome
 
     make_executor(
-        executor, out / executor, workers=workers, parameters=dict(executor_parameters or {})
+        executor,
+        out / executor,
+        workers=workers,
+        parameters=dict(executor_parameters or {}),
+        name=f"dropkit-advise-{setting.name}",
     ).run(jobs, collect, lambda label, done, total: None)
     failed = {label: error for label, o in outcomes.items() if (error := _probe_error(o))}
     if failed:

@@ -255,6 +255,7 @@ def _run_locked(
         workers=workers,
         parameters=dict(config.executor.parameters),
         detach=detach,
+        name=f"dropkit-{config.name}",
     )
 
     def on_done(job: Job, output: Any) -> None:

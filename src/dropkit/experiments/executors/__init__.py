@@ -51,9 +51,11 @@ def make_executor(
     workers: int = 1,
     parameters: dict[str, Any] | None = None,
     detach: bool = False,
+    name: str = "dropkit",
 ) -> Executor:
     """``local``: a pool of ``workers`` processes; ``slurm``: submitit, with its job logs and
-    the job ids in ``state_dir`` and ``parameters`` for ``update_parameters``."""
+    the job ids in ``state_dir``, ``parameters`` for ``update_parameters``, and ``name`` as the
+    jobs' name in the queue unless ``parameters`` give one."""
     if kind == "local":
         from dropkit.experiments.executors.local import LocalExecutor
 
@@ -61,5 +63,5 @@ def make_executor(
     if kind == "slurm":
         from dropkit.experiments.executors.slurm import SlurmExecutor
 
-        return SlurmExecutor(state_dir, parameters or {}, detach=detach)
+        return SlurmExecutor(state_dir, parameters or {}, detach=detach, name=name)
     raise ValueError(f"unknown executor {kind!r}; expected local or slurm")

@@ -12,6 +12,7 @@ a `JobFailure` with SLURM's state and the end of its log.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -110,13 +111,19 @@ def _ended(job: Any) -> bool:
 
 class SlurmExecutor:
     """Submit jobs to SLURM with submitit's ``AutoExecutor``; ``parameters`` go to its
-    ``update_parameters`` as given. With ``detach``, `run` returns once all are queued."""
+    ``update_parameters`` as given, ``name`` (made safe for sbatch) names the jobs in the queue
+    unless they give one. With ``detach``, `run` returns once all are queued."""
 
     def __init__(
-        self, folder: Path, parameters: Mapping[str, Any], *, detach: bool = False
+        self,
+        folder: Path,
+        parameters: Mapping[str, Any],
+        *,
+        detach: bool = False,
+        name: str = "dropkit",
     ) -> None:
         self.folder = Path(folder)
-        self.parameters = dict(parameters)
+        self.parameters = {"name": re.sub(r"[^\w.-]+", "-", name), **parameters}
         self.detach = detach
 
     def _attach(self, labels: Sequence[str]) -> dict[str, Any]:
