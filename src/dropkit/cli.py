@@ -71,16 +71,13 @@ def _executor_param(text: str) -> tuple[str, int | float | bool | str]:
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected KEY=VALUE with a submitit parameter as KEY, e.g. timeout_min=60"
         )
-    try:
-        return key, int(value)
-    except ValueError:
-        pass
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if math.isfinite(number):  # "nan", "inf" stay strings: a partition may be named so
-        return key, number
+    for convert in (int, float):
+        try:
+            number = convert(value)
+        except ValueError:
+            continue
+        if math.isfinite(number):  # "nan", "inf" stay strings: a partition may be named so
+            return key, number
     booleans = {"true": True, "false": False}
     return key, booleans.get(value.lower(), value)
 
