@@ -25,10 +25,12 @@ import torch
 
 from dropkit import schedules
 from dropkit.experiments.advise import advise
-from dropkit.experiments.config import SettingSpec, builtin_config
-from dropkit.experiments.data import load_dataset
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.train import TrainConfig, Variant, train_variant
+from dropkit.experiments.builtin.data import load_dataset
+from dropkit.experiments.builtin.demo_configs import builtin_config
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.builtin.train import Variant, train_variant
+from dropkit.experiments.config.specs import SettingSpec
+from dropkit.experiments.config.training import TrainConfig
 
 HELD_OUT = (
     ("digits_mlp", "digits", {"kind": "mlp", "width": 256, "depth": 3}, TrainConfig(epochs=40)),

@@ -19,9 +19,10 @@ import time
 import torch
 
 from dropkit import schedules
-from dropkit.experiments.data import load_dataset
-from dropkit.experiments.models import build_model
-from dropkit.experiments.train import TrainConfig, TrainResult, Variant, train_variant
+from dropkit.experiments.builtin.data import load_dataset
+from dropkit.experiments.builtin.models import build_model
+from dropkit.experiments.builtin.train import TrainResult, Variant, train_variant
+from dropkit.experiments.config.training import TrainConfig
 
 
 def variants(

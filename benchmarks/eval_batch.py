@@ -19,12 +19,15 @@ from pathlib import Path
 
 import torch
 
-from dropkit.experiments import data as datasets
-from dropkit.experiments.config import load_settings
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.train import Population, TrainConfig, build_members
+from dropkit.experiments.builtin import data as datasets
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.builtin.train import Population, build_members
+from dropkit.experiments.config.parse import load_settings
+from dropkit.experiments.config.training import TrainConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "src" / "dropkit" / "experiments" / "configs"
+CONFIGS = (
+    Path(__file__).resolve().parents[1] / "src" / "dropkit" / "experiments" / "builtin" / "configs"
+)
 SETTINGS = {"demo": ("underfit", "overfit"), "demo-full": ("underfit", "overfit_sd_vit")}
 CHUNKS = (8192, 4096, 2048, 1024, 512, 256)
 OLD_DEFAULT = 8192

@@ -1,9 +1,9 @@
 """What a per-seed mask stream costs: one population training step with keyed masks against the
 same step drawing from one shared generator, side by side in one run.
 
-The keyed sites (``dropkit.experiments.streams``) hash (seed, site, step, element) into each mask
-so that a seed's masks do not depend on the seeds beside it; the shared path is the one they
-replaced (``vmap(..., randomness="different")`` over the global generator). The model is the
+The keyed sites (``dropkit.experiments.builtin.streams``) hash (seed, site, step, element) into
+each mask so that a seed's masks do not depend on the seeds beside it; the shared path is the one
+they replaced (``vmap(..., randomness="different")`` over the global generator). The model is the
 demo's underfitting ResMLP (width 32, depth 4), 8 members, batch 128, one thread; dropout 0.1 on
 every site, or drop path 0.5, or neither. Prints ms per step and the ratio.
 """
@@ -17,9 +17,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from common import time_calls
 from dropkit import DropoutScheduler
-from dropkit.experiments.models import build_model
-from dropkit.experiments.streams import keyed_sites, set_keyed, step_keys
-from dropkit.experiments.train import objective
+from dropkit.experiments.builtin.models import build_model
+from dropkit.experiments.builtin.streams import keyed_sites, set_keyed, step_keys
+from dropkit.experiments.builtin.train import objective
 
 MEMBERS, BATCH, FEATURES = 8, 128, 40
 

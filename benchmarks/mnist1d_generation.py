@@ -1,5 +1,5 @@
 """Generating MNIST-1D: the ``mnist1d`` package's ``make_dataset`` against dropkit's vectorised
-generator (`dropkit.experiments.mnist1d_generator`), side by side in one run.
+generator (`dropkit.experiments.builtin.mnist1d_generator`), side by side in one run.
 
 The sizes are the demo's two sets: the canonical 5 000 samples (seed 42) and the large 50 000
 (seed 0) its ViT1D setting trains on. Each is timed in the order package, dropkit, dropkit,
@@ -16,8 +16,8 @@ import time
 import numpy as np
 from mnist1d.data import get_dataset_args, make_dataset
 
-from dropkit.experiments.data import NPZ_KEYS
-from dropkit.experiments.mnist1d_generator import make_mnist1d
+from dropkit.experiments.builtin.data import NPZ_KEYS
+from dropkit.experiments.builtin.mnist1d_generator import make_mnist1d
 
 
 def _package(num_samples: int, seed: int) -> dict[str, np.ndarray]:

@@ -25,11 +25,13 @@ import time
 
 import torch
 
-from dropkit.experiments.config import SettingSpec, builtin_config
-from dropkit.experiments.data import load_dataset
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.population import train_variant_spec
-from dropkit.experiments.train import TrainConfig, train_variant
+from dropkit.experiments.builtin.data import load_dataset
+from dropkit.experiments.builtin.demo_configs import builtin_config
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.builtin.population import train_variant_spec
+from dropkit.experiments.builtin.train import train_variant
+from dropkit.experiments.config.specs import SettingSpec
+from dropkit.experiments.config.training import TrainConfig
 
 WARMUP_STEPS = 20
 

@@ -13,10 +13,11 @@ from torch import nn
 import dropkit
 from dropkit import schedules
 from dropkit.cli import main
-from dropkit.experiments.advise import RECOMMENDATIONS, advise, split_validation
-from dropkit.experiments.data import load_dataset
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.train import TrainConfig, Variant, train_variant
+from dropkit.experiments.advise import RECOMMENDATIONS, advise
+from dropkit.experiments.builtin.data import load_dataset, split_validation
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.builtin.train import Variant, train_variant
+from dropkit.experiments.config.training import TrainConfig
 
 
 @pytest.fixture(scope="module")

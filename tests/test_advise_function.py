@@ -12,7 +12,7 @@ import yaml
 
 from dropkit.cli import main
 from dropkit.experiments.advise import default_budget
-from dropkit.experiments.config import load_config
+from dropkit.experiments.config.parse import load_config
 from dropkit.experiments.runner import run_experiment
 from tests.slurm_cluster import cancel_jobs, require_cluster, submitted_as
 
@@ -86,7 +86,7 @@ def test_advise_on_slurm_gives_the_local_advice_in_named_jobs_with_the_time_give
 
 def test_an_early_dropout_advice_emits_its_schedule_and_the_papers_claims(tmp_path, capsys):
     from dropkit.experiments.advise import Advice, emit_config
-    from dropkit.experiments.config import parse_config
+    from dropkit.experiments.config.parse import parse_config
 
     config = load_config(Path(__file__).parent.parent / "examples/plain_pytorch/config.yaml")
     setting = config.settings[0]

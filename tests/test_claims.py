@@ -8,15 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropkit.experiments.claims import (
-    DIRECTIONS,
+from dropkit.experiments.base.stats import min_detectable_effect, paired_t_interval
+from dropkit.experiments.config.claim import DIRECTIONS, Claim
+from dropkit.experiments.evidence.claims import (
     MIN_SEEDS,
-    Claim,
     ClaimResult,
     evaluate_claim,
     not_applicable,
 )
-from dropkit.experiments.stats import min_detectable_effect, paired_t_interval
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -302,7 +301,7 @@ def test_two_seeds_that_straddle_zero_are_inconclusive_without_the_seed_note():
 def test_one_module_decides_verdicts():
     # issue 20: the report formats and writes; every verdict, regime gate and window mean is
     # decided in claims.py, so the report holds none of that code of its own
-    from dropkit.experiments import claims, report
+    from dropkit.experiments.evidence import claims, report
 
     assert report.evaluate_claims is claims.evaluate_claims
     for name in ("_window_mean", "_claim_values", "evaluate_claim", "not_applicable"):

@@ -8,8 +8,9 @@ import pytest
 
 import dropkit
 from dropkit.cli import _executor_param, main
-from dropkit.experiments.claims import MIN_SEEDS
-from dropkit.experiments.config import SettingSpec, builtin_config
+from dropkit.experiments.builtin.demo_configs import builtin_config
+from dropkit.experiments.config.specs import SettingSpec
+from dropkit.experiments.evidence.claims import MIN_SEEDS
 
 
 def test_sites_command_prints_the_table(capsys) -> None:

@@ -39,6 +39,40 @@ def test_the_old_scheduler_module_warns_and_reexports() -> None:
     assert old.DropoutScheduler is dropkit.DropoutScheduler
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "names"),
+    [
+        ("dropkit.experiments.train", "dropkit.experiments.builtin.train",
+         ["Population", "TrainResult", "Variant", "train_variant", "objective"]),
+        ("dropkit.experiments.data", "dropkit.experiments.builtin.data",
+         ["Dataset", "load_dataset", "load_digits", "load_npz", "split_validation"]),
+    ],
+)  # fmt: skip
+def test_the_experiments_old_module_paths_warn_and_reexport(old, new, names) -> None:
+    sys.modules.pop(old, None)
+    with pytest.warns(FutureWarning, match=new.replace(".", r"\.")):
+        module = importlib.import_module(old)
+    moved = importlib.import_module(new)
+    assert all(getattr(module, name) is getattr(moved, name) for name in names)
+
+
+def test_the_experiments_public_paths_are_the_moved_objects() -> None:
+    import dropkit.experiments as experiments
+    from dropkit.experiments import advise, config, runner, stats
+    from dropkit.experiments.base import stats as base_stats
+    from dropkit.experiments.config import parse
+    from dropkit.experiments.config.training import TrainConfig
+
+    sys.modules.pop("dropkit.experiments.train", None)
+    with pytest.warns(FutureWarning):
+        from dropkit.experiments.train import TrainConfig as old_train_config
+    assert old_train_config is TrainConfig is experiments.TrainConfig
+    assert stats.paired_t_interval is base_stats.paired_t_interval
+    assert config.load_config is parse.load_config and callable(runner.run_experiment)
+    assert advise.advise_function.__module__ == "dropkit.experiments.advise"
+    assert callable(advise.emit_config) and advise.split_validation is not None
+
+
 def test_recorder_keywords_keep_their_old_names() -> None:
     model = nn.Linear(3, 2)
     with pytest.warns(FutureWarning, match=r"schedule=.*cadence="):
@@ -87,7 +121,7 @@ def test_star_import_loads_no_tier_above_the_core() -> None:
 
 
 def test_advise_takes_n_batches_and_warns_on_gde_batches() -> None:
-    from dropkit.experiments.data import load_dataset
+    from dropkit.experiments.builtin.data import load_dataset
 
     digits = load_dataset("digits")
     with pytest.warns(FutureWarning, match=r"gde_batches=.*n_batches="):

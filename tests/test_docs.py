@@ -80,7 +80,7 @@ def test_the_docs_have_examples_and_few_are_skipped() -> None:
 
 
 def test_advise_config_example_is_a_valid_setting(tmp_path: Path) -> None:
-    from dropkit.experiments.config import load_settings
+    from dropkit.experiments.config.parse import load_settings
 
     text = (DOCS / "guides" / "advise.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)

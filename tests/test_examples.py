@@ -18,9 +18,9 @@ import yaml
 
 from dropkit import schedules
 from dropkit.experiments import Trial
-from dropkit.experiments.config import load_config
+from dropkit.experiments.config.parse import load_config
+from dropkit.experiments.engine.trial import read_log
 from dropkit.experiments.runner import run_experiment
-from dropkit.experiments.trial import read_log
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

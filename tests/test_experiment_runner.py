@@ -16,13 +16,15 @@ import yaml
 
 from dropkit.cli import main
 from dropkit.diagnostics import train_test_inconsistency
-from dropkit.experiments import data as datasets
-from dropkit.experiments.config import ConfigError, builtin_config, parse_config
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.plan import make_plan
-from dropkit.experiments.population import PopulationJob, train_variant_spec
-from dropkit.experiments.report import summary_table
-from dropkit.experiments.train import train_variant
+from dropkit.experiments.builtin import data as datasets
+from dropkit.experiments.builtin.demo_configs import builtin_config
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.builtin.population import PopulationJob, PopulationJobs, train_variant_spec
+from dropkit.experiments.builtin.train import train_variant
+from dropkit.experiments.config.parse import parse_config
+from dropkit.experiments.config.specs import ConfigError
+from dropkit.experiments.engine.plan import make_plan
+from dropkit.experiments.evidence.report import summary_table
 
 TINY = {
     "name": "tiny",
@@ -287,7 +289,8 @@ def test_more_seeds_extend_a_finished_run_folder_training_only_the_new_ones(tmp_
     variants = ("none", "dropout", "early")
     before = {v: json.loads((runs / v / "result.json").read_text()) for v in variants}
     extended = parse_config(yaml.safe_load(config.read_text())).with_seeds(4)
-    assert [job.seeds for job in make_plan(extended, out).todo()] == [(3,)] * 3  # only seed 3
+    todo = make_plan(extended, out, PopulationJobs()).todo()
+    assert [job.seeds for job in todo] == [(3,)] * 3  # only seed 3
     assert main(["run", str(config), "--out", str(out), "--seeds", "4"]) == 0
     assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--seeds", "4"]) == 0
     for v in variants:
@@ -355,7 +358,7 @@ def test_a_setting_without_mc_passes_measures_and_shows_no_inconsistency():
 def test_the_plan_runs_a_settings_heaviest_variants_first(tmp_path):
     # dynamics variants, then doubled batches, then config order: the demo's two workers end
     # together instead of one training R-Drop's control alone at the end
-    plan = make_plan(builtin_config("demo"), tmp_path)
+    plan = make_plan(builtin_config("demo"), tmp_path, PopulationJobs())
     assert [job.label for job in plan.jobs] == [
         "underfit/none", "underfit/dropout", "underfit/early_dropout", "underfit/early_sd",
         "overfit/rdrop", "overfit/rdrop_control", "overfit/none", "overfit/dropout",

@@ -22,18 +22,18 @@ from torch import nn
 
 import dropkit
 from dropkit import schedules
-from dropkit.experiments import data as datasets
-from dropkit.experiments.mnist1d_generator import _interp_rows, make_mnist1d
-from dropkit.experiments.models import MLP, Mixer1D, ResMLP, ViT1D, build_model
-from dropkit.experiments.train import (
+from dropkit.experiments.builtin import data as datasets
+from dropkit.experiments.builtin.mnist1d_generator import _interp_rows, make_mnist1d
+from dropkit.experiments.builtin.models import MLP, Mixer1D, ResMLP, ViT1D, build_model
+from dropkit.experiments.builtin.train import (
     Population,
-    TrainConfig,
     TrainResult,
     Variant,
     lr_at,
     objective,
     train_variant,
 )
+from dropkit.experiments.config.training import TrainConfig
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ def test_drop_path_rates_follow_timm_linear_rule() -> None:
 
 def test_attention_matches_torch_multihead_attention() -> None:
     """Our attention (eval mode) against nn.MultiheadAttention with the same weights."""
-    from dropkit.experiments.models import Attention
+    from dropkit.experiments.builtin.models import Attention
 
     attention = Attention(dim=12, heads=3, attn_drop=0.0, proj_drop=0.0)
     reference = nn.MultiheadAttention(12, 3, batch_first=True)

@@ -30,8 +30,9 @@ import pytest
 import yaml
 
 from dropkit.cli import main
-from dropkit.experiments import data as datasets
-from dropkit.experiments.config import ConfigError, parse_config
+from dropkit.experiments.builtin import data as datasets
+from dropkit.experiments.config.parse import parse_config
+from dropkit.experiments.config.specs import ConfigError
 from dropkit.experiments.preflight import (
     MissingDependency,
     preflight,

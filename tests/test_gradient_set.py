@@ -15,10 +15,10 @@ from torch import nn
 
 from dropkit import diagnostics as dd
 from dropkit.diagnostics import gradient_set
-from dropkit.experiments.advise import _gde
-from dropkit.experiments.config import DynamicsSpec
-from dropkit.experiments.data import Dataset
-from dropkit.experiments.dynamics import INSTRUMENTS, DynamicsProbe
+from dropkit.experiments.advise.probe import _gde
+from dropkit.experiments.builtin.data import Dataset
+from dropkit.experiments.builtin.dynamics import INSTRUMENTS, DynamicsProbe
+from dropkit.experiments.config.specs import DynamicsSpec
 
 
 def mlp(p: float) -> nn.Module:

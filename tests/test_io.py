@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from dropkit.experiments import io
+from dropkit.experiments.base import io
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

@@ -50,37 +50,37 @@ def test_preflight_refusal_is_the_same_error() -> None:
 
 
 def _figures() -> None:
-    from dropkit.experiments.figures import _pyplot
+    from dropkit.experiments.evidence.figures import _pyplot
 
     _pyplot()
 
 
 def _stats() -> None:
-    from dropkit.experiments.stats import t_quantile
+    from dropkit.experiments.base.stats import t_quantile
 
     t_quantile(0.95, 3)
 
 
 def _mde() -> None:
-    from dropkit.experiments.stats import min_detectable_effect
+    from dropkit.experiments.base.stats import min_detectable_effect
 
     min_detectable_effect(1.0, 5)
 
 
 def _config() -> None:
-    from dropkit.experiments.config import builtin_config
+    from dropkit.experiments.builtin.demo_configs import builtin_config
 
     builtin_config("demo-quick")
 
 
 def _digits() -> None:
-    from dropkit.experiments.data import load_digits
+    from dropkit.experiments.builtin.data import load_digits
 
     load_digits()
 
 
 def _mnist1d() -> None:
-    from dropkit.experiments.data import _generate_mnist1d
+    from dropkit.experiments.builtin.data import _generate_mnist1d
 
     _generate_mnist1d(40, 0)
 

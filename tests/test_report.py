@@ -8,12 +8,17 @@ import math
 
 import pytest
 
-from dropkit.experiments.claims import evaluate_claims, not_applicable
-from dropkit.experiments.config import parse_config
-from dropkit.experiments.io import write_json
-from dropkit.experiments.record import Curve, DynamicsSeries, RunRecord
-from dropkit.experiments.report import _held_paragraph, _power_lines, build_report, paired_curves
-from dropkit.experiments.stats import min_detectable_effect, seeds_for_power, seeds_needed
+from dropkit.experiments.base.io import write_json
+from dropkit.experiments.base.record import Curve, DynamicsSeries, RunRecord
+from dropkit.experiments.base.stats import min_detectable_effect, seeds_for_power, seeds_needed
+from dropkit.experiments.config.parse import parse_config
+from dropkit.experiments.evidence.claims import evaluate_claims, not_applicable
+from dropkit.experiments.evidence.report import (
+    _held_paragraph,
+    _power_lines,
+    build_report,
+    paired_curves,
+)
 
 T_975_2 = 4.302652729749462  # t quantile (0.975, 2 dof): (2p - 1) / sqrt(2p(1 - p))
 
@@ -149,7 +154,7 @@ def test_not_powered_advises_the_seeds_that_give_80_percent_power() -> None:
 
 
 def test_the_multiplicity_line_counts_one_sided_chance_by_test() -> None:
-    from dropkit.experiments.report import _multiplicity_line
+    from dropkit.experiments.evidence.report import _multiplicity_line
 
     sup = evaluate_claims(parse_config(RAW), two_arms([0.5] * 3, [0.6, 0.7, 0.8], [0.1] * 3))
     line = _multiplicity_line(sup * 4)  # 8 superiority claims

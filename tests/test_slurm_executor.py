@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dropkit.cli import main
-from dropkit.experiments.config import load_config
-from dropkit.experiments.executors.slurm import NO_TIME_LIMIT, SlurmExecutor
+from dropkit.experiments.config.parse import load_config
+from dropkit.experiments.engine.executors.slurm import NO_TIME_LIMIT, SlurmExecutor
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
 from tests.slurm_cluster import cancel_jobs, require_cluster, submitted_as

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropkit.experiments.stats import (
+from dropkit.experiments.base.stats import (
     mean_interval,
     min_detectable_effect,
     paired_t_interval,

@@ -11,7 +11,7 @@ from torch.func import vmap
 
 import dropkit
 from dropkit import schedules
-from dropkit.experiments.streams import (
+from dropkit.experiments.builtin.streams import (
     KeyedDropout,
     KeyedDropPath,
     keyed_sites,
@@ -19,7 +19,8 @@ from dropkit.experiments.streams import (
     set_keyed,
     step_keys,
 )
-from dropkit.experiments.train import TrainConfig, Variant, train_variant
+from dropkit.experiments.builtin.train import Variant, train_variant
+from dropkit.experiments.config.training import TrainConfig
 from tests.test_experiments_core import MODELS, tiny
 
 

@@ -17,10 +17,11 @@ import yaml
 
 from dropkit.cli import main
 from dropkit.experiments import Trial
-from dropkit.experiments.config import ConfigError, load_config
-from dropkit.experiments.report import build_report
+from dropkit.experiments.config.parse import load_config
+from dropkit.experiments.config.specs import ConfigError
+from dropkit.experiments.engine.trial import read_log
+from dropkit.experiments.evidence.report import build_report
 from dropkit.experiments.runner import run_experiment
-from dropkit.experiments.trial import read_log
 from tests.user_project import (
     held_config_and_reference,
     project_folder,

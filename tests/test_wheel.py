@@ -38,8 +38,8 @@ PUBLIC_MODULES = (
     "dropkit.experiments.advise",
     "dropkit.experiments.config",
     "dropkit.experiments.runner",
-    "dropkit.experiments.report",
-    "dropkit.experiments.figures",
+    "dropkit.experiments.evidence.report",
+    "dropkit.experiments.evidence.figures",
     "dropkit.cli",
 )
 
@@ -56,14 +56,16 @@ CHECK = f"""
 import importlib, pkgutil, sys
 from pathlib import Path
 import dropkit
-from dropkit.experiments.config import builtin_config, load_config
+from dropkit.experiments.builtin.demo_configs import builtin_config
+from dropkit.experiments.config.parse import load_config
 
 assert Path(dropkit.__file__).resolve().is_relative_to(Path(sys.prefix).resolve()), dropkit.__file__
 for name in {PUBLIC_MODULES!r}:
     importlib.import_module(name)
 for module in pkgutil.walk_packages(dropkit.__path__, "dropkit."):  # and every other one
     importlib.import_module(module.name)
-configs = sorted((Path(dropkit.__file__).parent / "experiments" / "configs").glob("*.yaml"))
+configs = Path(dropkit.__file__).parent / "experiments" / "builtin" / "configs"
+configs = sorted(configs.glob("*.yaml"))
 assert configs, "no built-in configs in the installed package"
 for path in configs:
     load_config(path)
@@ -93,7 +95,7 @@ def test_the_wheel_installs_outside_the_tree_and_works(tmp_path: Path) -> None:
     (sdist,) = dist.glob("dropkit-*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
     assert "dropkit/py.typed" in names
-    assert "dropkit/experiments/configs/demo.yaml" in names
+    assert "dropkit/experiments/builtin/configs/demo.yaml" in names
     with tarfile.open(sdist) as archive:
         assert any(n.endswith("src/dropkit/rdrop_linear.py") for n in archive.getnames())
 

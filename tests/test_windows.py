@@ -127,7 +127,7 @@ def test_the_commands_run_and_write_utf8_on_windows(windows, tmp_path):
 HOLD = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from dropkit.experiments.lock import one_writer\n"
+    "from dropkit.experiments.base.lock import one_writer\n"
     "with one_writer(Path(sys.argv[1])):\n"
     "    print('held', flush=True)\n"
     "    sys.stdin.readline()\n"

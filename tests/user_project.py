@@ -147,7 +147,7 @@ def held_config_and_reference(project: Path, seeds: int, reference: Path, held: 
     """Train the user's trials once as they are (the reference numbers, into ``reference``), then
     ask trial ``held`` ("variant-seed") to wait after its first checkpoint until it is interrupted,
     and return the config. The call log is cleared for the run under test."""
-    from dropkit.experiments.config import load_config
+    from dropkit.experiments.config.parse import load_config
     from dropkit.experiments.runner import run_experiment
 
     flags = project / "flags"

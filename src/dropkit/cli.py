@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(_load_factory(args.factory)()))
         return 0
 
-    from dropkit.experiments.config import ConfigError, builtin_config, load_config
-    from dropkit.experiments.report import build_report
+    from dropkit.experiments.builtin.demo_configs import builtin_config
+    from dropkit.experiments.config.parse import load_config
+    from dropkit.experiments.config.specs import ConfigError
+    from dropkit.experiments.evidence.report import build_report
     from dropkit.experiments.runner import Interrupted, run_experiment
 
     try:
@@ -252,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _advise(args: argparse.Namespace) -> int:
     from dropkit.experiments.advise import advise, advise_function, emit_config
-    from dropkit.experiments.config import ConfigError, cli_executor_parameters, load_settings
-    from dropkit.experiments.data import load_dataset
-    from dropkit.experiments.io import write_atomic, write_json
-    from dropkit.experiments.models import model_factory
+    from dropkit.experiments.base.io import write_atomic, write_json
+    from dropkit.experiments.builtin.data import load_dataset
+    from dropkit.experiments.builtin.models import model_factory
+    from dropkit.experiments.config.parse import load_settings
+    from dropkit.experiments.config.specs import ConfigError, cli_executor_parameters
     from dropkit.experiments.preflight import check_function, preflight_settings, require
 
     # every refusal comes before the first folder is made
@@ -319,7 +322,7 @@ def _emit(path: Path, config: dict, setting, root: str) -> None:
     """Write the emitted experiment as YAML, with a header saying what it tests."""
     import yaml
 
-    from dropkit.experiments.io import write_atomic
+    from dropkit.experiments.base.io import write_atomic
 
     header = (
         f"# Written by `dropkit advise`: tests its recommendation on setting {setting.name!r}.\n"

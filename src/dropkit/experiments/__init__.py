@@ -7,8 +7,8 @@ intended run) and [`Dataset`][dropkit.experiments.Dataset] (the data) are what
 [`dropkit.advise`][dropkit.experiments.advise.advise] probes a model with.
 """
 
-from dropkit.experiments.data import Dataset
-from dropkit.experiments.train import TrainConfig
-from dropkit.experiments.trial import Trial
+from dropkit.experiments.builtin.data import Dataset
+from dropkit.experiments.config.training import TrainConfig
+from dropkit.experiments.engine.trial import Trial
 
 __all__ = ["Dataset", "TrainConfig", "Trial"]

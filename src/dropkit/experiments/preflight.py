@@ -2,7 +2,7 @@
 
 `preflight` (``dropkit run`` / ``dropkit demo``) and `preflight_settings`
 (``dropkit advise``) load each setting's dataset (which runs the data checks of
-`dropkit.experiments.data`), check the batch size against the training split, build the
+`dropkit.experiments.builtin.data`), check the batch size against the training split, build the
 model once and run it on two samples, check that every variant's schedules have sites to drive
 and fit the run, that a dynamics window fits the run, and that the optional packages the command
 will import are installed. Problems are `ConfigError` naming
@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from dropkit import _optional
-from dropkit.experiments.config import ConfigError, ExperimentConfig, SettingSpec
-from dropkit.experiments.data import Dataset, load_dataset
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.trial import load_function
+from dropkit.experiments.builtin.data import Dataset, load_dataset
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.config.specs import ConfigError, ExperimentConfig, SettingSpec
+from dropkit.experiments.engine.trial import load_function
 from dropkit.sites import find_sites
 
 __all__ = ["MissingDependency", "check_function", "preflight", "preflight_settings", "require"]
@@ -206,7 +206,7 @@ def preflight_settings(
     validation split), so the batch size is checked against that; the settings' variants and
     dynamics play no part in advise and are not checked.
     """
-    from dropkit.experiments.advise import split_validation
+    from dropkit.experiments.builtin.data import split_validation
 
     _require_common(need_plots, "for the probes' training-loss figure")
     loaded: dict[str, Dataset] = {}

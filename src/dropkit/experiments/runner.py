@@ -1,9 +1,9 @@
 """Run an experiment config: config -> plan of jobs -> executor -> results -> report.
 
-The plan (`dropkit.experiments.plan`) holds a population job per built-in (setting,
+The plan (`dropkit.experiments.engine.plan`) holds a population job per built-in (setting,
 variant) and a trial job per (variant, seed) of a training function; the executor (local pool
 or SLURM) runs those not finished yet; the driver alone writes their results
-(`dropkit.experiments.results`), and the report is built from the run folder. Re-running
+(`dropkit.experiments.engine.results`), and the report is built from the run folder. Re-running
 the same command skips finished jobs, so a killed run resumes where it stopped and the report
 comes out the same. One command at a time may write a run folder (an advisory lock).
 """
@@ -23,16 +23,18 @@ from typing import Any
 
 from dropkit._checks import check_int
 from dropkit._optional import import_optional
-from dropkit.experiments.config import ConfigError, ExperimentConfig, parse_config
-from dropkit.experiments.executors import Job, make_executor
-from dropkit.experiments.io import read_json, read_jsonl, write_json, write_jsonl
-from dropkit.experiments.lock import RunFolderBusy, RunFolderUnlockable, one_writer
-from dropkit.experiments.plan import make_plan
+from dropkit.experiments.base.io import read_json, read_jsonl, write_json, write_jsonl
+from dropkit.experiments.base.lock import RunFolderBusy, RunFolderUnlockable, one_writer
+from dropkit.experiments.builtin.population import PopulationJobs
+from dropkit.experiments.config.parse import parse_config
+from dropkit.experiments.config.specs import ConfigError, ExperimentConfig
+from dropkit.experiments.config.training import TrainConfig
+from dropkit.experiments.engine.executors import Job, make_executor
+from dropkit.experiments.engine.plan import make_plan
+from dropkit.experiments.engine.results import Results
+from dropkit.experiments.evidence.report import build_report, load_results, summary_table
 from dropkit.experiments.preflight import preflight
-from dropkit.experiments.report import build_report, load_results, summary_table
-from dropkit.experiments.results import Results
 from dropkit.experiments.status import EXECUTOR_FILE
-from dropkit.experiments.train import TrainConfig
 
 __all__ = [
     "Interrupted",
@@ -239,7 +241,7 @@ def _run_locked(
 ) -> dict[str, Any] | None:
     _record_config(out, config)
     cache = None if cache_dir is None else Path(cache_dir)
-    plan = make_plan(config, out.resolve(), cache, eager=eager)
+    plan = make_plan(config, out.resolve(), PopulationJobs(cache, eager))
     todo = plan.todo()  # preflight generated and cached the data
     started = time.perf_counter()
     bars = _Bars(len(plan.jobs), len(plan.jobs) - len(todo), progress)

@@ -4,13 +4,14 @@ SLURM jobs, from ``sacct`` through submitit) without changing anything."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
-from dropkit.experiments.config import parse_config
-from dropkit.experiments.io import read_json
-from dropkit.experiments.plan import make_plan, outcome_path, read_outcome, run_dir
-from dropkit.experiments.population import PopulationJob
-from dropkit.experiments.results import FAILURE_FILE
-from dropkit.experiments.trial import TrialJob
+from dropkit.experiments.base.io import read_json
+from dropkit.experiments.base.layout import outcome_path, read_outcome
+from dropkit.experiments.builtin.population import PopulationJobs
+from dropkit.experiments.config.parse import parse_config
+from dropkit.experiments.engine.plan import FolderJob, make_plan
+from dropkit.experiments.engine.trial import TrialJob
 
 __all__ = ["EXECUTOR_FILE", "job_status", "status_table"]
 
@@ -24,9 +25,7 @@ def _failure_reason(out: Path, job: object) -> str | None:
         t = job.trial
         outcome = read_outcome(outcome_path(out, t.setting, t.variant, t.seed))
         return None if outcome is None else outcome.get("error")
-    assert isinstance(job, PopulationJob)
-    path = run_dir(out, job.setting.name, job.variant.name) / FAILURE_FILE
-    return str(read_json(path)["reason"]) if path.exists() else None
+    return cast(FolderJob, job).failure(out)
 
 
 def _slurm_word(state: str) -> str:
@@ -46,11 +45,11 @@ def job_status(run_folder: str | Path) -> dict[str, str]:
     config_path = out / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_folder} has no config.json: is it a dropkit run folder?")
-    plan = make_plan(parse_config(read_json(config_path)["config"]), out)
+    plan = make_plan(parse_config(read_json(config_path)["config"]), out, PopulationJobs())
     executor = read_json(out / EXECUTOR_FILE) if (out / EXECUTOR_FILE).exists() else {}
     states: dict[str, str] = {}
     if executor.get("kind") == "slurm":
-        from dropkit.experiments.executors.slurm import job_states
+        from dropkit.experiments.engine.executors.slurm import job_states
 
         states = job_states(Path(executor["folder"]))
     status = {}

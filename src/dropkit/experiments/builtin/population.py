@@ -1,8 +1,11 @@
 """The built-in job: train one (setting, variant) of a built-in setting over all its seeds.
 
-The seeds train as one population (`dropkit.experiments.train.train_variant`); the job
-returns a `PopulationOutput` — the run's `RunRecord`,
-its metric rows and dynamics records — and writes nothing: the driver writes the run folder.
+The seeds train as one population (`dropkit.experiments.builtin.train.train_variant`); the job
+returns a `PopulationOutput` — the run's `RunRecord`, its metric rows and dynamics records — and
+writes nothing where it runs. Back in the driver, the job writes that output into the run
+folder (``result.json``, ``metrics.jsonl``, ``records.jsonl``; ``failure.json`` for a job that
+ended without output): the engine knows it only as a
+`dropkit.experiments.engine.plan.FolderJob`.
 """
 
 from __future__ import annotations
@@ -15,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from dropkit.diagnostics import train_test_inconsistency
-from dropkit.experiments import data as datasets
-from dropkit.experiments.config import SettingSpec, VariantSpec
-from dropkit.experiments.dynamics import DynamicsProbe
-from dropkit.experiments.models import model_factory
-from dropkit.experiments.record import Curve, RunRecord
-from dropkit.experiments.train import Population, TrainResult, Variant, train_variant
-from dropkit.experiments.trial import fixed_threads
-from dropkit.schedules import cutoff_steps
+from dropkit.experiments.base.io import read_json, read_jsonl, write_json, write_jsonl
+from dropkit.experiments.base.layout import FAILURE_FILE, RESULT_FILE, read_record, run_dir
+from dropkit.experiments.base.record import Curve, RunRecord
+from dropkit.experiments.base.threads import fixed_threads
+from dropkit.experiments.builtin import data as datasets
+from dropkit.experiments.builtin.dynamics import DynamicsProbe
+from dropkit.experiments.builtin.models import model_factory
+from dropkit.experiments.builtin.train import Population, TrainResult, Variant, train_variant
+from dropkit.experiments.config.specs import SettingSpec, VariantSpec
 from dropkit.sites import find_sites
 
-__all__ = ["PopulationJob", "PopulationOutput", "cutoff_step"]
+__all__ = ["PopulationJob", "PopulationJobs", "PopulationOutput", "train_variant_spec"]
 
 
 def train_variant_spec(spec: VariantSpec) -> Variant:
@@ -37,14 +41,6 @@ def train_variant_spec(spec: VariantSpec) -> Variant:
         rdrop_alpha=spec.rdrop_alpha,
         double_batch=spec.double_batch,
     )
-
-
-def cutoff_step(spec: VariantSpec, total_steps: int) -> int | None:
-    """The step at which the variant's early / late schedule switches (None: it has none)."""
-    for schedule in spec.schedules:
-        if schedule.kind != "standard" and schedule.cutoff is not None:
-            return cutoff_steps(schedule.cutoff, total_steps)
-    return None
 
 
 def _inconsistency_kl(result: TrainResult, data: datasets.Dataset, passes: int) -> list[float]:
@@ -109,6 +105,42 @@ class PopulationJob:
     def label(self) -> str:
         return f"{self.setting.name}/{self.variant.name}"
 
+    def finished(self, out: Path) -> bool:
+        """Whether the run folder's result holds every seed of the job."""
+        record = read_record(self._folder(out) / RESULT_FILE)
+        return record is not None and set(self.seeds) <= set(record.seeds)
+
+    def failure(self, out: Path) -> str | None:
+        """Why the job's last attempt ended without output (None: it did not fail)."""
+        path = self._folder(out) / FAILURE_FILE
+        return str(read_json(path)["reason"]) if path.exists() else None
+
+    def failed(self, out: Path, reason: str) -> str:
+        """Record that the job ended without output; return a word for the progress line."""
+        write_json(self._folder(out) / FAILURE_FILE, {"reason": reason})
+        return f"failed: {reason.splitlines()[0]}"
+
+    def collect(self, out: Path, output: PopulationOutput) -> str:
+        """Write ``output`` into the run folder, after the seeds it holds already (a run
+        extended by ``--seeds``); ``result.json`` last, as it marks the job finished."""
+        folder = self._folder(out)
+        (folder / FAILURE_FILE).unlink(missing_ok=True)
+        record, rows, records = output.record, output.metrics_rows, output.dynamics_records
+        held = read_record(folder / RESULT_FILE, quiet=True)
+        if held is not None and not set(held.seeds) & set(record.seeds):  # seeds added
+            record = held.extended(record)
+            rows = read_jsonl(folder / "metrics.jsonl") + rows
+            if records is not None:
+                records = read_jsonl(folder / "records.jsonl") + records
+        write_jsonl(folder / "metrics.jsonl", rows)
+        if records is not None:
+            write_jsonl(folder / "records.jsonl", records)
+        write_json(folder / RESULT_FILE, record.to_dict())  # last: marks it finished
+        return "done"
+
+    def _folder(self, out: Path) -> Path:
+        return run_dir(out, self.setting.name, self.variant.name)
+
     def __call__(self, progress: Callable[[str, int, int], None] | None = None) -> PopulationOutput:
         with fixed_threads(1):
             return self._train(progress or (lambda label, done, total: None))
@@ -150,7 +182,7 @@ class PopulationJob:
             variant=spec.name,
             seeds=result.seeds,
             total_steps=result.total_steps,
-            cutoff_step=cutoff_step(spec, result.total_steps),
+            cutoff_step=spec.cutoff_step(result.total_steps),
             metrics=metrics,
             curve=Curve(result.log_steps, result.train_loss, result.rates),
             dynamics=None if probe is None else probe.series(),
@@ -160,3 +192,28 @@ class PopulationJob:
         return PopulationOutput(
             record, _metrics_rows(record), None if probe is None else probe.records
         )
+
+
+def _seeds_to_train(path: Path, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """``seeds`` less those a result at ``path`` already holds (a run extended by ``--seeds``);
+    all of ``seeds`` when it holds none of them or seeds outside them."""
+    record = read_record(path, quiet=True)
+    if record is None or not set(record.seeds) <= set(seeds):
+        return seeds
+    return tuple(s for s in seeds if s not in record.seeds) or seeds
+
+
+@dataclass(frozen=True)
+class PopulationJobs:
+    """Makes a built-in setting's jobs for a plan (`dropkit.experiments.engine.plan.make_plan`):
+    one per (setting, variant), of the seeds its result does not hold yet. ``eager`` keeps
+    every population off ``torch.compile``."""
+
+    cache_dir: Path | None = None
+    eager: bool = False
+
+    def __call__(
+        self, out: Path, setting: SettingSpec, spec: VariantSpec, seeds: tuple[int, ...]
+    ) -> PopulationJob:
+        todo = _seeds_to_train(run_dir(out, setting.name, spec.name) / RESULT_FILE, seeds)
+        return PopulationJob(setting, spec, todo, self.cache_dir, self.eager)

@@ -154,7 +154,7 @@ def paired_difference_panels(
 
 def accuracy_bars(accuracies: Mapping[str, Sequence[float]], path: Path, title: str) -> Path:
     """Test accuracy per variant: mean over seeds with a 95% t-interval and the seeds as dots."""
-    from dropkit.experiments.stats import t_quantile
+    from dropkit.experiments.base.stats import t_quantile
 
     plt = _pyplot()
     variants = list(accuracies)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from dropkit._checks import check_int
-from dropkit.experiments.executors import Job, OnDone, Progress
+from dropkit.experiments.engine.executors.interface import Job, OnDone, Progress
 
 __all__ = ["LocalExecutor"]
 

@@ -2,7 +2,7 @@
 
 This module decides every verdict: `evaluate_claim` for one claim on per-seed values,
 `evaluate_claims` for a run folder's results (regime claims first, gating the others; a
-dynamics metric is averaged over its window here). `dropkit.experiments.report` only
+dynamics metric is averaged over its window here). `dropkit.experiments.evidence.report` only
 formats and writes what it returns.
 
 A claim compares one metric between two variants ``a`` and ``b`` of one setting, seed by seed
@@ -51,93 +51,26 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 
-from dropkit.experiments.stats import min_detectable_effect, paired_t_interval
-
-if TYPE_CHECKING:  # config.py imports Claim from here: types only, no import cycle
-    from dropkit.experiments.config import DynamicsSpec, ExperimentConfig, SettingSpec
-    from dropkit.experiments.record import RunRecord
+from dropkit.experiments.base.record import RunRecord
+from dropkit.experiments.base.stats import min_detectable_effect, paired_t_interval
+from dropkit.experiments.config.claim import Claim
+from dropkit.experiments.config.specs import DynamicsSpec, ExperimentConfig, SettingSpec
 
 __all__ = [
-    "DIRECTIONS",
     "MAX_FAILED_SHARE",
     "MIN_SEEDS",
-    "SWEEP_AXES",
-    "Claim",
     "ClaimResult",
     "evaluate_claim",
     "evaluate_claims",
     "not_applicable",
 ]
 
-Direction = Literal["<", ">", ">=", "<="]
-DIRECTIONS: tuple[str, ...] = ("<", ">", ">=", "<=")
-NON_INFERIORITY = (">=", "<=")
 MAX_FAILED_SHARE = 0.2  # above this share of failed seeds, a verdict is capped at inconclusive
 MIN_SEEDS = 3  # fewer finite paired seeds than this: a verdict is capped at inconclusive
-SWEEP_AXES = ("cutoff", "p")  # the schedule fields a sensitivity sweep varies
-
-
-@dataclass(frozen=True)
-class Claim:
-    """In ``setting``, ``metric`` of variant ``a`` minus variant ``b`` is ``direction`` 0.
-
-    ``">"`` / ``"<"`` claim superiority (``margin`` 0); ``">="`` / ``"<="`` non-inferiority: the
-    difference is not worse than ``margin`` (> 0, metric units) in the wrong direction.
-    ``paper`` says what the paper reported and where; ``target`` is the paper's effect size in
-    metric units (the report's power section compares the interval's half-width with it).
-    ``sweep`` names the sensitivity sweeps (``"cutoff"``, ``"p"``) the claim is a point of: the
-    report draws the effect against ``a``'s schedule value on that axis, one panel per axis.
-    """
-
-    id: str
-    statement: str
-    setting: str
-    metric: str
-    a: str
-    b: str
-    direction: Direction
-    margin: float = 0.0
-    paper: str = ""
-    target: float | None = None
-    sweep: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        unknown = [axis for axis in self.sweep if axis not in SWEEP_AXES]
-        if unknown:
-            raise ValueError(
-                f"claim {self.id}: sweep axes must be among {list(SWEEP_AXES)}, got {unknown}"
-            )
-        if self.direction not in DIRECTIONS:
-            raise ValueError(
-                f"claim {self.id}: direction must be one of {list(DIRECTIONS)}, "
-                f"got {self.direction!r}"
-            )
-        if self.direction in NON_INFERIORITY:
-            if not (math.isfinite(self.margin) and self.margin > 0):
-                raise ValueError(
-                    f"claim {self.id}: non-inferiority ({self.direction!r}) needs a finite "
-                    f"margin > 0 in metric units, got {self.margin!r}"
-                )
-        elif self.margin != 0:
-            raise ValueError(
-                f"claim {self.id}: superiority ({self.direction!r}) takes no margin, "
-                f"got {self.margin!r}"
-            )
-
-    @property
-    def test(self) -> str:
-        """``"superiority"`` for ``<`` / ``>``, ``"non-inferiority"`` for ``<=`` / ``>=``."""
-        return "non-inferiority" if self.direction in NON_INFERIORITY else "superiority"
-
-    @property
-    def comparison(self) -> str:
-        """E.g. ``"early_dropout - none > 0"``, ``"late_sd - sd >= -0.001"``."""
-        line = {">": "0", "<": "0", ">=": f"-{self.margin:g}", "<=": f"{self.margin:g}"}
-        return f"{self.a} - {self.b} {self.direction} {line[self.direction]}"
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ class KeyedDropPath(_Keyed, DropPath):
 def keyed_sites(model: nn.Module) -> list[str]:
     """Swap ``model``'s ``nn.Dropout`` / ``DropPath`` modules (exactly those classes) for keyed
     ones at the same rates, in place; return their names in module order (the site index of
-    [`step_keys`][dropkit.experiments.streams.step_keys])."""
+    [`step_keys`][dropkit.experiments.builtin.streams.step_keys])."""
     names = []
     for name, module in list(model.named_modules()):
         if type(module) is nn.Dropout:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from dropkit._optional import import_optional
-from dropkit.experiments.executors import Job, JobFailure, OnDone, Progress
-from dropkit.experiments.io import read_json, write_json
+from dropkit.experiments.base.io import read_json, write_json
+from dropkit.experiments.engine.executors.interface import Job, JobFailure, OnDone, Progress
 
 __all__ = ["JOBS_FILE", "SlurmExecutor", "job_states"]
 

@@ -26,15 +26,15 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dropkit.experiments.io import write_atomic
+from dropkit.experiments.base.io import write_atomic
+from dropkit.experiments.base.threads import fixed_threads
 from dropkit.schedules import Schedule
 
 __all__ = ["Trial", "TrialJob", "TrialOutcome", "load_function"]
@@ -285,17 +285,6 @@ class TrialOutcome:
     error: str | None = None
     traceback: str | None = None
     seconds: float = 0.0
-
-
-@contextmanager
-def fixed_threads(threads: int) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads: a job computes the same numbers anywhere."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def check_metrics(returned: Any, required: Sequence[str], where: str) -> dict[str, float]:

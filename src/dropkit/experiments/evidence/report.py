@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from dropkit.experiments import figures
-from dropkit.experiments.claims import (
+from dropkit.experiments.base.io import read_json, write_atomic
+from dropkit.experiments.base.record import RunRecord
+from dropkit.experiments.base.stats import paired_t_interval, seeds_for_power, t_quantile
+from dropkit.experiments.config.claim import Claim
+from dropkit.experiments.config.parse import parse_config
+from dropkit.experiments.config.specs import ExperimentConfig, SettingSpec
+from dropkit.experiments.evidence import figures
+from dropkit.experiments.evidence.claims import (
     MAX_FAILED_SHARE,
     MIN_SEEDS,
-    Claim,
     ClaimResult,
     evaluate_claims,
 )
-from dropkit.experiments.config import ExperimentConfig, SettingSpec, parse_config
-from dropkit.experiments.io import read_json, write_atomic
-from dropkit.experiments.record import RunRecord
-from dropkit.experiments.stats import paired_t_interval, seeds_for_power, t_quantile
 
 __all__ = ["build_report", "load_results", "summary_table", "sweep_points"]
 

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from dropkit import diagnostics as dd
-from dropkit.experiments.config import DynamicsSpec
-from dropkit.experiments.data import Dataset
-from dropkit.experiments.record import DynamicsSeries
-from dropkit.experiments.train import Population, build_members
+from dropkit.experiments.base.record import DynamicsSeries
+from dropkit.experiments.builtin.data import Dataset
+from dropkit.experiments.builtin.train import Population, build_members
+from dropkit.experiments.config.specs import DynamicsSpec
 
 __all__ = ["INSTRUMENTS", "DynamicsProbe"]
 

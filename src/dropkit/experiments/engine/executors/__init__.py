@@ -9,39 +9,18 @@ as a `JobFailure` with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+
+from dropkit.experiments.engine.executors.interface import (
+    Executor,
+    Job,
+    JobFailure,
+    OnDone,
+    Progress,
+)
 
 __all__ = ["Executor", "Job", "JobFailure", "OnDone", "Progress", "make_executor"]
-
-Progress = Callable[[str, int, int], None]  # (job label, steps done, steps in all)
-
-
-class Job(Protocol):
-    """What an executor runs: picklable, with a label; returns its output."""
-
-    @property
-    def label(self) -> str: ...
-
-    def __call__(self, progress: Progress | None = None) -> Any: ...
-
-
-@dataclass(frozen=True)
-class JobFailure:
-    """A job that ended without an output: ``reason`` says why (SLURM's state and log tail)."""
-
-    reason: str
-
-
-OnDone = Callable[[Job, Any], None]
-
-
-class Executor(Protocol):
-    """Runs jobs and reports each one's output to ``on_done`` as it ends."""
-
-    def run(self, jobs: Sequence[Job], on_done: OnDone, progress: Progress) -> None: ...
 
 
 def make_executor(
@@ -57,11 +36,11 @@ def make_executor(
     the job ids in ``state_dir``, ``parameters`` for ``update_parameters``, and ``name`` as the
     jobs' name in the queue unless ``parameters`` give one."""
     if kind == "local":
-        from dropkit.experiments.executors.local import LocalExecutor
+        from dropkit.experiments.engine.executors.local import LocalExecutor
 
         return LocalExecutor(workers)
     if kind == "slurm":
-        from dropkit.experiments.executors.slurm import SlurmExecutor
+        from dropkit.experiments.engine.executors.slurm import SlurmExecutor
 
         return SlurmExecutor(state_dir, parameters or {}, detach=detach, name=name)
     raise ValueError(f"unknown executor {kind!r}; expected local or slurm")

@@ -1,11 +1,10 @@
 """The driver's side of a finished job: the one writer of the run folder's results.
 
-A population job's output becomes ``runs/<setting>/<variant>/result.json`` (with
-``metrics.jsonl`` and ``records.jsonl``). A trial's outcome becomes ``seed-<n>/outcome.json``;
-once every seed of a (setting, variant) has one, its ``result.json`` is assembled from them:
-a failed seed's metrics are NaN and its reason is kept, so claims list it as failed. A job that
-ended without output (`JobFailure`) is recorded the same
-way. Every file is written atomically.
+A trial's outcome becomes ``seed-<n>/outcome.json``; once every seed of a (setting, variant) has
+one, its ``result.json`` is assembled from them: a failed seed's metrics are NaN and its reason
+is kept, so claims list it as failed. A trial job that ended without output (`JobFailure`) is
+recorded the same way. Any other job (a built-in population) writes its own output, as a
+`dropkit.experiments.engine.plan.FolderJob`. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -13,35 +12,31 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-from typing import Any
+from typing import Any, cast
 
-from dropkit.experiments.config import VariantSpec
-from dropkit.experiments.executors import Job, JobFailure
-from dropkit.experiments.io import read_jsonl, write_json, write_jsonl
-from dropkit.experiments.plan import (
+from dropkit.experiments.base.io import write_json, write_jsonl
+from dropkit.experiments.base.layout import (
     OUTCOME_FILE,
     RESULT_FILE,
-    Plan,
     outcome_path,
     read_outcome,
-    read_record,
     run_dir,
     trial_dir,
 )
-from dropkit.experiments.population import PopulationJob, PopulationOutput, cutoff_step
-from dropkit.experiments.record import Curve, RunRecord
-from dropkit.experiments.trial import TrialJob, TrialOutcome, read_log
+from dropkit.experiments.base.record import Curve, RunRecord
+from dropkit.experiments.config.specs import VariantSpec
+from dropkit.experiments.engine.executors import Job, JobFailure
+from dropkit.experiments.engine.plan import FolderJob, Plan
+from dropkit.experiments.engine.trial import TrialJob, TrialOutcome, read_log
 
-__all__ = ["FAILURE_FILE", "Results"]
-
-FAILURE_FILE = "failure.json"
+__all__ = ["Results"]
 
 
 def _cutoff(spec: VariantSpec, total_steps: int) -> int | None:
     """The cutoff step on the logged steps' scale (None when nothing was logged or it does not
     fit: the figure then draws no cutoff line)."""
     try:
-        return cutoff_step(spec, total_steps) if total_steps > 0 else None
+        return spec.cutoff_step(total_steps) if total_steps > 0 else None
     except ValueError:
         return None
 
@@ -60,29 +55,12 @@ class Results:
 
     def collect(self, job: Job, output: Any) -> str:
         """Record ``output`` of ``job``; return a word for the progress line."""
-        if isinstance(job, PopulationJob):
-            return self._population(job, output)
-        assert isinstance(job, TrialJob)
-        return self._trial(job, output)
-
-    def _population(self, job: PopulationJob, output: PopulationOutput | JobFailure) -> str:
-        folder = run_dir(self.plan.out, job.setting.name, job.variant.name)
+        if isinstance(job, TrialJob):
+            return self._trial(job, output)
+        folder_job = cast(FolderJob, job)
         if isinstance(output, JobFailure):
-            write_json(folder / FAILURE_FILE, {"reason": output.reason})
-            return f"failed: {output.reason.splitlines()[0]}"
-        (folder / FAILURE_FILE).unlink(missing_ok=True)
-        record, rows, records = output.record, output.metrics_rows, output.dynamics_records
-        held = read_record(folder / RESULT_FILE, quiet=True)
-        if held is not None and not set(held.seeds) & set(record.seeds):  # seeds added
-            record = held.extended(record)
-            rows = read_jsonl(folder / "metrics.jsonl") + rows
-            if records is not None:
-                records = read_jsonl(folder / "records.jsonl") + records
-        write_jsonl(folder / "metrics.jsonl", rows)
-        if records is not None:
-            write_jsonl(folder / "records.jsonl", records)
-        write_json(folder / RESULT_FILE, record.to_dict())  # last: marks it finished
-        return "done"
+            return folder_job.failed(self.plan.out, output.reason)
+        return folder_job.collect(self.plan.out, output)
 
     def _trial(self, job: TrialJob, output: TrialOutcome | JobFailure) -> str:
         trial = job.trial
@@ -144,4 +122,4 @@ class Results:
         ]
         folder = run_dir(out, setting_name, variant)
         write_jsonl(folder / "metrics.jsonl", rows)
-        write_json(folder / "result.json", record.to_dict())
+        write_json(folder / RESULT_FILE, record.to_dict())
