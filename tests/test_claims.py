@@ -257,6 +257,33 @@ def test_zero_spread_never_confirms():
     assert "at least 3" not in result.reason
 
 
+def test_zero_spread_up_to_rounding_never_confirms():
+    # differences all 0.1 but for float rounding (sd about 6e-17): read "confirmed +0.1
+    # [+0.1, +0.1]" while only an exact 0.0 counted as zero spread
+    values = {"a": {0: 0.3, 1: 0.7, 2: 1.1}, "b": {0: 0.2, 1: 0.6, 2: 1.0}}
+    differences = np.array([0.3, 0.7, 1.1]) - np.array([0.2, 0.6, 1.0])
+    assert 0 < np.std(differences, ddof=1) < 1e-15
+    result = evaluate_claim(claim(">"), values)
+    assert result.verdict == "inconclusive" and "zero width" in result.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=3, max_size=12),
+    st.floats(-1e3, 1e3, allow_nan=False),
+)
+def test_a_constant_difference_is_never_a_verdict(base, shift):
+    values = {"a": {i: v + shift for i, v in enumerate(base)}, "b": dict(enumerate(base))}
+    for direction in (">", "<"):
+        assert evaluate_claim(claim(direction), values).verdict == "inconclusive"
+
+
+def test_a_small_real_spread_still_decides():
+    # differences 1e-6 apart around 1e-3 on values of order 1: far above rounding, a verdict
+    values = {"a": {0: 1.001, 1: 1.001001, 2: 1.000999}, "b": {0: 1.0, 1: 1.0, 2: 1.0}}
+    assert evaluate_claim(claim(">"), values).verdict == "confirmed"
+
+
 def two_seeds(effect, base=0.5):
     """Seeds 0 and 1 of :func:`three_seeds`: differences effect - 0.1 and effect."""
     three = three_seeds(effect, base)

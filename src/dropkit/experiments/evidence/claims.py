@@ -32,7 +32,10 @@ failed, a verdict of *confirmed*, *opposite* or *non-inferior* is capped at *inc
 the reason says so; at 20% or fewer the verdict stands and the failures are listed.
 
 Zero spread: when every seed gives the same paired difference, the interval has zero width and
-would "confirm" on two seeds; such a claim reads *inconclusive* (no MDE), with the reason.
+would "confirm" on two seeds; such a claim reads *inconclusive* (no MDE), with the reason. "The
+same" is up to float rounding: a spread of the differences at most ``ZERO_SPREAD_RTOL`` (1e-9)
+times the largest value's magnitude (rounding leaves about 1e-16 of it; a real spread between
+seeds is many orders larger).
 
 Minimum seeds: a verdict of *confirmed*, *opposite* or *non-inferior* needs at least
 ``MIN_SEEDS`` (3) finite paired seeds. On 2 the t interval exists (1 degree of freedom) but rests
@@ -71,6 +74,8 @@ __all__ = [
 
 MAX_FAILED_SHARE = 0.2  # above this share of failed seeds, a verdict is capped at inconclusive
 MIN_SEEDS = 3  # fewer finite paired seeds than this: a verdict is capped at inconclusive
+# a spread of the paired differences at most this share of the values' magnitude is rounding
+ZERO_SPREAD_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,12 @@ def _seeds_text(seeds: list[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
+def _zero_spread(sd: float, x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether the paired differences' spread is float rounding, relative to the values."""
+    scale = max(float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+    return sd <= ZERO_SPREAD_RTOL * scale
+
+
 def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> ClaimResult:
     """Evaluate ``claim`` on ``values[variant][seed]`` (the metric per seed) for its setting."""
     a, b = values.get(claim.a, {}), values.get(claim.b, {})
@@ -183,7 +194,7 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
         mde = None
     verdict = _verdict(claim, low, high)
     notes = [failures] if failed else []
-    if sd == 0.0:  # a zero-width interval is no evidence: the seeds did not vary at all
+    if _zero_spread(sd, x, y):  # a zero-width interval is no evidence: the seeds did not vary
         verdict, mde = "inconclusive", None
         notes.append(
             f"every seed gave the same difference ({effect:+.6g}), so the interval has zero "
