@@ -193,6 +193,12 @@ def without_none_arm(raw: dict) -> None:
         (a_sweep_point_against_another_baseline, "must share metric, b, direction and margin"),
         (lambda c: c["settings"]["digits"].update(mc_passes=-1), "settings.digits.mc_passes"),
         (inconsistency_claimed_without_passes, "claims[0].metric: 'inconsistency_kl' is not"),
+        # malformed claim fields were an AttributeError / TypeError; top-level seeds: 1 passed
+        (lambda c: c["claims"][0].update(metric=3), "claims[0].metric: expected a name"),
+        (lambda c: c["claims"][0].update(a=["none"]), "claims[0].a: expected a name"),
+        (lambda c: c["claims"][0].update(setting=["digits"]), "claims[0].setting: expected"),
+        (lambda c: c["claims"][1].update(direction=None), "claims[1].direction: expected"),
+        (lambda c: c.update(seeds=1), "seeds: claims are paired comparisons, give >= 2"),
     ],
 )
 def test_config_errors_name_the_field(edit, message):

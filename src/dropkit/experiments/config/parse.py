@@ -232,8 +232,8 @@ def _setting(name: str, value: Any) -> SettingSpec:
     elif regime_claim is not None:
         raise ConfigError(f"{where}.regime: missing; regime_claim needs underfitting/overfitting")
     seeds = value.get("seeds")
-    if seeds is not None and _number(seeds, f"{where}.seeds", integer=True) < 2:
-        raise ConfigError(f"{where}.seeds: claims are paired comparisons, give >= 2 seeds")
+    if seeds is not None:
+        _seeds(seeds, f"{where}.seeds")
     common = {
         "name": name,
         "variants": variants,
@@ -258,6 +258,22 @@ def _setting(name: str, value: Any) -> SettingSpec:
     )
 
 
+def _name(value: Any, where: str) -> str:
+    """A field that names something (a setting, a variant, a metric): a string."""
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{where}: expected a name (a string), got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _seeds(value: Any, where: str) -> int:
+    seeds = _number(value, where, integer=True)
+    if seeds < 2:
+        raise ConfigError(f"{where}: claims are paired comparisons, give >= 2 seeds")
+    return seeds
+
+
 def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim:
     where = f"claims[{index}]"
     value = _mapping(value, where)
@@ -267,6 +283,8 @@ def _claim(index: int, value: Any, settings: Mapping[str, SettingSpec]) -> Claim
     missing = sorted(keys - optional - set(value))
     if missing:
         raise ConfigError(f"{where}: missing field(s) {missing}")
+    for name in ("setting", "metric", "a", "b", "direction"):
+        _name(value[name], f"{where}.{name}")
     if value["setting"] not in settings:
         raise ConfigError(f"{where}.setting: {value['setting']!r} is not one of {sorted(settings)}")
     setting = settings[value["setting"]]
@@ -411,7 +429,7 @@ def parse_config(raw: Any, root: str | Path | None = None) -> ExperimentConfig:
     _check_sweeps(claims, settings)
     return ExperimentConfig(
         name=str(raw.get("name", "experiment")),
-        seeds=_number(raw.get("seeds", 5), "seeds", integer=True),
+        seeds=_seeds(raw.get("seeds", 5), "seeds"),
         settings=tuple(settings.values()),
         claims=claims,
         executor=_executor(raw.get("executor", {})),
