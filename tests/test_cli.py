@@ -44,7 +44,9 @@ def test_demo_refuses_fewer_than_two_seeds(capsys) -> None:
     ("text", "value"),
     [("timeout_min=60", 60), ("mem_gb=2.5", 2.5), ("slurm_partition=gpu", "gpu"),
      ("slurm_time=08:00:00", "08:00:00"), ("slurm_use_srun=false", False),
-     ("slurm_partition=inf", "inf")],
+     ("slurm_partition=inf", "inf"), ("slurm_account=0042", "0042"),
+     ("slurm_partition=1_0", "1_0"), ("slurm_partition=nan", "nan"), ("mem_gb=1e3", 1000.0),
+     ("nice=-5", -5), ("slurm_comment= 7", " 7"), ("slurm_partition=٣", "٣")],
 )  # fmt: skip
 def test_executor_param_values_are_typed_as_submitit_checks_them(text: str, value) -> None:
     key, parsed = _executor_param(text)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import codecs
 import importlib
-import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,21 +63,24 @@ def _load_factory(spec: str):
     return build
 
 
+_PLAIN_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_PLAIN_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def _executor_param(text: str) -> tuple[str, int | float | bool | str]:
-    """``KEY=VALUE`` of ``--executor-param``: VALUE as an int, a float, true / false, else the
-    string as written (``slurm_time=08:00:00`` stays a string, unlike in YAML 1.1)."""
+    """``KEY=VALUE`` of ``--executor-param``: VALUE as an int or a float when it is plainly
+    written as one (``60``, ``2.5``, ``1e3``), true / false, else the string as written
+    (``slurm_account=0042``, ``slurm_partition=1_0``, ``slurm_time=08:00:00`` and ``nan`` stay
+    strings, as an account or a partition may be named so)."""
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected KEY=VALUE with a submitit parameter as KEY, e.g. timeout_min=60"
         )
-    for convert in (int, float):
-        try:
-            number = convert(value)
-        except ValueError:
-            continue
-        if math.isfinite(number):  # "nan", "inf" stay strings: a partition may be named so
-            return key, number
+    if _PLAIN_INT.fullmatch(value):
+        return key, int(value)
+    if _PLAIN_FLOAT.fullmatch(value):
+        return key, float(value)
     booleans = {"true": True, "false": False}
     return key, booleans.get(value.lower(), value)
 
