@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dropkit.cli import main
@@ -109,6 +110,29 @@ def test_a_raising_trial_fails_alone_and_a_rerun_trains_only_it(project, tmp_pat
     assert run_result(out, "dropout")["errors"] == [None, None, None]
     u1 = next(c for c in json.loads((out / "report.json").read_text())["claims"] if c["id"] == "U1")
     assert u1["failed_seeds"] == [] and u1["n_seeds"] == 3
+
+
+def test_a_trial_changing_process_state_reaches_neither_the_driver_nor_a_later_setting(
+    project, tmp_path, monkeypatch
+):
+    # the function chdirs into its trial folder and sets float64 as torch's default dtype:
+    # the driver wrote the run's files under the trial folder (a relative --out resolved again)
+    # and the built-in setting after it crashed on float64 tensors
+    (project / "flags" / "leak").touch()
+    raw = user_config(project / "flags", seeds=2)
+    raw["settings"]["digits"] = {
+        "data": "digits", "model": {"kind": "mlp", "width": 16, "depth": 1},
+        "train": {"epochs": 1, "batch_size": 128}, "mc_passes": 0,
+        "variants": {"none": {}, "dropout": {"dropout": {"schedule": "standard", "p": 0.1}}},
+    }  # fmt: skip
+    path = write_config(project, raw)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--out", "relative", "--workers", "1"]) == 0
+    assert (tmp_path / "relative" / "report.json").exists()
+    assert not list((tmp_path / "relative" / "runs").glob("mine/*/seed-*/relative"))
+    digits = json.loads((tmp_path / "relative/runs/digits/dropout/result.json").read_text())
+    assert digits["seeds"] == [0, 1] and all(e is None for e in digits.get("errors") or [None])
+    assert torch.get_default_dtype() == torch.float32 and Path.cwd() == tmp_path
 
 
 @pytest.mark.parametrize(

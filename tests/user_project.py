@@ -16,6 +16,7 @@ import yaml
 # (fail-VARIANT-SEED) or, unless it was restored, waits after its first checkpoint to be
 # interrupted there (hold-VARIANT-SEED): a test interrupts it mid-trial with no race.
 USER_MODULE = """
+import os
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def train(trial):
                               "step": step + 1})
             if state is None and (flags / f"hold-{trial.variant}-{trial.seed}").exists():
                 hold()
+    if (flags / "leak").exists():  # process-wide changes a later trial or the driver inherits
+        os.chdir(trial.dir)
+        torch.set_default_dtype(torch.float64)
     if p.get("return") == "list":
         return [1.0]
     model.eval()

@@ -159,7 +159,10 @@ def run_experiment(
     where a setting's ``train.compile`` asks for it (the reference path).
     """
     workers = check_int(workers, "workers", 1)
-    out = Path(out_dir)
+    # every path resolved once, here: a training function that changes the working directory
+    # cannot move what the driver writes
+    out = Path(out_dir).resolve()
+    cache_dir = None if cache_dir is None else Path(cache_dir).resolve()
     preflight(config, cache_dir)  # every check that can fail before training: nothing on disk yet
     if detach and config.executor.kind != "slurm":
         raise ConfigError("--detach submits to a cluster: it needs --executor slurm")
@@ -227,7 +230,7 @@ def executor_dir(out: Path, config: ExperimentConfig) -> Path:
     """Where an executor keeps its state (submitit's logs, job ids): ``executor.folder`` or
     ``slurm/`` in the run folder."""
     folder = config.executor.folder
-    return out / config.executor.kind if folder is None else Path(folder)
+    return out / config.executor.kind if folder is None else Path(folder).resolve()
 
 
 def _run_locked(
@@ -241,7 +244,7 @@ def _run_locked(
 ) -> dict[str, Any] | None:
     _record_config(out, config)
     cache = None if cache_dir is None else Path(cache_dir)
-    plan = make_plan(config, out.resolve(), PopulationJobs(cache, eager))
+    plan = make_plan(config, out, PopulationJobs(cache, eager))
     todo = plan.todo()  # preflight generated and cached the data
     started = time.perf_counter()
     bars = _Bars(len(plan.jobs), len(plan.jobs) - len(todo), progress)
@@ -250,7 +253,7 @@ def _run_locked(
         results.retry(job)
     state_dir = executor_dir(out, config)
     kind = config.executor.kind
-    write_json(out / EXECUTOR_FILE, {"kind": kind, "folder": str(state_dir.resolve())})
+    write_json(out / EXECUTOR_FILE, {"kind": kind, "folder": str(state_dir)})
     executor = make_executor(
         kind,
         state_dir,

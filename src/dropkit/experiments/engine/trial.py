@@ -26,16 +26,17 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
 from dropkit.experiments.base.io import write_atomic
 from dropkit.experiments.base.threads import fixed_threads
-from dropkit.schedules import Schedule
+from dropkit.schedules import Early, Late, Schedule
 
 __all__ = ["Trial", "TrialJob", "TrialOutcome", "load_function"]
 
@@ -75,12 +76,13 @@ class Trial:
         budget: The fraction of the intended run to train (1.0; below 1 only for ``dropkit
             advise`` probes): train ``trial.budget_steps(total_steps)`` steps with the
             schedules still laid over the full ``total_steps``.
-        dir: A folder of this trial's own, kept across requeues and reruns (it may not exist
-            yet; ``log`` and ``checkpoint`` create it).
+        dir: A folder of this trial's own, kept across requeues and reruns; it exists when the
+            function is called.
 
     Examples:
         A training function (``mytrain.py``, named in a config as ``function: mytrain:train``)
-        that resumes from its checkpoint and trains only ``budget_steps`` when probed:
+        that resumes from its checkpoint exactly (the random stream the dropout masks draw
+        from is checkpointed too) and trains only ``budget_steps`` when probed:
 
         ```python
         import torch
@@ -101,10 +103,11 @@ class Trial:
                 model, steps, dropout=trial.dropout, drop_path=trial.drop_path
             )
             start, state = 0, trial.restore()
-            if state is not None:  # requeued or resumed: go on from there
+            if state is not None:  # requeued or resumed: go on from there, masks included
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["opt"])
                 sched.load_state_dict(state["sched"])
+                torch.set_rng_state(state["rng"])
                 start = state["step"]
             for step in range(start, trial.budget_steps(steps)):
                 loss = F.cross_entropy(model(x), y)
@@ -115,7 +118,8 @@ class Trial:
                 if (step + 1) % 10 == 0:
                     trial.log(step + 1, train_loss=loss.item())
                     trial.checkpoint({"model": model.state_dict(), "opt": opt.state_dict(),
-                                      "sched": sched.state_dict(), "step": step + 1})
+                                      "sched": sched.state_dict(), "step": step + 1,
+                                      "rng": torch.get_rng_state()})
             model.eval()
             with torch.no_grad():
                 return {"train_loss": F.cross_entropy(model(x), y).item()}
@@ -152,10 +156,11 @@ class Trial:
     def log(self, step: int, **values: float) -> None:
         """Record values at optimizer ``step`` (``train_loss`` draws the loss figure).
 
-        Lines go to ``dir/log.jsonl`` at once, so a curve survives a requeue; a step logged
-        again after a restore replaces the earlier value. Log the last step too: the run's
-        length in the report (and the cutoff line of its loss figure) is the largest step
-        logged.
+        Lines go to ``dir/log.jsonl`` at once, so a curve survives a requeue. Values logged at
+        one step in several calls are merged (``log(10, train_loss=...)`` then
+        ``log(10, val_loss=...)`` keeps both); a value logged again at a step (after a
+        restore) replaces the earlier one. Log the last step too: the run's length in the
+        report (and the cutoff line of its loss figure) is the largest step logged.
 
         Args:
             step: The optimizer step the values belong to (converted with ``int``).
@@ -209,8 +214,8 @@ class Trial:
 
 
 def read_log(trial_dir: Path) -> list[dict[str, Any]]:
-    """The rows `Trial.log` wrote, one per step (a step logged again keeps its last
-    values; a line cut short by a kill is skipped), in step order."""
+    """The rows `Trial.log` wrote, one per step (the values logged at a step merged, a value
+    logged again keeping its last; a line cut short by a kill is skipped), in step order."""
     path = trial_dir / LOG_FILE
     if not path.exists():
         return []
@@ -220,7 +225,7 @@ def read_log(trial_dir: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        rows[row["step"]] = row
+        rows.setdefault(row["step"], {}).update(row)
     return [rows[step] for step in sorted(rows)]
 
 
@@ -345,16 +350,119 @@ class TrialJob:
             progress(self.label, 0, 1)
         where = f"settings.{self.trial.setting}: {self.function}"
         started = time.perf_counter()
+        trial = _watched(self.trial)
         try:
-            with fixed_threads(self.threads):
+            trial.dir.mkdir(parents=True, exist_ok=True)
+            with fixed_threads(self.threads), restored_process_state():
                 function = load_function(self.function, self.root)
-                returned = function(self.trial)
+                returned = function(trial)
             metrics = check_metrics(returned, self.required, where)
-        except Exception as err:
+            if all(math.isfinite(value) for value in metrics.values()):  # a diverged run stops
+                _check_schedules_applied(trial)
+        except (Exception, SystemExit) as err:
             text = traceback.format_exc()
-            write_atomic(self.trial.dir / TRACEBACK_FILE, text)
+            write_atomic(trial.dir / TRACEBACK_FILE, text)
             seconds = time.perf_counter() - started
-            return TrialOutcome(None, f"{type(err).__name__}: {err}", text, seconds)
+            return TrialOutcome(None, _error_line(err), text, seconds)
         bad = [name for name, value in metrics.items() if not math.isfinite(value)]
         error = f"non-finite {', '.join(bad)} (diverged)" if bad else None
         return TrialOutcome(metrics, error, None, time.perf_counter() - started)
+
+
+def _error_line(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return (
+            f"SystemExit: {err.code}: the function called sys.exit (argparse does on arguments "
+            "it does not know: give parse_args an explicit list, e.g. parse_args([]))"
+        )
+    return f"{type(err).__name__}: {err}"
+
+
+@contextmanager
+def restored_process_state() -> Iterator[None]:
+    """Run a training function, then put back the process-wide state it may change and a later
+    trial, a built-in population or the driver in the same process would inherit: the working
+    directory, environment variables, torch's default dtype and device, grad mode and
+    deterministic-algorithm setting. Other process-wide changes (a monkeypatched module, a
+    global of the user's own) are out of reach: they stay in the process."""
+    cwd, environ = os.getcwd(), dict(os.environ)
+    dtype, device = torch.get_default_dtype(), torch.get_default_device()
+    grad = torch.is_grad_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_default_dtype(dtype)
+        torch.set_default_device(device)
+        torch.set_grad_enabled(grad)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+class _Reach:
+    """Mixin of a schedule that changes over time: remembers the last step it was applied at
+    and the run's length it was given, so a trial can tell whether its scheduler was stepped."""
+
+    reached: tuple[int, int] | None = None  # (last step, total_steps); None: never called
+
+    def __call__(self, step: int, total_steps: int) -> float:
+        rate = super().__call__(step, total_steps)  # type: ignore[misc]
+        last = -1 if self.reached is None else self.reached[0]
+        object.__setattr__(self, "reached", (max(last, step), total_steps))
+        return float(rate)
+
+    def __repr__(self) -> str:
+        base = type(self).__mro__[2]  # the schedule class watched (Early or Late)
+        return repr(base(**{f.name: getattr(self, f.name) for f in fields(base)}))
+
+
+class _WatchedEarly(_Reach, Early):
+    pass
+
+
+class _WatchedLate(_Reach, Late):
+    pass
+
+
+_WATCHED: dict[type, type] = {Early: _WatchedEarly, Late: _WatchedLate}
+
+
+_S = TypeVar("_S", bound="Schedule | None")
+
+
+def _watch(schedule: _S) -> _S:
+    """``schedule`` as one that remembers its reach, when it changes over time (early, late)."""
+    if isinstance(schedule, (Early, Late)) and type(schedule) in _WATCHED:
+        values = {f.name: getattr(schedule, f.name) for f in fields(schedule)}
+        return cast(_S, _WATCHED[type(schedule)](**values))
+    return schedule
+
+
+def _watched(trial: Trial) -> Trial:
+    return replace(trial, dropout=_watch(trial.dropout), drop_path=_watch(trial.drop_path))
+
+
+def _check_schedules_applied(trial: Trial) -> None:
+    """Raise unless every schedule that changes over time was applied up to the steps the trial
+    trains: one never stepped trains an early / late variant as if it were standard."""
+    for kind in ("dropout", "drop_path"):
+        schedule = getattr(trial, kind)
+        if not isinstance(schedule, _Reach):
+            continue
+        how = (
+            f"build DropoutScheduler(model, total_steps, {kind}=trial.{kind}) and call "
+            "sched.step() after each optimizer.step()"
+        )
+        if schedule.reached is None:
+            raise RuntimeError(f"trial.{kind} ({schedule!r}) was never applied: {how}")
+        last, total = schedule.reached
+        needed = trial.budget_steps(total)
+        if last < needed - 1:
+            raise RuntimeError(
+                f"trial.{kind} ({schedule!r}) was applied up to step {last} of the {needed} "
+                f"steps the trial trains (total_steps={total}), so the variant did not follow "
+                f"its schedule: {how}"
+            )
