@@ -195,7 +195,8 @@ def test_divergence_is_a_result_not_a_crash(tmp_path, capsys):
     raw["settings"]["digits"]["train"]["lr"] = 1e6  # trains to NaN within a few steps
     out = tmp_path / "out"
     assert main(["run", str(_write_config(tmp_path / "c.yaml", raw)), "--out", str(out),
-                 "--workers", "1"]) == 0  # fmt: skip
+                 "--workers", "1"]) == 1  # fmt: skip
+    assert "claim(s) T not measured (exit 1)" in capsys.readouterr().err
     result = json.loads((out / "runs" / "digits" / "none" / "result.json").read_text())
     total = result["total_steps"]
     assert all(step is not None and step < total for step in result["diverged_at"])

@@ -64,6 +64,11 @@ def test_a_function_setting_gets_claims_curves_figures_and_a_report(project, tmp
         (s, k) for s in range(3) for k in (10, 20, 30, 40)
     }
     assert (out / "figures" / "mine_train_loss.png").stat().st_size > 0
+    # every value logged is kept and drawn, also one logged in a second call at a step
+    assert result["logged"]["val_loss"]["steps"] == [10, 20, 30, 40]
+    assert all(math.isfinite(v) for row in result["logged"]["val_loss"]["values"] for v in row)
+    assert (out / "figures" / "mine_val_loss.png").stat().st_size > 0
+    assert "mine_val_loss.png" in (out / "report.md").read_text()
     assert "function `usertrain:train`" in (out / "report.md").read_text()
     # the variant's params overlay the setting's; each trial had a folder of its own
     assert sorted(trial_calls(project)) == sorted(f"{v}/{s}" for v in ("none", "dropout", "early")
@@ -89,7 +94,10 @@ def test_a_raising_trial_fails_alone_and_a_rerun_trains_only_it(project, tmp_pat
     (flags / "fail-dropout-1").touch()
     path = write_config(project, user_config(flags))
     out = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
+    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 1  # a job failed
+    printed = capsys.readouterr()
+    assert f"({out}/runs/mine/dropout/seed-1/)" in printed.out  # a path the user can open
+    assert "1 job(s) failed (exit 1)" in printed.err
     trace = (out / "runs/mine/dropout/seed-1/traceback.txt").read_text()
     assert "RuntimeError: asked to fail seed 1" in trace and "usertrain.py" in trace
     failed = run_result(out, "dropout")
@@ -100,7 +108,8 @@ def test_a_raising_trial_fails_alone_and_a_rerun_trains_only_it(project, tmp_pat
     assert u1["failed_seeds"] == [1] and u1["n_seeds"] == 2
     report_md = (out / "report.md").read_text()
     assert "seed 1 **failed**: RuntimeError: asked to fail seed 1" in report_md
-    assert "1 job(s) failed (mine/dropout/seed 1)" in capsys.readouterr().err
+    assert "(runs/mine/dropout/seed-1/)" in report_md  # beside the report, relative to it
+    assert "1 job(s) failed (mine/dropout/seed 1)" in printed.err
 
     (flags / "fail-dropout-1").unlink()
     (flags / "calls.txt").unlink()
@@ -168,9 +177,29 @@ def test_a_function_breaking_the_contract_fails_its_seeds_naming_the_setting(
     raw = user_config(project / "flags", seeds=2, **{"return": returned})
     config = load_config(write_config(project, raw))
     run_experiment(config, tmp_path / "run", progress=False)
-    errors = run_result(tmp_path / "run", "none")["errors"]
+    result = run_result(tmp_path / "run", "none")
     assert all(e is not None and "settings.mine: usertrain:train" in e and message in e
-               for e in errors)  # fmt: skip
+               for e in result["errors"])  # fmt: skip
+    if returned == "no_acc":  # what the function did return is kept
+        assert all(math.isfinite(v) for v in result["metrics"]["train_loss"])
+
+
+def test_run_exits_1_when_every_job_failed_and_says_why(project, tmp_path, capsys):
+    # a claim naming a metric the function never returns: every seed failed, exit code was 0
+    raw = user_config(project / "flags", seeds=2, **{"return": "no_acc"})
+    path = write_config(project, raw)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "6 job(s) failed; claim(s) U1 not measured (exit 1)" in err
+    report = json.loads((out / "report.json").read_text())
+    assert {c["id"]: c["verdict"] for c in report["claims"]}["U1"] == "not measured"
+    assert "failed_jobs" not in report  # report.json holds claims, not one invocation's jobs
+    assert (out / "runs/mine/none/seed-0/outcome.json").exists()
+    # the same command trains them again: the failure was a seed's, not a result
+    (project / "flags" / "calls.txt").unlink()
+    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 1
+    assert len(trial_calls(project)) == 6
 
 
 def test_built_in_fields_and_params_do_not_mix(project):

@@ -238,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         print(f"report: {out / 'report.md'} ({report['wall_s_this_invocation']:.0f} s)")
+        unmeasured = [c["id"] for c in report["claims"] if c["verdict"] == "not measured"]
+        if report["failed_jobs"] or unmeasured:
+            said = [f"{len(report['failed_jobs'])} job(s) failed"] if report["failed_jobs"] else []
+            said += [f"claim(s) {', '.join(unmeasured)} not measured"] if unmeasured else []
+            print(f"dropkit {args.command}: {'; '.join(said)} (exit 1)", file=sys.stderr)
+            return 1
     except Interrupted as err:
         print(f"dropkit {args.command}: {err}", file=sys.stderr)
         return err.exit_code

@@ -151,7 +151,9 @@ def run_experiment(
     eager: bool = False,
 ) -> dict[str, Any] | None:
     """Run what is not finished yet in ``out_dir`` on the config's executor, then write the
-    report; return report.json (None with ``detach``: the jobs were submitted, nothing waited).
+    report; return report.json, with ``failed_jobs`` (the labels of jobs that failed) and
+    ``wall_s_this_invocation`` added (None with ``detach``: the jobs were submitted, nothing
+    waited).
 
     Local: ``workers > 1`` runs that many jobs at once in separate processes. Every job runs
     with one intra-op thread wherever it runs, so its numbers do not depend on the executor or
@@ -271,7 +273,7 @@ def _run_locked(
             executor.run(todo, on_done, bars.update)
     except _Signal as signalled:
         finished = sum(plan.finished(job) for job in plan.jobs)
-        raise Interrupted(signalled.signum, out, finished, len(plan.jobs)) from None
+        raise Interrupted(signalled.signum, _shown(out), finished, len(plan.jobs)) from None
     finally:
         bars.close()
     if detach:
@@ -279,9 +281,10 @@ def _run_locked(
     _gather_records(out, config)
     report = build_report(out)
     report["wall_s_this_invocation"] = time.perf_counter() - started
-    print(summary_table(config, load_results(out, config)))
+    print(summary_table(config, load_results(out, config), _shown(out)))
     _print_claims(report)
     failed = [job.label for job in plan.jobs if not plan.finished(job)]
+    report["failed_jobs"] = failed
     if failed:
         listed = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         print(
@@ -290,6 +293,15 @@ def _run_locked(
             file=sys.stderr,
         )
     return report
+
+
+def _shown(path: Path) -> Path:
+    """``path`` as a message shows it: relative to the working directory when it lies below
+    it, else absolute."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def _gather_records(out: Path, config: ExperimentConfig) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Curve", "DynamicsSeries", "RunRecord"]
+__all__ = ["Curve", "DynamicsSeries", "RunRecord", "Series"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,15 @@ class Curve:
     steps: list[int]
     train_loss: list[list[float]]
     rates: dict[str, list[float]]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One logged value ``values[seed][point]`` at optimizer ``steps`` (NaN where a seed did
+    not log it)."""
+
+    steps: list[int]
+    values: list[list[float]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class RunRecord:
     diverged_at: list[int | None]  # per seed: the step its loss became non-finite, or None
     # per seed: why it failed (a training function raised, or its job was cancelled), or None
     errors: list[str | None] = dataclasses.field(default_factory=list)
+    # what a training function logged besides train_loss (the curve), by name
+    logged: dict[str, Series] = dataclasses.field(default_factory=dict)
 
     def failed(self) -> dict[int, str]:
         """``{seed: reason}`` of the seeds that failed (their metrics are NaN)."""
@@ -89,6 +100,11 @@ class RunRecord:
             diverged_at=self.diverged_at + other.diverged_at,
             errors=(self.errors or [None] * len(self.seeds))
             + (other.errors or [None] * len(other.seeds)),
+            logged={
+                name: Series(series.steps, series.values + other.logged[name].values)
+                for name, series in self.logged.items()
+                if name in other.logged and other.logged[name].steps == series.steps
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,4 +121,5 @@ class RunRecord:
             wall_s=float(data.get("wall_s", 0.0)),
             diverged_at=data.get("diverged_at", [None] * len(data["seeds"])),
             errors=data.get("errors", [None] * len(data["seeds"])),
+            logged={name: Series(**series) for name, series in data.get("logged", {}).items()},
         )

@@ -1,8 +1,9 @@
 """Config -> jobs: a population per built-in (setting, variant), a trial per (variant, seed) of a
 training function's setting, each with its place in the run folder and whether it is finished.
 
-A trial whose outcome holds metrics is finished (a non-finite metric is a result: the seed
-diverged); one that raised, or whose job failed, is run again by the next command (the driver
+A trial whose outcome holds the metrics its claims need is finished (a non-finite metric is a
+result: the seed diverged); one that raised, lacked a claimed metric, or whose job failed, is run
+again by the next command (the driver
 clears its folder first: `dropkit.experiments.engine.results.Results.retry`). The engine runs a
 built-in setting's jobs without knowing what they compute: `make_plan` is handed the factory
 that makes them (`dropkit.experiments.builtin.population.PopulationJobs`), and they answer for
@@ -20,7 +21,7 @@ from dropkit import schedules
 from dropkit.experiments.base.layout import outcome_path, read_outcome, trial_dir
 from dropkit.experiments.config.specs import ExperimentConfig, SettingSpec, VariantSpec
 from dropkit.experiments.engine.executors import Job
-from dropkit.experiments.engine.trial import Trial, TrialJob
+from dropkit.experiments.engine.trial import Trial, TrialJob, missing_metrics
 
 __all__ = ["BuiltinJobs", "FolderJob", "Plan", "make_plan"]
 
@@ -78,7 +79,7 @@ class Plan:
         if isinstance(job, TrialJob):
             trial = job.trial
             outcome = read_outcome(outcome_path(self.out, trial.setting, trial.variant, trial.seed))
-            return outcome is not None and outcome.get("metrics") is not None
+            return outcome is not None and not missing_metrics(outcome["metrics"], job.required)
         return cast(FolderJob, job).finished(self.out)
 
     def todo(self) -> list[Job]:

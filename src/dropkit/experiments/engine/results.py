@@ -23,11 +23,11 @@ from dropkit.experiments.base.layout import (
     run_dir,
     trial_dir,
 )
-from dropkit.experiments.base.record import Curve, RunRecord
+from dropkit.experiments.base.record import Curve, RunRecord, Series
 from dropkit.experiments.config.specs import VariantSpec
 from dropkit.experiments.engine.executors import Job, JobFailure
 from dropkit.experiments.engine.plan import FolderJob, Plan
-from dropkit.experiments.engine.trial import TrialJob, TrialOutcome, read_log
+from dropkit.experiments.engine.trial import TrialJob, TrialOutcome, missing_metrics, read_log
 
 __all__ = ["Results"]
 
@@ -70,13 +70,15 @@ class Results:
             outcome_path(self.plan.out, trial.setting, trial.variant, trial.seed),
             dataclasses.asdict(output),
         )
-        self._assemble(trial.setting, trial.variant)
-        if output.metrics is None:
+        self._assemble(trial.setting, trial.variant, job.required)
+        if missing_metrics(output.metrics, job.required):
             return f"failed: {(output.error or '').splitlines()[0]}"
         return "done" if output.error is None else output.error
 
-    def _assemble(self, setting_name: str, variant: str) -> None:
-        """Write the (setting, variant)'s ``result.json`` once every seed has an outcome."""
+    def _assemble(self, setting_name: str, variant: str, required: tuple[str, ...]) -> None:
+        """Write the (setting, variant)'s ``result.json`` once every seed has an outcome: a
+        seed that lacks a ``required`` metric is failed, with its reason, and keeps the
+        metrics it has."""
         out, config = self.plan.out, self.plan.config
         setting = next(s for s in config.settings if s.name == setting_name)
         seeds = list(config.seeds_of(setting))
@@ -92,9 +94,8 @@ class Results:
             ]
             for name in names
         }
-        steps = sorted({row["step"] for log in logs for row in log if "train_loss" in row})
-        by_step = [{r["step"]: r.get("train_loss", math.nan) for r in log} for log in logs]
-        losses = [[seed_log.get(k, math.nan) for k in steps] for seed_log in by_step]
+        logged = {name: _series(logs, name) for name in sorted(_logged_names(logs))}
+        loss = logged.pop("train_loss", Series([], [[] for _ in logs]))
         total = max((row["step"] for log in logs for row in log), default=0)
         spec = setting.variant(variant)
         record = RunRecord(
@@ -104,11 +105,17 @@ class Results:
             total_steps=total,
             cutoff_step=_cutoff(spec, total),
             metrics=metrics,
-            curve=Curve(steps, losses, {}),
+            curve=Curve(loss.steps, loss.values, {}),
             dynamics=None,
             wall_s=sum(float(o.get("seconds") or 0.0) for o in outcomes if o),
             diverged_at=[None] * len(seeds),
-            errors=[None if o and o["metrics"] else (o or {}).get("error") for o in outcomes],
+            errors=[
+                (o or {}).get("error")
+                if missing_metrics((o or {}).get("metrics"), required)
+                else None
+                for o in outcomes
+            ],
+            logged=logged,
         )
         rows = [
             {"variant": variant, "seed": seed, **row}
@@ -123,3 +130,15 @@ class Results:
         folder = run_dir(out, setting_name, variant)
         write_jsonl(folder / "metrics.jsonl", rows)
         write_json(folder / RESULT_FILE, record.to_dict())
+
+
+def _logged_names(logs: list[list[dict[str, Any]]]) -> set[str]:
+    return {name for log in logs for row in log for name in row if name != "step"}
+
+
+def _series(logs: list[list[dict[str, Any]]], name: str) -> Series:
+    """``name`` as logged by each seed, at every step any seed logged it (NaN where a seed
+    did not)."""
+    steps = sorted({row["step"] for log in logs for row in log if name in row})
+    by_step = [{row["step"]: row.get(name, math.nan) for row in log} for log in logs]
+    return Series(steps, [[seed.get(k, math.nan) for k in steps] for seed in by_step])

@@ -154,7 +154,8 @@ class Trial:
         return max(1, math.ceil(self.budget * total_steps))
 
     def log(self, step: int, **values: float) -> None:
-        """Record values at optimizer ``step`` (``train_loss`` draws the loss figure).
+        """Record values at optimizer ``step``; the report draws a figure of each value logged
+        (``train_loss`` is the training-loss figure).
 
         Lines go to ``dir/log.jsonl`` at once, so a curve survives a requeue. Values logged at
         one step in several calls are merged (``log(10, train_loss=...)`` then
@@ -277,7 +278,9 @@ class TrialOutcome:
 
     Attributes:
         metrics: The metrics the function returned, as floats; None when it raised (or returned
-            something that is not a mapping of numbers).
+            something that is not a mapping of numbers). When it lacks a metric the config's
+            claims need, what it returned is kept and ``error`` names the missing ones: the
+            seed is failed.
         error: ``"ExceptionType: message"`` when the function raised, ``"non-finite NAME, ...
             (diverged)"`` when it returned NaN or infinite metrics (then ``metrics`` is set
             too), else None.
@@ -292,7 +295,7 @@ class TrialOutcome:
     seconds: float = 0.0
 
 
-def check_metrics(returned: Any, required: Sequence[str], where: str) -> dict[str, float]:
+def check_metrics(returned: Any, where: str) -> dict[str, float]:
     """The returned mapping as ``{name: float}``; a ``TypeError`` naming ``where`` otherwise."""
     if not isinstance(returned, Mapping):
         raise TypeError(
@@ -307,13 +310,12 @@ def check_metrics(returned: Any, required: Sequence[str], where: str) -> dict[st
             raise TypeError(
                 f"{where} returned {name}={value!r}, not a number; return plain floats"
             ) from None
-    missing = [name for name in required if name not in metrics]
-    if missing:
-        raise TypeError(
-            f"{where} returned {sorted(metrics)} but the config's claims need {missing}; return "
-            "them too"
-        )
     return metrics
+
+
+def missing_metrics(metrics: Mapping[str, float] | None, required: Sequence[str]) -> list[str]:
+    """The ``required`` metrics an outcome lacks (all of them when it has none)."""
+    return [name for name in required if metrics is None or name not in metrics]
 
 
 @dataclass(frozen=True)
@@ -356,17 +358,25 @@ class TrialJob:
             with fixed_threads(self.threads), restored_process_state():
                 function = load_function(self.function, self.root)
                 returned = function(trial)
-            metrics = check_metrics(returned, self.required, where)
-            if all(math.isfinite(value) for value in metrics.values()):  # a diverged run stops
+            metrics = check_metrics(returned, where)
+            missing = missing_metrics(metrics, self.required)
+            if not missing and all(map(math.isfinite, metrics.values())):  # a diverged run stops
                 _check_schedules_applied(trial)
         except (Exception, SystemExit) as err:
             text = traceback.format_exc()
             write_atomic(trial.dir / TRACEBACK_FILE, text)
             seconds = time.perf_counter() - started
             return TrialOutcome(None, _error_line(err), text, seconds)
+        seconds = time.perf_counter() - started
+        if missing:  # what it did return is kept; the seed is failed and trained again
+            reason = (
+                f"{where} returned {sorted(metrics)} but the config's claims need {missing}; "
+                "return them too"
+            )
+            return TrialOutcome(metrics, reason, None, seconds)
         bad = [name for name, value in metrics.items() if not math.isfinite(value)]
         error = f"non-finite {', '.join(bad)} (diverged)" if bad else None
-        return TrialOutcome(metrics, error, None, time.perf_counter() - started)
+        return TrialOutcome(metrics, error, None, seconds)
 
 
 def _error_line(err: BaseException) -> str:

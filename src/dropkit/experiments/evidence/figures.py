@@ -49,8 +49,11 @@ def loss_curves(
     path: Path,
     title: str,
     cutoff_step: int | None = None,
+    ylabel: str = "training loss (mean ± s.e. over seeds)",
 ) -> Path:
-    """Training loss per variant: ``curves[variant] = (steps, losses[seed, step])``."""
+    """A logged value per variant, training loss unless ``ylabel`` says otherwise:
+    ``curves[variant] = (steps, values[seed, step])``; a log axis where every value drawn is
+    positive (a loss), a linear one otherwise."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for variant, (steps, losses) in curves.items():
@@ -62,9 +65,10 @@ def loss_curves(
         ax.annotate("cutoff", (cutoff_step, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (mean ± s.e. over seeds)")
+    ax.set_ylabel(ylabel)
     drawn = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for _, v in curves.values()])
-    if np.any(np.isfinite(drawn) & (drawn > 0)):  # a log axis needs a positive finite value
+    finite = drawn[np.isfinite(drawn)]
+    if finite.size and np.all(finite > 0):  # a log axis needs positive values
         ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)

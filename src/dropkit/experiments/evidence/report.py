@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -257,8 +258,14 @@ def _columns(
                  for m in names)  # fmt: skip
 
 
-def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]) -> str:
-    """Per setting and variant: mean ± sd over seeds of the final metrics (Markdown)."""
+def summary_table(
+    config: ExperimentConfig,
+    results: Mapping[str, Mapping[str, RunRecord]],
+    run_folder: Path | None = None,
+) -> str:
+    """Per setting and variant: mean ± sd over seeds of the final metrics (Markdown). A failed
+    seed's folder is named under ``run_folder`` (for a terminal), else relative to the run
+    folder (for its report)."""
     lines = []
     for setting in config.settings:
         found = results.get(setting.name, {})
@@ -287,19 +294,21 @@ def summary_table(config: ExperimentConfig, results: Mapping[str, Mapping[str, R
                 failed = f" ({lost} non-finite)" if lost else ""
                 cells.append(f"{finite.mean():.{digits}f} ± {sd:.{digits}f}{failed}")
             lines.append(f"| {variant.name} | {len(record.seeds)} | " + " | ".join(cells) + " |")
-        lines += ["", *_divergence_lines(found), *_failure_lines(found)]
+        lines += ["", *_divergence_lines(found), *_failure_lines(found, run_folder)]
     return "\n".join(lines)
 
 
-def _failure_lines(found: Mapping[str, RunRecord]) -> list[str]:
+def _failure_lines(found: Mapping[str, RunRecord], run_folder: Path | None) -> list[str]:
     """One line per run with failed seeds: which, and why (the traceback stays in the run)."""
     lines = []
     for name, record in found.items():
         for seed, reason in record.failed().items():
+            folder = Path("runs", record.setting, name, f"seed-{seed}")
+            where = folder if run_folder is None else run_folder / folder
             lines.append(
                 f"- `{name}` seed {seed} **failed**: {reason.splitlines()[0] if reason else '?'} "
-                f"(runs/{record.setting}/{name}/seed-{seed}/); its metrics are NaN and claims "
-                "list it as failed. Run the same command again to retrain only the failed seeds."
+                f"({where}/); its metrics are NaN and claims list it as failed. Run the same "
+                "command again to retrain only the failed seeds."
             )
     return [*lines, ""] if lines else []
 
@@ -316,6 +325,10 @@ def _divergence_lines(found: Mapping[str, RunRecord]) -> list[str]:
                 "their metrics are NaN and every claim on this run is computed on the rest."
             )
     return [*lines, ""] if lines else []
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
 
 
 def _figures(
@@ -342,6 +355,19 @@ def _figures(
             cutoff_step=min(cutoffs) if cutoffs else None,
         )
         names.append(path.name)
+        for logged in sorted({name for r in found.values() for name in r.logged}):
+            path = figures.loss_curves(
+                {
+                    name: (r.logged[logged].steps, np.asarray(r.logged[logged].values))
+                    for name, r in found.items()
+                    if logged in r.logged
+                },
+                fig_dir / f"{setting.name}_{_file_safe(logged)}.png",
+                f"{setting.name}: {logged} (as logged)",
+                cutoff_step=min(cutoffs) if cutoffs else None,
+                ylabel=f"{logged} (mean ± s.e. over seeds)",
+            )
+            names.append(path.name)
         if all("test_acc" in r.metrics for r in found.values()):
             path = figures.accuracy_bars(
                 {name: r.metrics["test_acc"] for name, r in found.items()},
