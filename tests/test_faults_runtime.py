@@ -177,6 +177,32 @@ def test_a_second_command_on_the_same_folder_is_refused_with_the_holders_pid(tmp
     assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
 
 
+def test_report_and_advise_take_the_folders_lock_too(tmp_path, capsys):
+    # two advise runs on one folder emptied each other's probes; a report rebuilt while a run
+    # wrote the folder could read it half written
+    config = _write_config(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--workers", "1"]) == 0
+    setting = tmp_path / "setting.yaml"
+    setting.write_text(yaml.safe_dump(
+        {"data": "digits", "model": {"kind": "mlp", "width": 16, "depth": 1},
+         "train": {"epochs": 2, "batch_size": 64}}
+    ))  # fmt: skip
+    advice = tmp_path / "advice"
+    advice.mkdir()
+    for folder, command in ((out, ["report", str(out)]),
+                            (advice, ["advise", str(setting), "--out", str(advice)])):  # fmt: skip
+        capsys.readouterr()
+        with (folder / ".lock").open("a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.truncate(0)
+            handle.write("4242@node17")
+            handle.flush()
+            assert main(command) == 2
+            assert "pid 4242 on node17" in capsys.readouterr().err
+    assert not (advice / "advice.md").exists()
+
+
 def test_a_file_system_without_locks_is_named_as_the_problem(tmp_path, capsys, monkeypatch):
     def no_locks(handle, operation):
         raise OSError(errno.ENOLCK, "No locks available")

@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 def _advise(args: argparse.Namespace) -> int:
     from dropkit.experiments.advise import advise, advise_function, emit_config
     from dropkit.experiments.base.io import write_atomic, write_json
+    from dropkit.experiments.base.lock import one_writer
     from dropkit.experiments.builtin.data import load_dataset
     from dropkit.experiments.builtin.models import model_factory
     from dropkit.experiments.config.parse import load_settings
@@ -298,32 +299,33 @@ def _advise(args: argparse.Namespace) -> int:
     for setting in settings:
         out = args.out or Path("runs") / f"advise-{setting.name}"
         out.mkdir(parents=True, exist_ok=True)
-        figure = None
-        if setting.function is not None:
-            advice = advise_function(
-                setting, root, out.resolve(), budget=args.budget, seeds=args.seeds, p=args.p,
-                executor=args.executor, executor_parameters=executor_parameters,
-            )  # fmt: skip
-        else:
-            data_name, model_spec, train = setting.recipe()
-            data = load_dataset(data_name)
-            figure = "probe_train_loss.png"
-            advice = advise(
-                model_factory(model_spec, data.n_features, data.n_classes),
-                data,
-                train,
-                budget=args.budget,
-                seeds=args.seeds,
-                p=args.p,
-                figure=out / figure,
-            )
-        text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown(figure)
-        write_atomic(out / "advice.md", text)
-        write_json(out / "advice.json", advice.to_dict())
-        print(text)
-        print(f"wrote {out / 'advice.md'}")
-        if args.emit_config is not None:
-            _emit(args.emit_config, emit_config(advice, setting, p=args.p), setting, root)
+        with one_writer(out):  # the advice's folder: one command at a time
+            figure = None
+            if setting.function is not None:
+                advice = advise_function(
+                    setting, root, out.resolve(), budget=args.budget, seeds=args.seeds, p=args.p,
+                    executor=args.executor, executor_parameters=executor_parameters,
+                )  # fmt: skip
+            else:
+                data_name, model_spec, train = setting.recipe()
+                data = load_dataset(data_name)
+                figure = "probe_train_loss.png"
+                advice = advise(
+                    model_factory(model_spec, data.n_features, data.n_classes),
+                    data,
+                    train,
+                    budget=args.budget,
+                    seeds=args.seeds,
+                    p=args.p,
+                    figure=out / figure,
+                )
+            text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown(figure)
+            write_atomic(out / "advice.md", text)
+            write_json(out / "advice.json", advice.to_dict())
+            print(text)
+            print(f"wrote {out / 'advice.md'}")
+            if args.emit_config is not None:
+                _emit(args.emit_config, emit_config(advice, setting, p=args.p), setting, root)
     return 0
 
 

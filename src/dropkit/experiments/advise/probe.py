@@ -42,6 +42,7 @@ from dropkit._deprecation import renamed_keyword
 from dropkit._optional import require
 from dropkit.experiments.advise.advice import PAPER_CUTOFF, Advice
 from dropkit.experiments.advise.judge import judge, probe_entry
+from dropkit.experiments.base.lock import one_writer
 from dropkit.experiments.builtin.data import Dataset, load_dataset, split_validation
 from dropkit.experiments.builtin.train import TrainResult, Variant, train_variant
 from dropkit.experiments.config.specs import SettingSpec
@@ -351,78 +352,87 @@ def advise_function(
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget={budget} must lie in (0, 1]: the fraction of the run to probe")
     require("scipy", "data", "for the advice's confidence intervals")
-    started = time.perf_counter()
-    probes = out / "probes"
-    shutil.rmtree(probes, ignore_errors=True)  # fresh probes: never a checkpoint of another budget
-    arms = {"none": schedules.standard(0.0), "dropout": schedules.standard(p)}
-    jobs = [
-        TrialJob(
-            setting.function,
-            root,
-            Trial(
-                setting=setting.name,
-                variant=name,
-                seed=seed,
-                dropout=schedule,
-                drop_path=None,
-                rdrop_alpha=0.0,
-                double_batch=False,
-                params=dict(setting.params),
-                budget=budget,
-                dir=probes / name / f"seed-{seed}",
-            ),
-            ("train_loss", "test_loss"),
-        )
-        for name, schedule in arms.items()
-        for seed in seed_list
-    ]
-    outcomes: dict[str, TrialOutcome | JobFailure] = {}
-
-    def collect(job: Any, outcome: Any) -> None:
-        outcomes[job.label] = outcome
-
-    make_executor(
-        executor,
-        out / executor,
-        workers=workers,
-        parameters=dict(executor_parameters or {}),
-        name=f"dropkit-advise-{setting.name}",
-    ).run(jobs, collect, lambda label, done, total: None)
-    failed = {label: error for label, o in outcomes.items() if (error := _probe_error(o))}
-    if failed:
-        listed = "; ".join(f"{label}: {error.splitlines()[0]}" for label, error in failed.items())
-        raise ValueError(
-            f"settings.{setting.name}: {len(failed)} probe(s) failed, no advice ({listed}); "
-            f"tracebacks are in {probes}"
-        )
-    evidence: dict[str, Any] = {"budget": budget, "warmup_frac": warmup, "variants": {}}
-    evidence["seeds"] = seed_list
-    for name in arms:
-        metrics = [
-            cast(TrialOutcome, outcomes[job.label]).metrics or {}
-            for job in jobs
-            if job.trial.variant == name
+    out.mkdir(parents=True, exist_ok=True)
+    with one_writer(out):  # two advise runs on one folder would empty each other's probes
+        started = time.perf_counter()
+        probes = out / "probes"
+        # fresh probes: never a checkpoint of another budget
+        shutil.rmtree(probes, ignore_errors=True)
+        arms = {"none": schedules.standard(0.0), "dropout": schedules.standard(p)}
+        jobs = [
+            TrialJob(
+                setting.function,
+                root,
+                Trial(
+                    setting=setting.name,
+                    variant=name,
+                    seed=seed,
+                    dropout=schedule,
+                    drop_path=None,
+                    rdrop_alpha=0.0,
+                    double_batch=False,
+                    params=dict(setting.params),
+                    budget=budget,
+                    dir=probes / name / f"seed-{seed}",
+                ),
+                ("train_loss", "test_loss"),
+            )
+            for name, schedule in arms.items()
+            for seed in seed_list
         ]
-        accs = [m["test_acc"] for m in metrics] if all("test_acc" in m for m in metrics) else None
-        evidence["variants"][name] = probe_entry(
-            [m["train_loss"] for m in metrics], [m["test_loss"] for m in metrics], accs
+        outcomes: dict[str, TrialOutcome | JobFailure] = {}
+
+        def collect(job: Any, outcome: Any) -> None:
+            outcomes[job.label] = outcome
+
+        make_executor(
+            executor,
+            out / executor,
+            workers=workers,
+            parameters=dict(executor_parameters or {}),
+            name=f"dropkit-advise-{setting.name}",
+        ).run(jobs, collect, lambda label, done, total: None)
+        failed = {label: err for label, o in outcomes.items() if (err := _probe_error(o))}
+        if failed:
+            listed = "; ".join(
+                f"{label}: {error.splitlines()[0]}" for label, error in failed.items()
+            )
+            raise ValueError(
+                f"settings.{setting.name}: {len(failed)} probe(s) failed, no advice "
+                f"({listed}); tracebacks are in {probes}"
+            )
+        evidence: dict[str, Any] = {"budget": budget, "warmup_frac": warmup, "variants": {}}
+        evidence["seeds"] = seed_list
+        for name in arms:
+            metrics = [
+                cast(TrialOutcome, outcomes[job.label]).metrics or {}
+                for job in jobs
+                if job.trial.variant == name
+            ]
+            has_acc = all("test_acc" in m for m in metrics)
+            accs = [m["test_acc"] for m in metrics] if has_acc else None
+            evidence["variants"][name] = probe_entry(
+                [m["train_loss"] for m in metrics], [m["test_loss"] for m in metrics], accs
+            )
+        assumed = (
+            "" if "warmup_frac" in setting.params else " (the paper's; set params.warmup_frac)"
         )
-    assumed = "" if "warmup_frac" in setting.params else " (the paper's; set params.warmup_frac)"
-    probe = (
-        f"Probe: {budget:.0%} of the run (trial.budget = {budget:.3g}; warm-up taken as "
-        f"{warmup:.3g} of the run{assumed}), {seeds} seeds; the gap is the function's test_loss "
-        "minus its train_loss (no GDE: the function's gradients are out of dropkit's reach)"
-    )
-    return judge(
-        evidence,
-        run_over_probe=1.0 / budget,
-        progress=f"after {budget:.0%} of the run",
-        inside_warmup=None if budget > warmup else (f"{budget:.0%} of {warmup:.0%}", warmup),
-        kinds={"dropout"},
-        p=p,
-        drop_path_p=p,
-        threshold=threshold,
-        probe=probe,
-        started=started,
-        measured_on="held-out",
-    )
+        probe = (
+            f"Probe: {budget:.0%} of the run (trial.budget = {budget:.3g}; warm-up taken as "
+            f"{warmup:.3g} of the run{assumed}), {seeds} seeds; the gap is the function's "
+            "test_loss minus its train_loss (no GDE: the function's gradients are out of "
+            "dropkit's reach)"
+        )
+        return judge(
+            evidence,
+            run_over_probe=1.0 / budget,
+            progress=f"after {budget:.0%} of the run",
+            inside_warmup=(None if budget > warmup else (f"{budget:.0%} of {warmup:.0%}", warmup)),
+            kinds={"dropout"},
+            p=p,
+            drop_path_p=p,
+            threshold=threshold,
+            probe=probe,
+            started=started,
+            measured_on="held-out",
+        )

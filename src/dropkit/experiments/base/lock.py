@@ -65,15 +65,27 @@ def _unlock(handle: IO[str]) -> None:
     msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
+_held: dict[Path, int] = {}  # the folders this process holds, and how deep
+
+
 @contextmanager
 def one_writer(out: Path) -> Iterator[None]:
-    """Hold the lock of run folder ``out`` while the block runs.
+    """Hold the lock of run folder ``out`` while the block runs (a block inside another that
+    holds it, in the same process, holds it already: ``dropkit run`` building its report).
 
     Raises:
         RunFolderBusy: another command holds it; the message names its ``pid@host``.
         RunFolderUnlockable: the file system refuses locks (NFS without lockd, Lustre without
             ``-o flock``); nothing was written.
     """
+    key = Path(out).resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     path = out / LOCK_FILE
     handle = path.open("a+", encoding="utf-8")
     try:
@@ -101,7 +113,9 @@ def one_writer(out: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}@{socket.gethostname()}")
         handle.flush()
+        _held[key] = 1
         yield
     finally:
+        _held.pop(key, None)
         _unlock(handle)
         handle.close()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dropkit.experiments.base.io import read_json, write_atomic
+from dropkit.experiments.base.lock import one_writer
 from dropkit.experiments.base.record import RunRecord
 from dropkit.experiments.base.stats import paired_t_interval, seeds_for_power, t_quantile
 from dropkit.experiments.config.claim import Claim
@@ -576,11 +577,19 @@ def _extension_lines(extensions: list[dict[str, Any]]) -> list[str]:
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
-    """Write ``report.md``, ``report.json`` and figures for the run folder; return the JSON."""
+    """Write ``report.md``, ``report.json`` and figures for the run folder; return the JSON.
+
+    Holds the run folder's lock while it reads and writes (`RunFolderBusy` while another
+    command writes the folder)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} has no config.json: is it a dropkit run folder?")
+    with one_writer(run_dir):
+        return _build_report(run_dir, config_path)
+
+
+def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
     stored = read_json(config_path)
     config = parse_config(stored["config"])
     extensions = stored.get("extensions", [])
