@@ -202,6 +202,24 @@ def test_run_exits_1_when_every_job_failed_and_says_why(project, tmp_path, capsy
     assert len(trial_calls(project)) == 6
 
 
+def test_params_that_json_changes_still_resume_and_a_date_is_refused(project, tmp_path, capsys):
+    # integer keys become strings in config.json and NaN != NaN: the same command was refused
+    # as "a different config"; a date crashed with a raw TypeError
+    raw = user_config(project / "flags", seeds=2)
+    raw["settings"]["mine"]["params"].update(milestones={30: 0.1}, floor=math.nan)
+    path = write_config(project, raw)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
+    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
+    assert "different config" not in capsys.readouterr().err
+    text = path.read_text().replace("params:", "params:\n      start: 2026-12-07", 1)
+    path.write_text(text)
+    assert main(["run", str(path), "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "settings.mine.params.start: datetime.date(2026, 12, 7) is a date" in err
+    assert "quote it in YAML" in err and not (tmp_path / "other").exists()
+
+
 def test_built_in_fields_and_params_do_not_mix(project):
     raw = user_config(project / "flags")
     raw["settings"]["mine"]["model"] = {"kind": "mlp"}

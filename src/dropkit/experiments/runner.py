@@ -10,6 +10,7 @@ comes out the same. One command at a time may write a run folder (an advisory lo
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -192,6 +193,13 @@ def _identity(raw: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in raw.items() if k != "seeds"}, "settings": settings}
 
 
+def _canonical(value: Any) -> str:
+    """``value`` as JSON text after a round trip through JSON, as ``config.json`` holds it:
+    integer keys become strings and NaN equals NaN, so a config compares equal to itself read
+    back."""
+    return json.dumps(json.loads(json.dumps(value)), sort_keys=True)
+
+
 def _record_config(out: Path, config: ExperimentConfig) -> None:
     """Write ``config.json``, or check that the folder holds a run of ``config``. The same
     config with more seeds extends the run (only the new seeds train); the extension is
@@ -202,7 +210,7 @@ def _record_config(out: Path, config: ExperimentConfig) -> None:
         return
     stored = read_json(path)
     held = parse_config(stored["config"])  # read back through today's defaults
-    if _identity(held.to_dict()) != _identity(wanted):
+    if _canonical(_identity(held.to_dict())) != _canonical(_identity(wanted)):
         raise ValueError(
             f"{out} holds a run of a different config; pass another --out, or delete the folder "
             "to start over"

@@ -105,7 +105,7 @@ def _variant(name: str, value: Any, where: str) -> VariantSpec:
             value.get("rdrop_alpha", 0.0), f"{where}.rdrop_alpha", low=0.0, low_open=False
         ),
         double_batch=double,
-        params=dict(_mapping(value.get("params", {}), f"{where}.params")),
+        params=_json_mapping(value.get("params", {}), f"{where}.params"),
     )
 
 
@@ -242,13 +242,13 @@ def _setting(name: str, value: Any) -> SettingSpec:
         "seeds": seeds,
     }
     if function is not None:
-        params = dict(_mapping(value.get("params", {}), f"{where}.params"))
+        params = _json_mapping(value.get("params", {}), f"{where}.params")
         return SettingSpec(
             data=None, model=None, train=None, function=function, params=params, **common
         )
     return SettingSpec(
         data=value["data"],
-        model=dict(model),
+        model=_json_mapping(model, f"{where}.model"),
         train=_train(value["train"], f"{where}.train"),
         dynamics=None if dynamics is None else _dynamics(dynamics, f"{where}.dynamics", variants),
         mc_passes=_number(
@@ -256,6 +256,35 @@ def _setting(name: str, value: Any) -> SettingSpec:
         ),
         **common,
     )
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_value(value: Any, where: str) -> None:
+    """Refuse what ``config.json`` cannot hold as it is (a YAML date, a set, a tag's object):
+    a run folder's identity must read back as the config that made it."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, _JSON_SCALARS):
+                raise ConfigError(f"{where}: the key {key!r} is a {type(key).__name__}; use a "
+                                  "string or a number")  # fmt: skip
+            _json_value(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _json_value(item, f"{where}[{index}]")
+    elif not isinstance(value, _JSON_SCALARS):
+        raise ConfigError(
+            f"{where}: {value!r} is a {type(value).__name__}, which a run folder's config.json "
+            "cannot hold; give a string (quote it in YAML, e.g. '2026-12-07'), a number, true / "
+            "false, a list or a mapping"
+        )
+
+
+def _json_mapping(value: Any, where: str) -> dict[str, Any]:
+    mapping = dict(_mapping(value, where))
+    _json_value(mapping, where)
+    return mapping
 
 
 def _name(value: Any, where: str) -> str:
