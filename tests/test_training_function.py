@@ -220,6 +220,53 @@ def test_params_that_json_changes_still_resume_and_a_date_is_refused(project, tm
     assert "quote it in YAML" in err and not (tmp_path / "other").exists()
 
 
+def _git(project: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_a_changed_function_file_is_refused_unless_allowed_and_then_reported(
+    project, tmp_path, capsys
+):
+    # the function's learning rate changed, then --seeds 3 on the old folder: the folder held
+    # seeds of two versions of the code and nothing said so
+    _git(project, "init", "-q")
+    _git(project, "-c", "user.email=u@x", "-c", "user.name=u", "add", "usertrain.py")
+    _git(project, "-c", "user.email=u@x", "-c", "user.name=u", "commit", "-qm", "first")
+    path = write_config(project, user_config(project / "flags", seeds=2))
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--workers", "1"]) == 0
+    code = json.loads((out / "config.json").read_text())["code"]["mine"]
+    module = project / "usertrain.py"
+    assert code["file"] == str(module.resolve()) and len(code["sha256"]) == 64
+    assert code["git"] == {"commit": _git(project, "rev-parse", "HEAD"), "dirty": False}
+    assert "## Code" in (out / "report.md").read_text()
+
+    module.write_text(module.read_text().replace("lr=0.1", "lr=0.05"))
+    sys.modules.pop("usertrain", None)
+    (project / "flags" / "calls.txt").unlink()
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out), "--workers", "1", "--seeds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"settings.mine.function: {module.resolve()} changed since" in err
+    assert "pass another --out" in err and "--allow-changed-code" in err
+    assert "git commit" in err and trial_calls(project) == []
+    assert "extensions" not in json.loads((out / "config.json").read_text())
+
+    assert main(["run", str(path), "--out", str(out), "--workers", "1", "--seeds", "3",
+                 "--allow-changed-code"]) == 0  # fmt: skip
+    assert sorted(trial_calls(project)) == ["dropout/2", "early/2", "none/2"]
+    stored = json.loads((out / "config.json").read_text())
+    (change,) = stored["code_changes"]
+    assert change["setting"] == "mine" and change["from"] == code["sha256"]
+    assert stored["code"]["mine"]["git"]["dirty"] is True
+    report = (out / "report.md").read_text()
+    assert "The code changed during this run" in report and "with uncommitted changes" in report
+    # the same command once more: nothing changed since, nothing to allow
+    assert main(["run", str(path), "--out", str(out), "--workers", "1", "--seeds", "3"]) == 0
+
+
 def test_built_in_fields_and_params_do_not_mix(project):
     raw = user_config(project / "flags")
     raw["settings"]["mine"]["model"] = {"kind": "mlp"}

@@ -141,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     run.add_argument("--seeds", type=int, help=SEEDS_HELP)
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    run.add_argument(
+        "--allow-changed-code",
+        action="store_true",
+        help="go on with a run folder although a training function's file changed since it was "
+        "run (its seeds then come from two versions of the code: recorded and reported)",
+    )
     _executor_arguments(run)
 
     status = commands.add_parser(
@@ -229,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_executor_parameters(dict(args.executor_param))
         out = args.out or Path("runs") / config.name
         report = run_experiment(
-            config, out, workers=args.workers, detach=args.detach, eager=args.eager
-        )
+            config, out, workers=args.workers, detach=args.detach, eager=args.eager,
+            allow_changed_code=getattr(args, "allow_changed_code", False),
+        )  # fmt: skip
         if report is None:
             print(
                 f"submitted; `dropkit status {out}` shows the jobs, and the same command again "

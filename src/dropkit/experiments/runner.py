@@ -10,7 +10,6 @@ comes out the same. One command at a time may write a run folder (an advisory lo
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
@@ -18,23 +17,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from dropkit._checks import check_int
 from dropkit._optional import import_optional
-from dropkit.experiments.base.io import read_json, read_jsonl, write_json, write_jsonl
+from dropkit.experiments.base.io import read_jsonl, write_json, write_jsonl
 from dropkit.experiments.base.lock import RunFolderBusy, RunFolderUnlockable, one_writer
 from dropkit.experiments.builtin.population import PopulationJobs
-from dropkit.experiments.config.parse import parse_config
 from dropkit.experiments.config.specs import ConfigError, ExperimentConfig
-from dropkit.experiments.config.training import TrainConfig
 from dropkit.experiments.engine.executors import Job, make_executor
 from dropkit.experiments.engine.plan import make_plan
 from dropkit.experiments.engine.results import Results
 from dropkit.experiments.evidence.report import build_report, load_results, summary_table
 from dropkit.experiments.preflight import preflight
+from dropkit.experiments.run_folder import record_run
 from dropkit.experiments.status import EXECUTOR_FILE
 
 __all__ = [
@@ -150,6 +147,7 @@ def run_experiment(
     progress: bool = True,
     detach: bool = False,
     eager: bool = False,
+    allow_changed_code: bool = False,
 ) -> dict[str, Any] | None:
     """Run what is not finished yet in ``out_dir`` on the config's executor, then write the
     report; return report.json, with ``failed_jobs`` (the labels of jobs that failed) and
@@ -159,7 +157,9 @@ def run_experiment(
     Local: ``workers > 1`` runs that many jobs at once in separate processes. Every job runs
     with one intra-op thread wherever it runs, so its numbers do not depend on the executor or
     the worker that ran it. ``eager`` trains every population without ``torch.compile``, even
-    where a setting's ``train.compile`` asks for it (the reference path).
+    where a setting's ``train.compile`` asks for it (the reference path). A folder whose
+    training-function files changed since it was run is refused (`dropkit.experiments.run_folder`)
+    unless ``allow_changed_code``, which records the change.
     """
     workers = check_int(workers, "workers", 1)
     # every path resolved once, here: a training function that changes the working directory
@@ -171,69 +171,8 @@ def run_experiment(
         raise ConfigError("--detach submits to a cluster: it needs --executor slurm")
     out.mkdir(parents=True, exist_ok=True)
     with one_writer(out):
-        return _run_locked(config, out, cache_dir, workers, progress, detach, eager)
-
-
-def _seed_counts(config: ExperimentConfig) -> dict[str, int]:
-    return {s.name: len(config.seeds_of(s)) for s in config.settings}
-
-
-def _identity(raw: dict[str, Any]) -> dict[str, Any]:
-    """What makes two configs one run: all of it but the seed counts and the training fields
-    that cannot change a number (``TrainConfig.RESULT_NEUTRAL``, e.g. ``eval_batch``)."""
-
-    def setting(s: dict[str, Any]) -> dict[str, Any]:
-        kept = {k: v for k, v in s.items() if k != "seeds"}
-        if "train" in kept:
-            neutral = TrainConfig.RESULT_NEUTRAL
-            kept["train"] = {k: v for k, v in kept["train"].items() if k not in neutral}
-        return kept
-
-    settings = {name: setting(s) for name, s in raw["settings"].items()}
-    return {**{k: v for k, v in raw.items() if k != "seeds"}, "settings": settings}
-
-
-def _canonical(value: Any) -> str:
-    """``value`` as JSON text after a round trip through JSON, as ``config.json`` holds it:
-    integer keys become strings and NaN equals NaN, so a config compares equal to itself read
-    back."""
-    return json.dumps(json.loads(json.dumps(value)), sort_keys=True)
-
-
-def _record_config(out: Path, config: ExperimentConfig) -> None:
-    """Write ``config.json``, or check that the folder holds a run of ``config``. The same
-    config with more seeds extends the run (only the new seeds train); the extension is
-    recorded, with whether a report had been built before it (a look the report discloses)."""
-    path, wanted = out / "config.json", config.to_dict()
-    if not path.exists():
-        write_json(path, {"config": wanted})
-        return
-    stored = read_json(path)
-    held = parse_config(stored["config"])  # read back through today's defaults
-    if _canonical(_identity(held.to_dict())) != _canonical(_identity(wanted)):
-        raise ValueError(
-            f"{out} holds a run of a different config; pass another --out, or delete the folder "
-            "to start over"
-        )
-    before, after = _seed_counts(held), _seed_counts(config)
-    if before == after:
-        return
-    for name, count in after.items():
-        if count < before[name]:
-            raise ValueError(
-                f"{out} holds {before[name]} seeds of setting {name!r}, more than the {count} "
-                f"asked for: --seeds can only add seeds to a run folder (pass --seeds "
-                f"{max(before.values())} or more), or pass another --out"
-            )
-    extension = {
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seeds": {
-            name: [before[name], after[name]] for name in after if after[name] > before[name]
-        },
-        "after_report": (out / "report.json").exists(),
-    }
-    extensions = [*stored.get("extensions", []), extension]
-    write_json(path, {"config": wanted, "extensions": extensions})
+        run_id = record_run(out, config, allow_changed_code=allow_changed_code)
+        return _run_locked(config, out, run_id, cache_dir, workers, progress, detach, eager)
 
 
 def executor_dir(out: Path, config: ExperimentConfig) -> Path:
@@ -246,13 +185,13 @@ def executor_dir(out: Path, config: ExperimentConfig) -> Path:
 def _run_locked(
     config: ExperimentConfig,
     out: Path,
+    run_id: str,
     cache_dir: str | Path | None,
     workers: int,
     progress: bool,
     detach: bool,
     eager: bool,
 ) -> dict[str, Any] | None:
-    _record_config(out, config)
     cache = None if cache_dir is None else Path(cache_dir)
     plan = make_plan(config, out, PopulationJobs(cache, eager))
     todo = plan.todo()  # preflight generated and cached the data

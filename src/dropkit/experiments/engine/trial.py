@@ -18,11 +18,13 @@ imports it from the config's folder), fixes the thread count, calls it, and retu
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -38,7 +40,7 @@ from dropkit.experiments.base.io import write_atomic
 from dropkit.experiments.base.threads import fixed_threads
 from dropkit.schedules import Early, Late, Schedule
 
-__all__ = ["Trial", "TrialJob", "TrialOutcome", "load_function"]
+__all__ = ["Trial", "TrialJob", "TrialOutcome", "function_source", "load_function"]
 
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -268,6 +270,47 @@ def load_function(ref: str, root: str | None) -> Callable[[Trial], Any]:
             "function takes one argument, the dropkit.experiments.Trial"
         ) from None
     return function
+
+
+def function_source(ref: str, root: str | None) -> dict[str, Any]:
+    """What identifies a training function's code: the file that defines it (``file``), its
+    SHA-256 (``sha256``), and where the file lies in a git repository, the commit checked out
+    and whether the tree had uncommitted changes (``git``: ``commit``, ``dirty``). Other
+    modules the function imports are not hashed: the git state speaks for them."""
+    function = load_function(ref, root)
+    module = inspect.getmodule(function)
+    defined_in = getattr(module, "__file__", None)
+    if defined_in is None:
+        raise TypeError(f"{ref} is not defined in a file; put it in a module file")
+    path = Path(defined_in).resolve()
+    source: dict[str, Any] = {
+        "function": ref,
+        "file": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    git = _git_state(path.parent)
+    if git is not None:
+        source["git"] = git
+    return source
+
+
+def _git_state(folder: Path) -> dict[str, Any] | None:
+    """The commit checked out in the repository around ``folder`` and whether tracked files
+    differ from it; None outside a repository or without git."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                                  text=True, timeout=10, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status)}
 
 
 @dataclass(frozen=True)

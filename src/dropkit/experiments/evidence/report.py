@@ -576,6 +576,29 @@ def _extension_lines(extensions: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _code_lines(code: dict[str, Any], changes: list[dict[str, Any]]) -> list[str]:
+    """Which file each training function came from, and any change of it during the run."""
+    lines = []
+    for setting, source in code.items():
+        git = source.get("git")
+        where = ""
+        if git:
+            dirty = ", with uncommitted changes" if git["dirty"] else ""
+            where = f", git commit {git['commit'][:12]}{dirty}"
+        lines.append(
+            f"- `{setting}`: `{source['function']}` from `{source['file']}` "
+            f"(sha256 {source['sha256'][:12]}{where})."
+        )
+    for change in changes:
+        lines.append(
+            f"- **The code changed during this run** ({change['at']}, allowed by "
+            f"--allow-changed-code): `{change['setting']}`'s `{change['file']}` went from sha256 "
+            f"{change['from'][:12]} to {change['to'][:12]}. Seeds trained before and after came "
+            "from different code, and the verdicts above mix them."
+        )
+    return lines
+
+
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and figures for the run folder; return the JSON.
 
@@ -622,6 +645,7 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
         "sweeps": sweeps,
         "training_wall_s": wall,
         "extensions": extensions,
+        "code_changes": stored.get("code_changes", []),
     }
     tested = [c for c in claims if c.verdict not in ("not applicable", "not measured")]
     lines = [
@@ -661,6 +685,8 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
         )
     if extensions:
         lines += ["", "## Seeds added later", "", *_extension_lines(extensions)]
+    if stored.get("code"):
+        lines += ["", "## Code", "", *_code_lines(stored["code"], stored.get("code_changes", []))]
     power = _power_lines(config, claims)
     if power:
         lines += ["", "## Power against the paper's effect", "", *power]
