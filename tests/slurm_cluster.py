@@ -7,6 +7,7 @@ first, so that a cluster that does not answer fails them instead of hiding them.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +95,12 @@ def submitted_as(job_ids: Iterable[str]) -> list[str]:
 
     wait_for(accounted, 30, f"sacct: jobs {ids} accounted")
     return rows
+
+
+def recorded_job_ids(folder: Path) -> dict[str, str]:
+    """``{label: SLURM job id}`` the executor recorded in ``folder`` (one run's scope: one
+    ``jobs-<run id>.json``); empty before the first submission."""
+    files = list(folder.glob("jobs-*.json"))
+    assert len(files) <= 1, f"jobs of several runs in {folder}: {files}"
+    records = json.loads(files[0].read_text()) if files else {}
+    return {label: record["job_id"] for label, record in records.items()}

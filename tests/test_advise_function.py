@@ -14,7 +14,7 @@ from dropkit.cli import main
 from dropkit.experiments.advise import default_budget
 from dropkit.experiments.config.parse import load_config
 from dropkit.experiments.runner import run_experiment
-from tests.slurm_cluster import cancel_jobs, require_cluster, submitted_as
+from tests.slurm_cluster import cancel_jobs, recorded_job_ids, require_cluster, submitted_as
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plain_pytorch"
 
@@ -80,7 +80,7 @@ def test_advise_on_slurm_gives_the_local_advice_in_named_jobs_with_the_time_give
                      for where in ("local", "slurm"))  # fmt: skip
     assert remote["evidence"]["variants"] == local["evidence"]["variants"]
     assert remote["recommendation"] == local["recommendation"]
-    ids = json.loads((tmp_path / "slurm/slurm/jobs.json").read_text()).values()
+    ids = recorded_job_ids(tmp_path / "slurm/slurm").values()
     assert submitted_as(ids) == ["dropkit-advise-digits|00:06:00"] * 4
 
 

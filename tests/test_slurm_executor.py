@@ -6,6 +6,7 @@ recorded as failed and retrained alone, and detach -> status -> collect.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dropkit.cli import main
 from dropkit.experiments.config.parse import load_config
 from dropkit.experiments.engine.executors.slurm import NO_TIME_LIMIT, SlurmExecutor
 from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
-from tests.slurm_cluster import cancel_jobs, require_cluster, submitted_as
+from tests.slurm_cluster import cancel_jobs, recorded_job_ids, require_cluster, submitted_as
 from tests.user_project import (
     held_config_and_reference,
     project_folder,
@@ -55,8 +57,7 @@ def _driver(config: Path, out: Path) -> subprocess.Popen:
 
 
 def _job_id(out: Path, label: str) -> str:
-    path = out / "slurm" / "jobs.json"
-    return json.loads(path.read_text())[label] if path.exists() else ""
+    return recorded_job_ids(out / "slurm").get(label, "")
 
 
 def _metrics(out: Path) -> dict[str, dict]:
@@ -79,17 +80,17 @@ def test_a_training_function_gives_the_same_numbers_on_slurm_as_here(cluster, pr
         )
     report = json.loads((tmp_path / "slurm" / "report.json").read_text())
     assert report["claims"] == local["claims"] if local else False
-    ids = json.loads((tmp_path / "slurm/slurm/jobs.json").read_text())
+    ids = recorded_job_ids(tmp_path / "slurm/slurm")
     assert len(ids) == 6 and len({i.split("_")[0] for i in ids.values()}) == 1  # one job array
     # named after the config; no timeout_min given, so submitit's default of 5 minutes
     assert submitted_as(ids.values()) == ["dropkit-userfn|00:05:00"] * 6
 
 
 def test_jobs_are_named_safely_for_sbatch_unless_the_parameters_name_them(tmp_path):
-    assert SlurmExecutor(tmp_path, {}, name="dropkit-my run/v2").parameters == {
+    assert SlurmExecutor(tmp_path, {}, scope="s", name="dropkit-my run/v2").parameters == {
         "name": "dropkit-my-run-v2"
     }
-    assert SlurmExecutor(tmp_path, {"name": "mine"}, name="dropkit-x").parameters == {
+    assert SlurmExecutor(tmp_path, {"name": "mine"}, scope="s", name="dropkit-x").parameters == {
         "name": "mine"
     }
 
@@ -108,7 +109,7 @@ def test_a_preempted_trial_is_requeued_and_resumes_from_its_checkpoint(cluster, 
     flags = project / "flags"
     reference = tmp_path / "reference"
     # the trial waits after its first checkpoint until it is preempted: no race with its end
-    config_path = held_config_and_reference(project, 1, reference, held="early-0")
+    config_path = held_config_and_reference(project, 2, reference, held="early-0")
     out = tmp_path / "run"
     driver = _driver(config_path, out)
     label = "mine/early/seed 0"
@@ -141,7 +142,7 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
 ):
     flags = project / "flags"
     # the trial waits after its first checkpoint, outliving SLURM's KillWait (5 s) after scancel
-    config_path = write_config(project, user_config(flags, seeds=1))
+    config_path = write_config(project, user_config(flags, seeds=2))
     (flags / "hold-dropout-0").touch()
     out = tmp_path / "run"
     driver = _driver(config_path, out)
@@ -150,7 +151,7 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
     wait_for(lambda: checkpoint.exists() and _job_id(out, label), 120, "the trial checkpoints")
     subprocess.run(["scancel", _job_id(out, label)], check=True)
     _, stderr = driver.communicate(timeout=180)
-    assert driver.returncode == 0, stderr
+    assert driver.returncode == 1, stderr  # a job failed
     assert "1 job(s) failed (mine/dropout/seed 0)" in stderr
     error = run_result(out, "dropout")["errors"][0]
     assert error.startswith(f"SLURM job {_job_id(out, label)} ended CANCELLED")
@@ -161,11 +162,11 @@ def test_a_cancelled_job_is_recorded_as_failed_and_a_rerun_trains_only_it(
     assert main(["run", str(config_path), "--out", str(out), "--executor", "slurm"]) == 0
     assert trial_calls(project) == ["dropout/0"]
     assert not (flags / "restored.txt").exists()
-    assert run_result(out, "dropout")["errors"] == [None]
+    assert run_result(out, "dropout")["errors"] == [None, None]
 
 
 def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp_path, capsys):
-    raw = user_config(project / "flags", seeds=1, sleep=0.02)
+    raw = user_config(project / "flags", seeds=2, sleep=0.02)
     config_path = write_config(project, raw | {"executor": {"kind": "slurm", "timeout_min": 10}})
     out = tmp_path / "run"
     command = ["run", str(config_path), "--out", str(out)]
@@ -174,18 +175,19 @@ def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp
     assert main([*command, *params, "--detach"]) == 0
     printed = capsys.readouterr()
     assert "submitted; `dropkit status" in printed.out
-    assert "SLURM: 3 job(s) submitted" in printed.err and NO_TIME_LIMIT not in printed.err
-    ids = json.loads((out / "slurm/jobs.json").read_text()).values()
-    assert submitted_as(ids) == ["dk-detach|00:07:00"] * 3
+    assert "SLURM: 6 job(s) submitted" in printed.err and NO_TIME_LIMIT not in printed.err
+    ids = recorded_job_ids(out / "slurm").values()
+    assert submitted_as(ids) == ["dk-detach|00:07:00"] * 6
     assert not (out / "report.json").exists()
-    labels = {f"mine/{v}/seed 0" for v in ("none", "dropout", "early")}
+    labels = {f"mine/{v}/seed {s}" for v in ("none", "dropout", "early") for s in (0, 1)}
     assert set(job_status(out)) == labels
     wait_for(lambda: all(s.startswith("finished, not collected") for s in job_status(out).values()),
           120, "the detached jobs finish")  # fmt: skip
     assert main(["status", str(out)]) == 0
-    assert "3 finished, not collected yet" in capsys.readouterr().out
+    assert "6 finished, not collected yet" in capsys.readouterr().out
     assert main(command) == 0  # collects: nothing is submitted again
-    assert sorted(trial_calls(project)) == ["dropout/0", "early/0", "none/0"]
+    assert sorted(trial_calls(project)) == [f"{v}/{s}" for v in ("dropout", "early", "none")
+                                            for s in (0, 1)]  # fmt: skip
     assert set(job_status(out).values()) == {"done"}
     assert (out / "report.json").exists()
 
@@ -193,14 +195,79 @@ def test_detach_then_status_then_the_same_command_collects(cluster, project, tmp
 def test_a_driver_killed_while_jobs_run_reattaches_instead_of_resubmitting(
     cluster, project, tmp_path
 ):
-    config_path = write_config(project, user_config(project / "flags", seeds=1, sleep=0.05))
+    config_path = write_config(project, user_config(project / "flags", seeds=2, sleep=0.05))
     out = tmp_path / "run"
     driver = _driver(config_path, out)
-    wait_for(lambda: (out / "slurm/jobs.json").exists(), 60, "the jobs are submitted")
+    wait_for(lambda: recorded_job_ids(out / "slurm"), 60, "the jobs are submitted")
     driver.send_signal(signal.SIGTERM)
     _, stderr = driver.communicate(timeout=60)
     assert driver.returncode == 128 + signal.SIGTERM and "run the same command again" in stderr
-    ids = json.loads((out / "slurm/jobs.json").read_text())
+    ids = recorded_job_ids(out / "slurm")
     assert main(["run", str(config_path), "--out", str(out), "--executor", "slurm"]) == 0
-    assert json.loads((out / "slurm/jobs.json").read_text()) == ids
-    assert sorted(trial_calls(project)) == ["dropout/0", "early/0", "none/0"]
+    assert recorded_job_ids(out / "slurm") == ids
+    assert sorted(trial_calls(project)) == [f"{v}/{s}" for v in ("dropout", "early", "none")
+                                            for s in (0, 1)]  # fmt: skip
+
+
+def test_two_runs_sharing_an_executor_folder_never_exchange_jobs(cluster, project, tmp_path):
+    # re-attaching matched jobs by label alone: the second run submitted nothing and reported
+    # the first's numbers; so did a run folder deleted and made again
+    shared = tmp_path / "shared-slurm"
+    raw = user_config(project / "flags", seeds=2)
+    raw["executor"] = {"kind": "slurm", "folder": str(shared), "timeout_min": 5}
+    config_path = write_config(project, raw)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["run", str(config_path), "--out", str(first)]) == 0
+    assert main(["run", str(config_path), "--out", str(second)]) == 0
+    assert len(trial_calls(project)) == 12  # each run trained its own six trials
+    assert len(list(shared.glob("jobs-*.json"))) == 2
+    assert _metrics(second) == _metrics(first)  # the same numbers, trained twice
+    shutil.rmtree(first)
+    assert main(["run", str(config_path), "--out", str(first)]) == 0
+    assert len(trial_calls(project)) == 18
+
+
+def test_a_failed_trial_is_trained_again_on_slurm(cluster, project, tmp_path, capsys):
+    # the rerun re-attached to the failed job and recorded the same error, while status said
+    # "finished, not collected yet: run the same command again", forever
+    flags = project / "flags"
+    (flags / "fail-dropout-0").touch()
+    config_path = write_config(project, user_config(flags, seeds=2))
+    out = tmp_path / "run"
+    command = ["run", str(config_path), "--out", str(out), "--executor", "slurm"]
+    assert main(command) == 1
+    assert job_status(out)["mine/dropout/seed 0"] == "failed: RuntimeError: asked to fail seed 0"
+    (flags / "fail-dropout-0").unlink()
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "SLURM: 1 job(s) submitted, 0 re-attached" in capsys.readouterr().err
+    assert trial_calls(project).count("dropout/0") == 2
+    assert run_result(out, "dropout")["errors"] == [None, None]
+    assert set(job_status(out).values()) == {"done"}
+
+
+def test_seeds_added_to_a_finished_built_in_run_train_on_slurm(cluster, tmp_path):
+    # --seeds on a finished built-in run re-attached to the old jobs: the new seeds never
+    # trained, though config.json recorded the extension
+    raw = {
+        "name": "grow", "seeds": 2,
+        "settings": {"digits": {
+            "data": "digits", "model": {"kind": "mlp", "width": 16, "depth": 1},
+            "train": {"epochs": 1, "batch_size": 128}, "mc_passes": 0,
+            "variants": {"none": {}, "dropout": {"dropout": {"schedule": "standard", "p": 0.1}}},
+        }},
+        "executor": {"kind": "slurm", "timeout_min": 5},
+    }  # fmt: skip
+    config_path = tmp_path / "grow.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["run", str(config_path), "--out", str(out)]) == 0
+    assert main(["run", str(config_path), "--out", str(out), "--seeds", "3"]) == 0
+    for variant in ("none", "dropout"):
+        result = json.loads((out / "runs/digits" / variant / "result.json").read_text())
+        assert result["seeds"] == [0, 1, 2]
+    local = tmp_path / "local"
+    raw["seeds"] = 3
+    config_path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(config_path), "--out", str(local), "--executor", "local"]) == 0
+    assert _metrics(out) == _metrics(local)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import sys
 import textwrap
 from pathlib import Path
 
@@ -58,6 +60,29 @@ def test_sys_exit_fails_that_trial_alone_with_the_reason(tmp_path, capsys):
     assert outcome.error.startswith("SystemExit: 2: the function called sys.exit")
     assert "parse_args([])" in outcome.error
     assert "SystemExit" in (tmp_path / "runs/trial/traceback.txt").read_text()
+
+
+def test_a_sys_exit_from_a_signal_handler_still_ends_the_process(tmp_path):
+    # submitit's SIGUSR2 handler requeues a preempted job, then calls sys.exit(-1): that exit
+    # must end the job, not fail the seed
+    def requeue_and_exit(signum, frame):
+        sys.exit(-1)
+
+    previous = signal.signal(signal.SIGUSR1, requeue_and_exit)
+    body = """
+    import os, signal, time
+    def train(trial):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(5)
+        return {"loss": 1.0}
+    """
+    try:
+        with pytest.raises(SystemExit) as ended:
+            _job(tmp_path, body)()
+        assert ended.value.code == -1
+        assert signal.getsignal(signal.SIGUSR1) is requeue_and_exit  # the handler is put back
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_process_wide_state_a_trial_changes_is_put_back(tmp_path):

@@ -202,7 +202,7 @@ def _run_locked(
         results.retry(job)
     state_dir = executor_dir(out, config)
     kind = config.executor.kind
-    write_json(out / EXECUTOR_FILE, {"kind": kind, "folder": str(state_dir)})
+    write_json(out / EXECUTOR_FILE, {"kind": kind, "folder": str(state_dir), "scope": run_id})
     executor = make_executor(
         kind,
         state_dir,
@@ -210,6 +210,7 @@ def _run_locked(
         parameters=dict(config.executor.parameters),
         detach=detach,
         name=f"dropkit-{config.name}",
+        scope=run_id,
     )
 
     def on_done(job: Job, output: Any) -> None:

@@ -51,7 +51,7 @@ def job_status(run_folder: str | Path) -> dict[str, str]:
     if executor.get("kind") == "slurm":
         from dropkit.experiments.engine.executors.slurm import job_states
 
-        states = job_states(Path(executor["folder"]))
+        states = job_states(Path(executor["folder"]), executor.get("scope", ""))
     status = {}
     for job in plan.jobs:
         if plan.finished(job):

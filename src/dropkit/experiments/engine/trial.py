@@ -24,8 +24,10 @@ import inspect
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -396,9 +398,10 @@ class TrialJob:
         where = f"settings.{self.trial.setting}: {self.function}"
         started = time.perf_counter()
         trial = _watched(self.trial)
+        signalled: list[int] = []
         try:
             trial.dir.mkdir(parents=True, exist_ok=True)
-            with fixed_threads(self.threads), restored_process_state():
+            with fixed_threads(self.threads), restored_process_state(), _noting(signalled):
                 function = load_function(self.function, self.root)
                 returned = function(trial)
             metrics = check_metrics(returned, where)
@@ -406,6 +409,8 @@ class TrialJob:
             if not missing and all(map(math.isfinite, metrics.values())):  # a diverged run stops
                 _check_schedules_applied(trial)
         except (Exception, SystemExit) as err:
+            if isinstance(err, SystemExit) and signalled:
+                raise  # a signal's handler ends the process (submitit requeues on SIGUSR2)
             text = traceback.format_exc()
             write_atomic(trial.dir / TRACEBACK_FILE, text)
             seconds = time.perf_counter() - started
@@ -420,6 +425,32 @@ class TrialJob:
         bad = [name for name, value in metrics.items() if not math.isfinite(value)]
         error = f"non-finite {', '.join(bad)} (diverged)" if bad else None
         return TrialOutcome(metrics, error, None, seconds)
+
+
+@contextmanager
+def _noting(signalled: list[int]) -> Iterator[None]:
+    """Note in ``signalled`` each signal that reaches a Python handler while the block runs,
+    then call that handler: a ``SystemExit`` after one is the process being ended (submitit's
+    handler requeues a preempted job and exits), not the training function's own."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+    previous = {}
+    for sig in (getattr(signal, name) for name in names if hasattr(signal, name)):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+
+            def noted(signum: int, frame: Any, handler: Callable[..., Any] = handler) -> Any:
+                signalled.append(signum)
+                return handler(signum, frame)
+
+            previous[sig] = signal.signal(sig, noted)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _error_line(err: BaseException) -> str:

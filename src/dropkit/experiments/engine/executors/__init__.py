@@ -9,6 +9,7 @@ as a `JobFailure` with the reason.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,13 @@ def make_executor(
     parameters: dict[str, Any] | None = None,
     detach: bool = False,
     name: str = "dropkit",
+    scope: str | None = None,
 ) -> Executor:
     """``local``: a pool of ``workers`` processes; ``slurm``: submitit, with its job logs and
-    the job ids in ``state_dir``, ``parameters`` for ``update_parameters``, and ``name`` as the
-    jobs' name in the queue unless ``parameters`` give one."""
+    the job ids in ``state_dir``, ``parameters`` for ``update_parameters``, ``name`` as the
+    jobs' name in the queue unless ``parameters`` give one, and the jobs recorded under
+    ``scope`` (a run folder's id: a later driver of the same scope re-attaches to them; None, a
+    fresh scope, re-attaches to nothing)."""
     if kind == "local":
         from dropkit.experiments.engine.executors.local import LocalExecutor
 
@@ -42,5 +46,6 @@ def make_executor(
     if kind == "slurm":
         from dropkit.experiments.engine.executors.slurm import SlurmExecutor
 
-        return SlurmExecutor(state_dir, parameters or {}, detach=detach, name=name)
+        scope = uuid.uuid4().hex if scope is None else scope
+        return SlurmExecutor(state_dir, parameters or {}, scope=scope, detach=detach, name=name)
     raise ValueError(f"unknown executor {kind!r}; expected local or slurm")

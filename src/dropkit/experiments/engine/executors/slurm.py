@@ -3,15 +3,20 @@
 Each job is submitted as ``_Submission(job)``, a callable whose ``checkpoint`` method tells
 submitit to requeue it when SLURM preempts it or its time limit nears (SIGUSR2); the requeued job
 calls the same job again, and a training function resumes from its own ``trial.checkpoint()``.
-Job ids are kept in ``jobs.json`` in the executor's folder, so a driver started again (after a
-kill, or after ``--detach``) re-attaches to jobs still queued or running instead of submitting
-them twice, and collects those that finished while it was away. A job that ends without a
-result (cancelled, failed node, out of memory, time limit without a checkpoint) is reported as
-a `JobFailure` with SLURM's state and the end of its log.
+Job ids are kept in ``jobs-<scope>.json`` in the executor's folder, one file per scope (a run
+folder's id), each job with a key of what it computes (a hash of its repr). A driver
+started again (after a kill, or after ``--detach``) re-attaches to a recorded job only when it
+belongs to the same scope, computes the same thing, and has not been collected yet: still
+queued or running, or ended with a result this driver has not handed on. So two experiments
+sharing a folder never exchange results, a job that failed is submitted again, and a job of
+other seeds is never taken for this one. A job that ends without a result (cancelled, failed
+node, out of memory, time limit without a checkpoint) is reported as a `JobFailure` with
+SLURM's state and the end of its log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -24,9 +29,8 @@ from dropkit._optional import import_optional
 from dropkit.experiments.base.io import read_json, write_json
 from dropkit.experiments.engine.executors.interface import Job, JobFailure, OnDone, Progress
 
-__all__ = ["JOBS_FILE", "SlurmExecutor", "job_states"]
+__all__ = ["SlurmExecutor", "job_states", "jobs_file"]
 
-JOBS_FILE = "jobs.json"
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "PREEMPTED", "RESIZING",
           "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED")  # fmt: skip
 POLL_S = 2.0  # seconds between sacct calls while jobs are pending
@@ -90,14 +94,28 @@ def _alive(job: Any) -> bool:
     return state in ACTIVE or (state == "UNKNOWN" and _in_queue(job.job_id))
 
 
-def _recorded_jobs(folder: Path, labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """``{label: SlurmJob}`` of the job ids in ``folder/jobs.json`` (all, or those of
-    ``labels``), their states fetched with one sacct call."""
-    path = folder / JOBS_FILE
-    recorded = dict(read_json(path)) if path.exists() else {}
-    wanted = recorded if labels is None else [label for label in labels if label in recorded]
+def jobs_file(folder: Path, scope: str) -> Path:
+    """Where the executor in ``folder`` records the jobs of ``scope``."""
+    return folder / f"jobs-{scope}.json"
+
+
+def job_key(job: Job) -> str:
+    """What a job computes, as a hash of its ``repr``: the jobs are frozen dataclasses of
+    specs, so another config, seeds or trial folder give another key, and the same job the
+    same key in any process (a pickle's bytes depend on which equal objects are shared)."""
+    return hashlib.sha256(repr(job).encode()).hexdigest()
+
+
+def _records(folder: Path, scope: str) -> dict[str, dict[str, Any]]:
+    """``{label: {"job_id", "key", "collected"}}`` of ``scope``'s jobs in ``folder``."""
+    path = jobs_file(folder, scope)
+    return dict(read_json(path)) if path.exists() else {}
+
+
+def _handles(folder: Path, job_ids: Mapping[str, str]) -> dict[str, Any]:
+    """``{label: SlurmJob}`` of ``job_ids``, their states fetched with one sacct call."""
     submitit = _submitit()
-    jobs = {label: submitit.SlurmJob(folder, recorded[label]) for label in wanted}
+    jobs = {label: submitit.SlurmJob(folder, job_id) for label, job_id in job_ids.items()}
     if jobs:
         next(iter(jobs.values())).watcher.update()
     return jobs
@@ -112,28 +130,36 @@ def _ended(job: Any) -> bool:
 class SlurmExecutor:
     """Submit jobs to SLURM with submitit's ``AutoExecutor``; ``parameters`` go to its
     ``update_parameters`` as given, ``name`` (made safe for sbatch) names the jobs in the queue
-    unless they give one. With ``detach``, `run` returns once all are queued."""
+    unless they give one; jobs are recorded under ``scope`` (a run folder's id). With
+    ``detach``, `run` returns once all are queued."""
 
     def __init__(
         self,
         folder: Path,
         parameters: Mapping[str, Any],
         *,
+        scope: str,
         detach: bool = False,
         name: str = "dropkit",
     ) -> None:
         self.folder = Path(folder)
         self.parameters = {"name": re.sub(r"[^\w.-]+", "-", name), **parameters}
+        self.scope = scope
         self.detach = detach
 
-    def _attach(self, labels: Sequence[str]) -> dict[str, Any]:
-        """The recorded jobs of ``labels`` that are still queued or running, or have ended with
-        a result this driver has not collected yet."""
-        jobs = _recorded_jobs(self.folder, labels)
+    def _attach(self, jobs: Mapping[str, Job]) -> dict[str, Any]:
+        """The recorded jobs of this scope that compute what ``jobs`` (by label) do, were not
+        collected yet, and are still queued or running or have ended with a result."""
+        records = _records(self.folder, self.scope)
+        wanted = {
+            label: record["job_id"]
+            for label, record in records.items()
+            if label in jobs and not record["collected"] and record["key"] == job_key(jobs[label])
+        }
         return {
-            label: job
-            for label, job in jobs.items()
-            if job.paths.result_pickle.exists() or _alive(job)
+            label: handle
+            for label, handle in _handles(self.folder, wanted).items()
+            if handle.paths.result_pickle.exists() or _alive(handle)
         }
 
     def _submit(self, jobs: Sequence[Job]) -> dict[str, Any]:
@@ -151,14 +177,24 @@ class SlurmExecutor:
             submitted = [executor.submit(_Submission(job)) for job in jobs]
         return {job.label: handle for job, handle in zip(jobs, submitted)}
 
+    def _record(self, jobs: Mapping[str, Job], handles: Mapping[str, Any]) -> None:
+        records = _records(self.folder, self.scope)
+        for label, handle in handles.items():
+            records[label] = {"job_id": handle.job_id, "key": job_key(jobs[label]),
+                              "collected": False}  # fmt: skip
+        write_json(jobs_file(self.folder, self.scope), records)
+
+    def _collected(self, label: str) -> None:
+        records = _records(self.folder, self.scope)
+        records[label]["collected"] = True
+        write_json(jobs_file(self.folder, self.scope), records)
+
     def run(self, jobs: Sequence[Job], on_done: OnDone, progress: Progress) -> None:
         by_label = {job.label: job for job in jobs}
-        handles = self._attach(list(by_label))
+        handles = self._attach(by_label)
         fresh = self._submit([job for label, job in by_label.items() if label not in handles])
         handles |= fresh
-        path = self.folder / JOBS_FILE
-        recorded = dict(read_json(path)) if path.exists() else {}
-        write_json(path, recorded | {label: h.job_id for label, h in handles.items()})
+        self._record(by_label, handles)
         if handles:
             ids = sorted({h.job_id.split("_")[0] for h in handles.values()})
             print(
@@ -179,11 +215,13 @@ class SlurmExecutor:
             for label, handle in list(pending.items()):
                 if _ended(handle):
                     on_done(by_label[label], self._output(pending.pop(label)))
+                    self._collected(label)
                 elif _alive(handle):
                     unknown_since.pop(label, None)
                 elif now - unknown_since.setdefault(label, now) > LOST_AFTER_S:
                     reason = f"SLURM job {handle.job_id} is known to neither sacct nor squeue"
                     on_done(by_label[label], JobFailure(f"{reason} (lost); run again to resubmit"))
+                    self._collected(label)
                     del pending[label]
             if pending:
                 time.sleep(POLL_S)
@@ -203,8 +241,12 @@ class SlurmExecutor:
             return _failure(handle)
 
 
-def job_states(folder: Path) -> dict[str, str]:
-    """``{label: SLURM state}`` of the jobs recorded in ``folder`` (for ``dropkit status``)."""
+def job_states(folder: Path, scope: str) -> dict[str, str]:
+    """``{label: SLURM state}`` of ``scope``'s jobs recorded in ``folder`` and not collected yet
+    (for ``dropkit status``; a collected job's result is in the run folder)."""
+    records = _records(folder, scope)
+    uncollected = {label: r["job_id"] for label, r in records.items() if not r["collected"]}
     return {
-        label: f"{job.state} (job {job.job_id})" for label, job in _recorded_jobs(folder).items()
+        label: f"{job.state} (job {job.job_id})"
+        for label, job in _handles(folder, uncollected).items()
     }
