@@ -94,6 +94,7 @@ def test_process_wide_state_a_trial_changes_is_put_back(tmp_path):
         torch.set_default_dtype(torch.float64)
         torch.set_grad_enabled(False)
         torch.use_deterministic_algorithms(True)
+        torch.set_default_device("meta")
         return {"loss": 1.0}
     """
     before = os.getcwd()
@@ -102,6 +103,7 @@ def test_process_wide_state_a_trial_changes_is_put_back(tmp_path):
     assert os.getcwd() == before and "DROPKIT_TEST_LEAK" not in os.environ
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_default_device() == torch.device("cpu") and torch.ones(1).device.type == "cpu"
 
 
 def test_state_is_put_back_when_the_function_raises(tmp_path):

@@ -478,10 +478,14 @@ def restored_process_state() -> Iterator[None]:
         yield
     finally:
         os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(environ)
+        if os.environ != environ:
+            os.environ.clear()
+            os.environ.update(environ)
         torch.set_default_dtype(dtype)
-        torch.set_default_device(device)
+        if torch.get_default_device() != device:
+            # only undo a change: setting a default device, even the CPU, installs a mode
+            # that every tensor factory then passes through
+            torch.set_default_device(None if device.type == "cpu" else device)
         torch.set_grad_enabled(grad)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
