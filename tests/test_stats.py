@@ -8,10 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dropkit.experiments.base.stats import (
+    CS_PRIOR_PRECISION,
+    confidence_sequence,
+    confidence_sequence_radius,
     mean_interval,
     min_detectable_effect,
     paired_t_interval,
+    seeds_for_power,
     seeds_needed,
+    sequential_min_detectable_effect,
+    sequential_seeds_for_power,
     t_quantile,
 )
 
@@ -134,3 +140,85 @@ def test_seeds_needed_edge_cases():
         seeds_needed(1.0, 0.0)
     with pytest.raises(ValueError, match="sd"):
         seeds_needed(-1.0, 0.1)
+
+
+# --- confidence sequences --------------------------------------------------------------------
+
+
+def _radii(n_max: int, alpha: float = 0.05) -> np.ndarray:
+    """Radius per unit of sqrt(sum of squared deviations), n = 0 .. n_max."""
+    return np.array([confidence_sequence_radius(n, 1.0, alpha) for n in range(n_max + 1)])
+
+
+def test_a_confidence_sequence_stays_valid_when_read_after_every_seed():
+    # no true effect, looks after every seed from 2 to 64: the fixed-n t interval "confirms"
+    # (its low bound clears 0) in about 18% of the runs; the sequence in at most 2.5% (one side)
+    rng = np.random.default_rng(7)
+    runs, n_max = 4000, 64
+    x = rng.normal(size=(runs, n_max))
+    n = np.arange(1, n_max + 1)
+    mean = (np.cumsum(x, 1) / n)[:, 1:]  # from 2 differences on
+    ss = (np.cumsum(x**2, 1) - np.cumsum(x, 1) ** 2 / n)[:, 1:]
+    n = n[1:]
+    radius = _radii(n_max)[2:] * np.sqrt(np.maximum(ss, 0))
+    ever_cs = np.any(mean - radius > 0, 1).mean()
+    half = np.array([stats_t(k) for k in n]) * np.sqrt(ss / (n - 1)) / np.sqrt(n)
+    ever_t = np.any(mean - half > 0, 1).mean()
+    assert ever_cs <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / runs)
+    assert ever_t > 0.15  # the problem the sequence solves
+
+
+def stats_t(n: int) -> float:
+    return t_quantile(0.95, n - 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=5, max_size=10), st.floats(0.5, 2.0))
+def test_the_sequence_is_where_the_mixture_martingale_reaches_1_over_alpha(values, scale):
+    # an independent formulation: the scale-invariant likelihood ratio by numerical integration
+    # over the scale t and the standardized effect delta ~ N(0, 1/c), at the interval's ends
+    from scipy import integrate
+
+    x = np.asarray(values) * scale
+    if np.std(x) < 1e-3:
+        return
+    low, high = confidence_sequence(x)
+    if not math.isfinite(low):
+        return
+    c, n = CS_PRIOR_PRECISION, len(x)
+
+    def ratio(mu: float) -> float:
+        y = (x - mu) / np.sqrt(np.mean((x - mu) ** 2))  # the invariant: scale removed
+
+        def alternative(delta: float) -> float:
+            f = lambda t: t ** (n - 1) * math.exp(-0.5 * np.sum((t * y - delta) ** 2))  # noqa: E731
+            return (
+                integrate.quad(f, 0, np.inf, limit=200)[0]
+                * math.sqrt(c / (2 * math.pi))
+                * (math.exp(-0.5 * c * delta**2))
+            )
+
+        null = integrate.quad(lambda t: t ** (n - 1) * math.exp(-0.5 * t**2 * np.sum(y**2)),
+                              0, np.inf, limit=200)[0]  # fmt: skip
+        return integrate.quad(alternative, -np.inf, np.inf, limit=200)[0] / null
+
+    for end in (low, high):
+        assert ratio(end) == pytest.approx(1 / 0.05, rel=1e-4)
+
+
+def test_the_sequence_widths_against_the_fixed_n_interval():
+    # the ratios the docs state; at most 2x the t interval at 16 seeds
+    ratios = {n: confidence_sequence_radius(n, n - 1.0) * math.sqrt(n) / stats_t(n)
+              for n in (8, 16, 32)}  # fmt: skip
+    assert [round(ratios[n], 2) for n in (8, 16, 32)] == [1.80, 1.65, 1.64]
+    assert math.isinf(confidence_sequence_radius(4, 3.0))
+    assert confidence_sequence([1.0, 2.0, 3.0]) == (-math.inf, math.inf)
+    with pytest.raises(ValueError, match="finite"):
+        confidence_sequence([1.0, math.nan, 2.0])
+
+
+def test_sequential_power_needs_more_seeds_than_fixed_n():
+    fixed, sequential = seeds_for_power(1.0, 1.0), sequential_seeds_for_power(1.0, 1.0)
+    assert fixed < sequential
+    assert sequential_min_detectable_effect(1.0, sequential) <= 1.0
+    assert sequential_min_detectable_effect(1.0, sequential - 1) > 1.0

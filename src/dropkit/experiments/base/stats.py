@@ -6,7 +6,10 @@
   (clear 0) with a given probability, from the noncentral t distribution;
 - `seeds_for_power`: how many seeds bring the minimum detectable effect down to a target
   (the report's one power definition: 80% power);
-- `seeds_needed`: how many seeds bring the interval's half-width below a target.
+- `seeds_needed`: how many seeds bring the interval's half-width below a target;
+- `confidence_sequence`: an interval for the mean of paired differences that stays valid
+  however many times it is read as seeds are added (`sequential_min_detectable_effect` and
+  `sequential_seeds_for_power` restate power for it).
 
 scipy (the ``data`` extra) is imported inside the functions, so importing this module is cheap.
 """
@@ -22,11 +25,16 @@ import numpy as np
 from dropkit._optional import import_optional
 
 __all__ = [
+    "CS_PRIOR_PRECISION",
+    "confidence_sequence",
+    "confidence_sequence_radius",
     "mean_interval",
     "min_detectable_effect",
     "paired_t_interval",
     "seeds_for_power",
     "seeds_needed",
+    "sequential_min_detectable_effect",
+    "sequential_seeds_for_power",
     "t_quantile",
 ]
 
@@ -159,3 +167,94 @@ def seeds_needed(sd: float, half_width: float, level: float = 0.95) -> int:
         raise ValueError(f"half_width must be > 0, got {half_width!r}")
 
     return _smallest_n(lambda n: t_quantile(level, n - 1) * sd / math.sqrt(n) < half_width)
+
+
+# --- confidence sequences --------------------------------------------------------------------
+
+CS_PRIOR_PRECISION = 1.0
+"""The precision ``c`` of the normal mixture over the standardized effect ``mean / sd`` (prior
+sd ``1 / sqrt(c)`` = 1: effects of about one standard deviation of the differences), fixed
+before any result was seen. It sets where the sequence is tightest: at 8, 16 and 32 seeds its
+half-width is 1.80x, 1.65x and 1.64x the fixed-n 95% t interval's; at 4 seeds or fewer it is
+the whole line."""
+
+
+def confidence_sequence_radius(n: int, ss: float, alpha: float = 0.05) -> float:
+    """The half-width of `confidence_sequence` for ``n`` differences whose squared deviations
+    from their mean sum to ``ss`` (infinite when ``n`` is too small to exclude anything)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    if n < 2:
+        return math.inf
+    c = CS_PRIOR_PRECISION
+    log_k = (2.0 * math.log(1.0 / alpha) + math.log((c + n) / c)) / n
+    k = math.exp(log_k)
+    room = 1.0 - k * c / (n + c)
+    if room <= 0.0:
+        return math.inf
+    return math.sqrt(math.expm1(log_k) * ss / (n * room))
+
+
+def confidence_sequence(
+    differences: Sequence[float] | np.ndarray, alpha: float = 0.05
+) -> tuple[float, float]:
+    """``(low, high)`` for the mean of ``differences``, valid simultaneously over every number
+    of them: the chance that any of the intervals read as they grow ever excludes the true
+    mean is at most ``alpha``, however often they are read and whenever one stops.
+
+    The scale-invariant mixture of Lai (1976) (see Wang and Ramdas 2023, "Anytime-valid t-tests
+    and confidence sequences for Gaussian means with unknown variance"): for i.i.d. normal
+    differences of unknown variance, the likelihood ratio of the maximal scale invariant, mixed
+    over the standardized effect with a normal prior of precision ``CS_PRIOR_PRECISION``,
+
+        M_n(mu) = sqrt(c / (c + n)) * (V / (V - S**2 / (n + c))) ** (n / 2),
+
+    with ``S`` and ``V`` the sum and the sum of squares of ``differences - mu``, is a
+    nonnegative martingale of mean 1 when ``mu`` is the true mean; Ville's inequality bounds
+    the chance it ever reaches ``1 / alpha``. The sequence is ``{mu: M_n(mu) < 1 / alpha}``,
+    an interval around the sample mean in closed form. It assumes normal differences: heavy
+    tails cost coverage (``benchmarks/sequential_seeds.py`` measures it).
+
+    Args:
+        differences: The paired differences so far, at least 2, all finite.
+        alpha: One minus the coverage over the whole sequence (default 0.05).
+
+    Returns:
+        The interval; ``(-inf, inf)`` while too few differences can exclude anything (4 or
+            fewer at the default precision).
+
+    Raises:
+        ValueError: If fewer than 2 differences are given, one is not finite, or ``alpha``
+            is not in (0, 1).
+    """
+    x = np.asarray(differences, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need at least 2 differences in a flat sequence, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("every difference must be finite")
+    mean = float(x.mean())
+    radius = confidence_sequence_radius(len(x), float(((x - mean) ** 2).sum()), alpha)
+    return mean - radius, mean + radius
+
+
+def sequential_min_detectable_effect(
+    sd: float, n: int, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The smallest true mean difference the `confidence_sequence` clears 0 for with
+    probability ``power`` at ``n`` differences of standard deviation ``sd``: its radius (with
+    the sample sd taken as ``sd``) plus ``z_power * sd / sqrt(n)``, a normal approximation.
+    Infinite where the sequence is still the whole line."""
+    if not math.isfinite(sd) or sd < 0:
+        raise ValueError(f"sd must be finite and >= 0, got {sd!r}")
+    norm = _scipy("scipy.stats").norm
+    radius = confidence_sequence_radius(n, (n - 1) * sd**2, alpha)
+    return radius + float(norm.ppf(power)) * sd / math.sqrt(n)
+
+
+def sequential_seeds_for_power(
+    sd: float, effect: float, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """The smallest ``n >= 2`` whose `sequential_min_detectable_effect` is at most ``effect``."""
+    if not effect > 0:
+        raise ValueError(f"effect must be > 0, got {effect!r}")
+    return _smallest_n(lambda n: sequential_min_detectable_effect(sd, n, alpha, power) <= effect)
