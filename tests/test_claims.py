@@ -8,12 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropkit.experiments.base.stats import min_detectable_effect, paired_t_interval
+from dropkit.experiments.base.stats import (
+    confidence_sequence,
+    min_detectable_effect,
+    paired_t_interval,
+    sequential_min_detectable_effect,
+)
 from dropkit.experiments.config.claim import DIRECTIONS, Claim
 from dropkit.experiments.evidence.claims import (
     MIN_SEEDS,
     ClaimResult,
     evaluate_claim,
+    futile,
     not_applicable,
 )
 
@@ -53,8 +59,8 @@ def test_interval_by_hand():
     assert math.isclose(high, 2 + half, abs_tol=1e-12)
 
 
-def claim(direction, margin=0.0, paper=""):
-    return Claim("C", "a vs b", "s", "m", "a", "b", direction, margin, paper)
+def claim(direction, margin=0.0, paper="", target=None):
+    return Claim("C", "a vs b", "s", "m", "a", "b", direction, margin, paper, target)
 
 
 # Three seeds with differences effect - 0.1, effect, effect + 0.1: sd 0.1, so the 95% interval is
@@ -146,6 +152,7 @@ def test_result_fields_in_order_and_json():
     assert names == [
         "id", "statement", "paper", "test", "verdict", "confirmed", "effect", "ci_low",
         "ci_high", "n_seeds", "mde", "metric", "comparison", "margin", "failed_seeds", "reason",
+        "interval", "sd",
     ]  # fmt: skip
     result = evaluate_claim(claim(">", paper="+1.2 pt, Table 2"), three_seeds(0.5))
     payload = result.to_json()
@@ -333,3 +340,27 @@ def test_one_module_decides_verdicts():
     assert report.evaluate_claims is claims.evaluate_claims
     for name in ("_window_mean", "_claim_values", "evaluate_claim", "not_applicable"):
         assert not hasattr(report, name), name
+
+
+def test_a_sequential_claim_is_judged_by_the_confidence_sequence():
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=16)
+    a = b + 0.8 + rng.normal(scale=0.5, size=16)
+    values = {"a": dict(enumerate(a)), "b": dict(enumerate(b))}
+    fixed, sequential = evaluate_claim(claim(">"), values), evaluate_claim(claim(">"), values, True)
+    assert (fixed.interval, sequential.interval) == ("student-t", "confidence sequence")
+    assert (sequential.ci_low, sequential.ci_high) == confidence_sequence(a - b)
+    assert sequential.effect == fixed.effect and sequential.ci_low < fixed.ci_low
+    assert sequential.mde == pytest.approx(sequential_min_detectable_effect(sequential.sd, 16))
+    few = {arm: {s: v for s, v in seeds.items() if s < 4} for arm, seeds in values.items()}
+    early = evaluate_claim(claim(">"), few, True)
+    assert early.verdict == "inconclusive" and "excludes nothing yet at 4 seeds" in early.reason
+
+
+def test_futile_when_the_interval_excludes_the_papers_effect():
+    values = three_seeds(0.1)
+    result = evaluate_claim(claim(">"), values)
+    assert futile(claim(">", target=5.0), result)  # far above anything the interval allows
+    assert not futile(claim(">", target=0.1), result) and not futile(claim(">"), result)
+    lower = evaluate_claim(claim("<"), {"a": values["b"], "b": values["a"]})
+    assert futile(claim("<", target=5.0), lower)

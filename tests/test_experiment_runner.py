@@ -319,7 +319,10 @@ def test_more_seeds_extend_a_finished_run_folder_training_only_the_new_ones(tmp_
     assert extension["seeds"] == {"digits": [3, 4]} and extension["after_report"]
     text = (out / "report.md").read_text()
     assert "## Seeds added later" in text and "`digits` from 3 to 4 seeds" in text
-    assert "**not corrected** for that look" in text
+    # the seeds grew after a report was read: its claims use the confidence sequence
+    assert all(c["interval"] == "confidence sequence" for c in report["claims"])
+    assert report["sequential_settings"] == ["digits"]
+    assert "‡ A 95% confidence sequence" in text and "`digits` at 3, 4 seeds" in text
     # the same command again changes nothing; fewer seeds than the folder holds are refused
     assert main(["run", str(config), "--out", str(out), "--seeds", "4"]) == 0
     assert len(json.loads((out / "report.json").read_text())["extensions"]) == 1

@@ -42,6 +42,13 @@ Minimum seeds: a verdict of *confirmed*, *opposite* or *non-inferior* needs at l
 on a single estimate of the spread; such a claim reads *inconclusive*, still with its effect,
 interval and MDE, and the reason says how many seeds it had.
 
+Looking, then adding seeds: a fixed-n t interval read again after each extension is no longer
+a 95% interval (read after every seed up to 64, with no true effect, it "confirms" about 18% of
+the time). A claim whose seeds grew after a report was read, or that is trained until decided,
+is judged with `dropkit.experiments.stats.confidence_sequence` instead (``interval``:
+``"confidence sequence"``), valid however often it is read; its ``mde`` is the sequence's.
+`futile` says when such an interval already excludes the paper's effect.
+
 ``confirmed`` is True only for the verdict *confirmed*. With fewer than 2 finite pairs the claim
 is *not measured*; `not_applicable` marks a claim whose setting's regime claim was not
 confirmed. Both carry a ``reason`` and no effect, interval or mde. ``mde`` is the minimum
@@ -52,14 +59,19 @@ of the paired differences: an effect this large would have been shown 80% of the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from dropkit.experiments.base.record import RunRecord
-from dropkit.experiments.base.stats import min_detectable_effect, paired_t_interval
+from dropkit.experiments.base.stats import (
+    confidence_sequence,
+    min_detectable_effect,
+    paired_t_interval,
+    sequential_min_detectable_effect,
+)
 from dropkit.experiments.config.claim import Claim
 from dropkit.experiments.config.specs import DynamicsSpec, ExperimentConfig, SettingSpec
 
@@ -69,6 +81,7 @@ __all__ = [
     "ClaimResult",
     "evaluate_claim",
     "evaluate_claims",
+    "futile",
     "not_applicable",
 ]
 
@@ -98,6 +111,8 @@ class ClaimResult:
     margin: float
     failed_seeds: list[int]  # seeds non-finite in either arm (excluded from the interval)
     reason: str  # why not measured / not applicable, or the failures; else ""
+    interval: str = "student-t"  # or "confidence sequence" (valid after looking, see SEQUENTIAL)
+    sd: float | None = None  # sd of the finite paired differences
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -163,8 +178,12 @@ def _zero_spread(sd: float, x: np.ndarray, y: np.ndarray) -> bool:
     return sd <= ZERO_SPREAD_RTOL * scale
 
 
-def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> ClaimResult:
-    """Evaluate ``claim`` on ``values[variant][seed]`` (the metric per seed) for its setting."""
+def evaluate_claim(
+    claim: Claim, values: Mapping[str, Mapping[int, float]], sequential: bool = False
+) -> ClaimResult:
+    """Evaluate ``claim`` on ``values[variant][seed]`` (the metric per seed) for its setting;
+    ``sequential`` judges it with the `confidence_sequence` instead of the fixed-n t
+    interval (its seeds were added after looking, or are added until it is decided)."""
     a, b = values.get(claim.a, {}), values.get(claim.b, {})
     seeds = sorted(set(a) & set(b))
     failed = [s for s in seeds if not (math.isfinite(a[s]) and math.isfinite(b[s]))]
@@ -188,12 +207,23 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
     y = np.array([b[s] for s in good], dtype=np.float64)
     effect, low, high = paired_t_interval(x, y)
     sd = float(np.std(x - y, ddof=1))
-    try:
-        mde: float | None = min_detectable_effect(sd, len(good))
-    except ValueError:
-        mde = None
+    mde: float | None
+    if sequential:
+        low, high = confidence_sequence(x - y)
+        mde = sequential_min_detectable_effect(sd, len(good))
+        mde = mde if math.isfinite(mde) else None
+    else:
+        try:
+            mde = min_detectable_effect(sd, len(good))
+        except ValueError:
+            mde = None
     verdict = _verdict(claim, low, high)
     notes = [failures] if failed else []
+    if sequential and not math.isfinite(low):
+        notes.append(
+            f"the confidence sequence excludes nothing yet at {len(good)} seeds (it needs 5 or "
+            "more)"
+        )
     if _zero_spread(sd, x, y):  # a zero-width interval is no evidence: the seeds did not vary
         verdict, mde = "inconclusive", None
         notes.append(
@@ -224,7 +254,19 @@ def evaluate_claim(claim: Claim, values: Mapping[str, Mapping[int, float]]) -> C
         n_seeds=len(good),
         mde=mde,
         failed_seeds=failed,
+        interval="confidence sequence" if sequential else "student-t",
+        sd=sd,
     )
+
+
+def futile(claim: Claim, result: ClaimResult) -> bool:
+    """Whether the interval excludes the effect the claim targets (the paper's), on the
+    paper's side: more seeds could still confirm a smaller effect, not the paper's."""
+    if claim.target is None or result.ci_low is None or result.ci_high is None:
+        return False
+    if claim.direction in (">", ">="):
+        return result.ci_high < claim.target
+    return result.ci_low > -abs(claim.target)
 
 
 def _window_mean(
@@ -257,9 +299,12 @@ def _claim_values(
 
 
 def evaluate_claims(
-    config: ExperimentConfig, results: Mapping[str, Mapping[str, RunRecord]]
+    config: ExperimentConfig,
+    results: Mapping[str, Mapping[str, RunRecord]],
+    sequential: Collection[str] = (),
 ) -> list[ClaimResult]:
     """Every claim's verdict; a claim whose setting's regime is not established is not applicable.
+    Claims on the settings named in ``sequential`` are judged with the confidence sequence.
 
     Regime claims are decided first. When a setting's regime claim is not ``confirmed``, the
     setting is not shown to be in the regime the other claims presuppose, so they read
@@ -279,5 +324,5 @@ def evaluate_claims(
             decided[claim.id] = not_applicable(claim, reason)
         else:
             values = _claim_values(claim, setting, results.get(claim.setting, {}))
-            decided[claim.id] = evaluate_claim(claim, values)
+            decided[claim.id] = evaluate_claim(claim, values, claim.setting in sequential)
     return [decided[c.id] for c in config.claims]

@@ -10,15 +10,20 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dropkit.experiments.base.io import read_json, write_atomic
+from dropkit.experiments.base.io import read_json, read_jsonl, write_atomic, write_jsonl
 from dropkit.experiments.base.lock import one_writer
 from dropkit.experiments.base.record import RunRecord
-from dropkit.experiments.base.stats import paired_t_interval, seeds_for_power, t_quantile
+from dropkit.experiments.base.stats import (
+    paired_t_interval,
+    seeds_for_power,
+    sequential_seeds_for_power,
+)
 from dropkit.experiments.config.claim import Claim
 from dropkit.experiments.config.parse import parse_config
 from dropkit.experiments.config.specs import ExperimentConfig, SettingSpec
@@ -456,8 +461,7 @@ def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[st
             lines.append(f"- {c.id}: {c.verdict}, so not powered here: {c.reason}.")
             continue
         scale, unit = _scaled(c.metric)
-        half = (c.ci_high - c.ci_low) / 2
-        sd = half / t_quantile(0.95, c.n_seeds - 1) * math.sqrt(c.n_seeds)
+        sd = c.sd if c.sd is not None else math.nan
         if c.mde <= target:
             lines.append(
                 f"- {c.id}: MDE {c.mde * scale:.3g}{unit} ≤ the paper's effect "
@@ -465,13 +469,72 @@ def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[st
                 "the time (powered)."
             )
         else:
-            need = seeds_for_power(sd, target)
+            sequential = c.interval == "confidence sequence"
+            need = (sequential_seeds_for_power if sequential else seeds_for_power)(sd, target)
             lines.append(
                 f"- {c.id}: MDE {c.mde * scale:.3g}{unit} > the paper's effect "
                 f"{target * scale:.3g}{unit}: **not powered**; about {need} seeds would show an "
                 f"effect of that size 80% of the time (here {c.n_seeds})."
             )
     return lines
+
+
+LOOKS_FILE = "looks.jsonl"
+
+
+def _record_look(run_dir: Path, results: Mapping[str, Mapping[str, RunRecord]]) -> list[dict]:
+    """Append this report to the folder's looks (when, and how many seeds each setting had);
+    return every look so far."""
+    seeds = {
+        setting: max((len(r.seeds) for r in found.values()), default=0)
+        for setting, found in results.items()
+    }
+    path = run_dir / LOOKS_FILE
+    looks = read_jsonl(path)
+    if not looks or looks[-1]["seeds"] != seeds:  # the same folder read again is no new look
+        looks.append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "seeds": seeds})  # fmt: skip
+        write_jsonl(path, looks)
+    return looks
+
+
+def _sequential_settings(
+    config: ExperimentConfig, looks: list[dict], until_decided: bool
+) -> set[str]:
+    """The settings whose claims need the confidence sequence: every one of a run trained
+    until decided; else those a report was read at with fewer seeds than they have now."""
+    if until_decided:
+        return {s.name for s in config.settings}
+    now = looks[-1]["seeds"]
+    return {
+        setting
+        for setting, n in now.items()
+        if any(0 < look["seeds"].get(setting, 0) < n for look in looks[:-1])
+    }
+
+
+def _sequential_note(
+    config: ExperimentConfig, looks: list[dict], sequential: set[str], until_decided: bool
+) -> str:
+    if until_decided:
+        why = "this run trains seeds in rounds until every claim is decided"
+    else:
+        counts = {
+            name: sorted({look["seeds"][name] for look in looks if look["seeds"].get(name)})
+            for name in sorted(sequential)
+        }
+        why = (
+            "their seeds were added after a report was read ("
+            + "; ".join(f"`{name}` at {', '.join(map(str, n))} seeds" for name, n in counts.items())
+            + ")"
+        )
+    return (
+        f"‡ A 95% confidence sequence, not a fixed-n t interval: {why}. A t interval read "
+        "again as seeds grow is no longer 95% (read after every seed up to 64 with no true "
+        "effect, it confirms about 18% of the time); the sequence is valid however often it is "
+        "read, at the price of width (1.65x the t interval at 16 seeds; nothing excluded "
+        "before 5). Its MDE and the seeds advised below are the sequence's."
+    )
 
 
 def _multiplicity_line(tested: list[ClaimResult]) -> str:
@@ -566,9 +629,9 @@ def _extension_lines(extensions: list[dict[str, Any]]) -> list[str]:
             f"`{name}` from {old} to {new} seeds" for name, (old, new) in extension["seeds"].items()
         )
         when = (
-            "after a report had been built from the seeds before: the intervals and verdicts "
-            "above are **not corrected** for that look (adding seeds until a verdict settles "
-            "raises the chance of a false confirmation above the nominal 2.5%)"
+            "after a report had been built from the seeds before: that look is why their "
+            "claims use the confidence sequence (‡ above; adding seeds until a t interval "
+            "settles raises the chance of a false confirmation above the nominal 2.5%)"
             if extension["after_report"]
             else "before any report was built (no look to correct for)"
         )
@@ -617,7 +680,9 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
     config = parse_config(stored["config"])
     extensions = stored.get("extensions", [])
     results = load_results(run_dir, config)
-    claims = evaluate_claims(config, results)
+    looks = _record_look(run_dir, results)
+    sequential = _sequential_settings(config, looks, bool(stored.get("until_decided")))
+    claims = evaluate_claims(config, results, sequential)
     curves = {
         s.name: found
         for s in config.settings
@@ -646,6 +711,8 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
         "training_wall_s": wall,
         "extensions": extensions,
         "code_changes": stored.get("code_changes", []),
+        "looks": looks,
+        "sequential_settings": sorted(sequential),
     }
     tested = [c for c in claims if c.verdict not in ("not applicable", "not measured")]
     lines = [
@@ -678,11 +745,15 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
     ]
     for c in claims:
         note = f" — {c.reason}" if c.reason else ""
+        mark = " ‡" if c.interval == "confidence sequence" else ""
         lines.append(
             f"| {c.id} | {c.statement} | {c.paper or '–'} | {c.test}: `{c.comparison}` | "
-            f"{_effect_text(c)} | {_mde_text(c)} | {c.n_seeds} | "
+            f"{_effect_text(c)}{mark} | {_mde_text(c)} | {c.n_seeds} | "
             f"{VERDICT_WORDS[c.verdict]}{note} |"
         )
+    if sequential:
+        until_decided = bool(stored.get("until_decided"))
+        lines += ["", _sequential_note(config, looks, sequential, until_decided)]
     if extensions:
         lines += ["", "## Seeds added later", "", *_extension_lines(extensions)]
     if stored.get("code"):
