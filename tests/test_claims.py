@@ -359,8 +359,9 @@ def test_a_sequential_claim_is_judged_by_the_confidence_sequence():
 
 def test_futile_when_the_interval_excludes_the_papers_effect():
     values = three_seeds(0.1)
-    result = evaluate_claim(claim(">"), values)
-    assert futile(claim(">", target=5.0), result)  # far above anything the interval allows
-    assert not futile(claim(">", target=0.1), result) and not futile(claim(">"), result)
+    r = evaluate_claim(claim(">"), values)
+    assert futile(claim(">", target=5.0), r.ci_low, r.ci_high)  # far above what it allows
+    assert not futile(claim(">", target=0.1), r.ci_low, r.ci_high)
+    assert not futile(claim(">"), r.ci_low, r.ci_high)  # no target: never futile
     lower = evaluate_claim(claim("<"), {"a": values["b"], "b": values["a"]})
-    assert futile(claim("<", target=5.0), lower)
+    assert futile(claim("<", target=5.0), lower.ci_low, lower.ci_high)

@@ -142,6 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, help=SEEDS_HELP)
     run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
     run.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="train seeds in rounds of the config's count until every claim is decided (judged "
+        "with a confidence sequence, valid after each round's look) or --max-seeds",
+    )
+    run.add_argument(
+        "--max-seeds",
+        type=int,
+        help="with --until-decided: the most seeds (default 4x the config's)",
+    )
+    run.add_argument(
         "--allow-changed-code",
         action="store_true",
         help="go on with a run folder although a training function's file changed since it was "
@@ -237,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_experiment(
             config, out, workers=args.workers, detach=args.detach, eager=args.eager,
             allow_changed_code=getattr(args, "allow_changed_code", False),
+            until_decided=_max_seeds(args, config.seeds),
         )  # fmt: skip
         if report is None:
             print(
@@ -266,6 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return 0
+
+
+def _max_seeds(args: argparse.Namespace, seeds: int) -> int | None:
+    """``--until-decided``'s most seeds (None without it; 4x the config's ``seeds`` unless
+    ``--max-seeds`` gives it)."""
+    from dropkit.experiments.config.specs import ConfigError
+
+    max_seeds = getattr(args, "max_seeds", None)
+    if not getattr(args, "until_decided", False):
+        if max_seeds is not None:
+            raise ConfigError("--max-seeds goes with --until-decided")
+        return None
+    return 4 * seeds if max_seeds is None else max_seeds
 
 
 def _advise(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from dropkit.experiments.config.specs import ExperimentConfig
 from dropkit.experiments.config.training import TrainConfig
 from dropkit.experiments.engine.trial import function_source
 
-__all__ = ["CONFIG_FILE", "record_run"]
+__all__ = ["CONFIG_FILE", "held_seeds", "record_run"]
 
 CONFIG_FILE = "config.json"
 
@@ -93,13 +93,32 @@ def _code_changes(
     return changes
 
 
-def record_run(out: Path, config: ExperimentConfig, *, allow_changed_code: bool = False) -> str:
+def held_seeds(out: Path) -> int:
+    """The most seeds any setting of the run in ``out`` has (0 for a new folder)."""
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return 0
+    return max(_seed_counts(parse_config(read_json(path)["config"])).values(), default=0)
+
+
+def record_run(
+    out: Path,
+    config: ExperimentConfig,
+    *,
+    allow_changed_code: bool = False,
+    until_decided: dict[str, int] | None = None,
+) -> str:
     """Write ``config.json`` for a new folder, or check that ``out`` holds a run of ``config``
-    and its code; record a seed extension or an allowed code change. Return the run's id."""
+    and its code; record a seed extension, an allowed code change, or that the run trains
+    ``until_decided`` (its ``max_seeds`` and ``step``: every claim then uses the confidence
+    sequence). Return the run's id."""
     path, wanted, code = out / CONFIG_FILE, config.to_dict(), _code(config)
     if not path.exists():
         run_id = uuid.uuid4().hex
-        write_json(path, {"config": wanted, "run_id": run_id, "code": code})
+        first = {"config": wanted, "run_id": run_id, "code": code}
+        if until_decided is not None:
+            first["until_decided"] = until_decided
+        write_json(path, first)
         return run_id
     stored = read_json(path)
     held = parse_config(stored["config"])  # read back through today's defaults
@@ -119,6 +138,8 @@ def record_run(out: Path, config: ExperimentConfig, *, allow_changed_code: bool 
     changes = _code_changes(out, stored.get("code", {}), code, allow_changed_code)
     updated = {**stored, "code": code}
     updated.setdefault("run_id", uuid.uuid4().hex)  # a folder from before run ids
+    if until_decided is not None:
+        updated["until_decided"] = until_decided
     if changes:
         updated["code_changes"] = [*stored.get("code_changes", []), *changes]
     if before != after:

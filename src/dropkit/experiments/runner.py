@@ -29,9 +29,10 @@ from dropkit.experiments.config.specs import ConfigError, ExperimentConfig
 from dropkit.experiments.engine.executors import Job, make_executor
 from dropkit.experiments.engine.plan import make_plan
 from dropkit.experiments.engine.results import Results
+from dropkit.experiments.evidence.claims import futile
 from dropkit.experiments.evidence.report import build_report, load_results, summary_table
 from dropkit.experiments.preflight import preflight
-from dropkit.experiments.run_folder import record_run
+from dropkit.experiments.run_folder import held_seeds, record_run
 from dropkit.experiments.status import EXECUTOR_FILE
 
 __all__ = [
@@ -148,6 +149,7 @@ def run_experiment(
     detach: bool = False,
     eager: bool = False,
     allow_changed_code: bool = False,
+    until_decided: int | None = None,
 ) -> dict[str, Any] | None:
     """Run what is not finished yet in ``out_dir`` on the config's executor, then write the
     report; return report.json, with ``failed_jobs`` (the labels of jobs that failed) and
@@ -160,6 +162,12 @@ def run_experiment(
     where a setting's ``train.compile`` asks for it (the reference path). A folder whose
     training-function files changed since it was run is refused (`dropkit.experiments.run_folder`)
     unless ``allow_changed_code``, which records the change.
+
+    ``until_decided`` (a number of seeds, the most to train) trains seeds in rounds of the
+    config's seed count, judges every claim with the confidence sequence after each round, and
+    stops once each is decided (confirmed, opposite, non-inferior, not applicable, or futile
+    against the paper's effect) or the seeds reach that number. Run again, it goes on from the
+    seeds the folder holds.
     """
     workers = check_int(workers, "workers", 1)
     # every path resolved once, here: a training function that changes the working directory
@@ -169,10 +177,63 @@ def run_experiment(
     preflight(config, cache_dir)  # every check that can fail before training: nothing on disk yet
     if detach and config.executor.kind != "slurm":
         raise ConfigError("--detach submits to a cluster: it needs --executor slurm")
+    if until_decided is not None:
+        _check_rounds(config, until_decided, detach)
     out.mkdir(parents=True, exist_ok=True)
     with one_writer(out):
-        run_id = record_run(out, config, allow_changed_code=allow_changed_code)
-        return _run_locked(config, out, run_id, cache_dir, workers, progress, detach, eager)
+        if until_decided is None:
+            run_id = record_run(out, config, allow_changed_code=allow_changed_code)
+            return _run_locked(config, out, run_id, cache_dir, workers, progress, detach, eager)
+        rule = {"max_seeds": until_decided, "step": config.seeds}
+        seeds = max(config.seeds, held_seeds(out))  # a rerun goes on from what is there
+        while True:
+            round_config = config.with_seeds(seeds)
+            run_id = record_run(out, round_config, allow_changed_code=allow_changed_code,
+                                until_decided=rule)  # fmt: skip
+            report = _run_locked(round_config, out, run_id, cache_dir, workers, progress,
+                                 False, eager)  # fmt: skip
+            assert report is not None  # not detached
+            undecided = _undecided(config, report)
+            if not undecided or seeds >= until_decided:
+                print(
+                    f"until decided: stopped at {seeds} seeds, "
+                    + (f"claims {', '.join(undecided)} still undecided (the most seeds)"
+                       if undecided else "every claim decided"),
+                    file=sys.stderr,
+                )  # fmt: skip
+                report["undecided"] = undecided
+                return report
+            seeds = min(seeds + config.seeds, until_decided)
+            print(f"until decided: {', '.join(undecided)} undecided; {seeds} seeds next",
+                  file=sys.stderr)  # fmt: skip
+
+
+def _check_rounds(config: ExperimentConfig, max_seeds: int, detach: bool) -> None:
+    if detach:
+        raise ConfigError("--until-decided waits for each round's results: it cannot --detach")
+    fixed = [s.name for s in config.settings if s.seeds is not None]
+    if fixed:
+        raise ConfigError(
+            f"--until-decided adds the config's seeds in rounds; settings {fixed} give their "
+            "own seeds: drop them or run without --until-decided"
+        )
+    if check_int(max_seeds, "--max-seeds", 2) < config.seeds:
+        raise ConfigError(
+            f"--max-seeds {max_seeds} is below the config's {config.seeds} seeds per round"
+        )
+
+
+def _undecided(config: ExperimentConfig, report: dict[str, Any]) -> list[str]:
+    """The ids of the claims more seeds could still decide."""
+    specs = {c.id: c for c in config.claims}
+    return [
+        c["id"]
+        for c in report["claims"]
+        if c["verdict"] not in DECIDED and not futile(specs[c["id"]], c["ci_low"], c["ci_high"])
+    ]
+
+
+DECIDED = ("confirmed", "opposite", "non-inferior", "not applicable")
 
 
 def executor_dir(out: Path, config: ExperimentConfig) -> Path:

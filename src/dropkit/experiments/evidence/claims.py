@@ -259,14 +259,15 @@ def evaluate_claim(
     )
 
 
-def futile(claim: Claim, result: ClaimResult) -> bool:
-    """Whether the interval excludes the effect the claim targets (the paper's), on the
-    paper's side: more seeds could still confirm a smaller effect, not the paper's."""
-    if claim.target is None or result.ci_low is None or result.ci_high is None:
+def futile(claim: Claim, low: float | None, high: float | None) -> bool:
+    """Whether the interval ``[low, high]`` excludes the effect the claim targets (the
+    paper's), on the paper's side: more seeds could still confirm a smaller effect, not the
+    paper's."""
+    if claim.target is None or low is None or high is None:
         return False
     if claim.direction in (">", ">="):
-        return result.ci_high < claim.target
-    return result.ci_low > -abs(claim.target)
+        return high < claim.target
+    return low > -abs(claim.target)
 
 
 def _window_mean(

@@ -514,20 +514,22 @@ def _sequential_settings(
 
 
 def _sequential_note(
-    config: ExperimentConfig, looks: list[dict], sequential: set[str], until_decided: bool
+    looks: list[dict], sequential: set[str], until_decided: dict[str, int] | None
 ) -> str:
+    counts = {
+        name: sorted({look["seeds"][name] for look in looks if look["seeds"].get(name)})
+        for name in sorted(sequential)
+    }
+    read_at = "; ".join(f"`{name}` at {', '.join(map(str, n))} seeds" for name, n in counts.items())
     if until_decided:
-        why = "this run trains seeds in rounds until every claim is decided"
-    else:
-        counts = {
-            name: sorted({look["seeds"][name] for look in looks if look["seeds"].get(name)})
-            for name in sorted(sequential)
-        }
         why = (
-            "their seeds were added after a report was read ("
-            + "; ".join(f"`{name}` at {', '.join(map(str, n))} seeds" for name, n in counts.items())
-            + ")"
+            f"this run trains seeds in rounds of {until_decided['step']} until every claim is "
+            "decided (confirmed, opposite, non-inferior, not applicable, or futile: its interval "
+            f"excludes the paper's effect) or {until_decided['max_seeds']} seeds; rounds read "
+            f"{read_at}"
         )
+    else:
+        why = f"their seeds were added after a report was read ({read_at})"
     return (
         f"‡ A 95% confidence sequence, not a fixed-n t interval: {why}. A t interval read "
         "again as seeds grow is no longer 95% (read after every seed up to 64 with no true "
@@ -752,8 +754,7 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
             f"{VERDICT_WORDS[c.verdict]}{note} |"
         )
     if sequential:
-        until_decided = bool(stored.get("until_decided"))
-        lines += ["", _sequential_note(config, looks, sequential, until_decided)]
+        lines += ["", _sequential_note(looks, sequential, stored.get("until_decided"))]
     if extensions:
         lines += ["", "## Seeds added later", "", *_extension_lines(extensions)]
     if stored.get("code"):
