@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test test-fast docs figures lint bench clean slurm-up slurm-down
+.PHONY: install demo test test-fast docs figures lint bench dist clean slurm-up slurm-down
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ lint: install
 bench: install
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
 
+# A wheel and an sdist in dist/, to install dropkit where there is no checkout (it is on no index).
+dist: install
+	$(VENV)/bin/python -m build --no-isolation --wheel --sdist --outdir dist .
+
 # A single-node SLURM cluster on this machine (Debian, as root) for the submitit tests:
 # slurm-up installs what is missing and starts it; slurm-down stops it, leaving no process.
 slurm-up:
@@ -61,4 +65,4 @@ slurm-down:
 	tools/slurm/down.sh
 
 clean:
-	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -12,8 +12,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
 FENCE = re.compile(r"^([ \t]*)```[ \t]*(?:python|py|python3)\b[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 NOT_RUN = re.compile(r"^[ \t]*<!--\s*not run:\s*(\S.*?)\s*-->[ \t]*$")
@@ -129,3 +131,55 @@ def test_every_block_imports_the_modules_it_uses(page: Path) -> None:
     assert not missing, f"{page.name}: blocks using modules they do not import:\n" + "\n".join(
         missing
     )
+
+
+def test_install_lines_work_without_a_package_index() -> None:
+    # dropkit is on no index: `pip install 'dropkit[...]'` fails wherever a user pastes it
+    pages = [ROOT / "README.md", *DOCS.rglob("*.md"), *(ROOT / "src").rglob("*.py")]
+    offending = [str(p) for p in pages if "dropkit[" in p.read_text(encoding="utf-8")
+                 and p.name != "changelog.md"]  # fmt: skip
+    assert offending == []
+
+
+def test_licence_and_citation_match_the_package() -> None:
+    import dropkit
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert citation["version"] == dropkit.__version__ and citation["license"] == "MIT"
+    assert {ref["title"] for ref in citation["references"]} == {
+        "Dropout Reduces Underfitting",
+        "R-Drop: Regularized Dropout for Neural Networks",
+    }
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_the_site_reads_offline() -> None:
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    assert "  font: false" in config  # no web fonts from outside
+    assert "  - offline" in config  # .html links and search from the file system
+
+
+# the FAQ's quoted messages, and the text the source gives them with (f-string fields apart)
+FAQ_MESSAGES = {
+    "no dropout sites found": "no dropout sites found",
+    "the model has no controllable dropout site": "the model has no controllable {kind} site",
+    "holds a run of a different config": "holds a run of a different config",
+    "... changed since ... was run": "changed since {out} was",
+    "returned [...] but the config's claims need [...]": "but the config's claims need",
+    "was applied up to step ...": "was applied up to step",
+    "was never applied": "was never applied",
+    "SystemExit: 2: the function called sys.exit": "the function called sys.exit",
+    "SLURM: no timeout_min given": "SLURM: no timeout_min given",
+    "is being written by another dropkit command": "is being written by another dropkit command",
+    "X is not installed; dropkit needs it ...": "is not installed; dropkit needs it",
+}
+
+
+def test_the_faqs_error_messages_are_the_ones_dropkit_gives() -> None:
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "src").rglob("*.py"))
+    faq = (DOCS / "faq.md").read_text(encoding="utf-8")
+    quoted = [piece.strip().strip('"') for line in re.findall(r'^\*\*("[^*]+")\*\*', faq, re.M)
+              for piece in line.split(" / ")]  # fmt: skip
+    assert sorted(quoted) == sorted(FAQ_MESSAGES)
+    assert [text for text in FAQ_MESSAGES.values() if text not in source] == []

@@ -41,3 +41,9 @@ def test_the_slow_marker_deselects_the_end_to_end_tests():
     ).stdout  # fmt: skip
     assert "test_cli.py::test_demo_refuses_fewer_than_two_seeds" in collected
     assert "test_quick_demo" not in collected  # marked slow: `make test-fast` leaves it out
+
+
+def test_make_dist_builds_the_wheel_the_install_docs_name():
+    assert any("-m build --no-isolation --wheel" in line for line in _recipe("dist"))
+    for page in (ROOT / "README.md", ROOT / "docs" / "getting-started.md"):
+        assert "make dist" in page.read_text() and "dist/dropkit-*.whl" in page.read_text()

@@ -22,7 +22,7 @@ def _hide(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
 
 
 def _pip(extra: str) -> str:
-    return rf"pip install 'dropkit\[{extra}\]'"
+    return rf"from a dropkit checkout: pip install '\.\[{extra}\]'\)"
 
 
 def test_import_optional_returns_the_module_or_names_the_extra(monkeypatch) -> None:
@@ -32,7 +32,7 @@ def test_import_optional_returns_the_module_or_names_the_extra(monkeypatch) -> N
         import_optional("json", "data", "for nothing")
     with pytest.raises(ImportError) as caught:  # existing `except ImportError` still catch it
         require("json", "plot", "for nothing")
-    assert caught.value.name == "json" and "dropkit[plot]" in str(caught.value)
+    assert caught.value.name == "json" and "pip install '.[plot]'" in str(caught.value)
 
 
 def test_a_package_that_is_there_but_does_not_import_is_named_too() -> None:

@@ -17,7 +17,7 @@ need it:
 
 A missing one raises ``MissingDependency``, an ``ImportError`` whose message gives the pip
 line: ``scipy is not installed; dropkit needs it for the confidence intervals: pip install
-'dropkit[data]'``.
+scipy (or the whole `data` extra, from a dropkit checkout: pip install '.[data]')``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,25 @@ __all__ = ["MissingDependency", "import_optional", "optional_imports", "require"
 
 class MissingDependency(ImportError):
     """An optional package dropkit needs is not installed (or does not import); the message
-    names the extra that installs it: ``pip install 'dropkit[<extra>]'``."""
+    names the package and the extra that installs it (`pip_line`)."""
+
+
+# import names whose distribution on the package index is named otherwise
+_DISTRIBUTIONS = {"yaml": "pyyaml", "sklearn": "scikit-learn"}
+
+
+def pip_line(module: str, extra: str) -> str:
+    """How to install ``module``: the package itself (works wherever dropkit came from), and
+    the extra that holds it, from a dropkit checkout (dropkit is on no package index)."""
+    top = module.partition(".")[0]
+    return (
+        f"pip install {_DISTRIBUTIONS.get(top, top)} (or the whole `{extra}` extra, from a "
+        f"dropkit checkout: pip install '.[{extra}]')"
+    )
 
 
 def _missing(module: str, extra: str, purpose: str, err: ImportError | None) -> MissingDependency:
-    pip = f"pip install 'dropkit[{extra}]'"
+    pip = pip_line(module, extra)
     if err is None or isinstance(err, ModuleNotFoundError):
         name = err.name if err is not None and err.name else module
         if name.partition(".")[0] == module.partition(".")[0]:  # the package, not a submodule
@@ -47,7 +61,7 @@ def _missing(module: str, extra: str, purpose: str, err: ImportError | None) -> 
         name = module
         message = (
             f"{module} is installed but does not import ({err}); dropkit needs it {purpose}: "
-            f"{pip} installs a tested version"
+            f"{pip.replace('pip install ', 'pip install --upgrade ', 1)}"
         )
     error = MissingDependency(message)
     error.name = name
@@ -59,7 +73,7 @@ def require(module: str, extra: str, purpose: str) -> None:
 
     For checks before any work starts: ``require("matplotlib", "plot", "for the report's
     figures")`` fails with "matplotlib is not installed; dropkit needs it for the report's
-    figures: pip install 'dropkit[plot]'".
+    figures: pip install matplotlib (or the whole `plot` extra, ...)".
     """
     try:
         found = importlib.util.find_spec(module) is not None

@@ -194,7 +194,7 @@ class DynamicsRecorder:
             ``chunk_size``, ``passes`` or ``seed`` is not an int, or both ``cadence`` and
             ``schedule`` (or ``n_batches`` and ``num_batches``) are given.
         ImportError: If ``tensorboard`` is requested but the package is not installed (the
-            message names ``pip install 'dropkit[tensorboard]'``).
+            message names the ``pip install`` line).
 
     Examples:
         ```python

@@ -41,7 +41,7 @@ def require(module: str, extra: str, purpose: str) -> None:
     """Raise `MissingDependency` unless ``module`` can be imported (it is not imported).
 
     ``require("matplotlib", "plot", "for the report's figures")`` fails with "matplotlib is not
-    installed; dropkit needs it for the report's figures: pip install 'dropkit[plot]'".
+    installed; dropkit needs it for the report's figures: pip install matplotlib (or ...)".
     """
     try:
         _optional.require(module, extra, purpose)

@@ -3,9 +3,9 @@
 Import the one you use; this package itself imports neither framework:
 
 - ``dropkit.integrations.lightning``: PyTorch Lightning callbacks and an R-Drop training step
-  (``pip install 'dropkit[lightning]'``);
+  (``pip install lightning``, or ``pip install '.[lightning]'`` in a dropkit checkout);
 - ``dropkit.integrations.transformers``: a Hugging Face ``Trainer`` callback and ``RDropTrainer``
-  (``pip install 'dropkit[hf]'``).
+  (``pip install '.[hf]'`` in a dropkit checkout: transformers and accelerate).
 
 Every schedule callback takes the arguments of [`DropoutScheduler`][dropkit.DropoutScheduler]
 except the model and the run length, which come from the trainer, and follows the trainer's global

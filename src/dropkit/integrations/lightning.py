@@ -1,6 +1,6 @@
 """PyTorch Lightning integration: dropout-schedule and dynamics callbacks, an R-Drop step.
 
-Needs ``pip install 'dropkit[lightning]'``.
+Needs lightning (``pip install '.[lightning]'`` in a dropkit checkout).
 
 ```python
 import lightning

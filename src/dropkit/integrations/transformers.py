@@ -1,6 +1,6 @@
 """Hugging Face Transformers integration: a dropout-schedule callback and an R-Drop Trainer.
 
-Needs ``pip install 'dropkit[hf]'``.
+Needs transformers and accelerate (``pip install '.[hf]'`` in a dropkit checkout).
 
 ```python
 import dropkit

@@ -171,7 +171,7 @@ def advise(
             ``n_batches`` and ``gde_batches`` are given.
         ImportError: If scipy (for the intervals), matplotlib (for ``figure``) or the package
             a named dataset needs is not installed; checked before any probe trains (the
-            message names the ``pip install 'dropkit[...]'`` line).
+            message names the ``pip install`` line).
         FileNotFoundError: If ``data`` is an ``.npz`` path that does not exist.
         KeyError: If that ``.npz`` lacks one of ``x``, ``y``, ``x_test``, ``y_test``.
 
