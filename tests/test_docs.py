@@ -154,12 +154,6 @@ def test_licence_and_citation_match_the_package() -> None:
     assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
 
-def test_the_site_reads_offline() -> None:
-    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
-    assert "  font: false" in config  # no web fonts from outside
-    assert "  - offline" in config  # .html links and search from the file system
-
-
 # the FAQ's quoted messages, and the text the source gives them with (f-string fields apart)
 FAQ_MESSAGES = {
     "no dropout sites found": "no dropout sites found",

@@ -62,22 +62,35 @@ def test_the_home_page_shows_the_install_line_the_version_and_the_papers(site: P
 
 
 def test_the_changelog_names_the_version(site: Path) -> None:
-    assert f"{dropkit.__version__} (unreleased)" in _text(site / "changelog" / "index.html")
+    assert f"{dropkit.__version__} (unreleased)" in _text(site / "changelog.html")
 
 
 @pytest.mark.parametrize(
     ("page", "figures"),
     [
         ("guides/early-late-dropout", ["figures/schedules.png"]),
-        ("guides/demo", [f"figures/demo/{name}" for name in ("underfit_train_loss.png",
-                                                             "underfit_dynamics_difference.png")]),
+        ("guides/demo", [f"figures/demo/{name}" for name in (
+            "underfit_train_loss.png", "underfit_dynamics_difference.png",
+            "underfit_dynamics.png", "overfit_test_acc.png")]),
     ],
 )  # fmt: skip
 def test_the_guides_embed_their_figures(site: Path, page: str, figures: list[str]) -> None:
-    text = (site / page / "index.html").read_text(encoding="utf-8")
+    text = (site / f"{page}.html").read_text(encoding="utf-8")  # read from disk: no directory URLs
     for figure in figures:
         assert re.search(rf'<img [^>]*src="[./]*{re.escape(figure)}"', text), figure
         assert (site / figure).stat().st_size > 10_000, figure  # a real image, not a stub
+
+
+def test_every_figure_shipped_is_embedded_somewhere(site: Path) -> None:
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
+    shipped = sorted(p.relative_to(ROOT / "docs") for p in (ROOT / "docs/figures").rglob("*.png"))
+    assert [str(f) for f in shipped if f'{f.as_posix()}"' not in pages] == []
+
+
+def test_the_site_reads_from_disk(site: Path) -> None:
+    home = (site / "index.html").read_text(encoding="utf-8")
+    assert 'href="getting-started.html"' in home  # no directory URLs: opens from the file system
+    assert "fonts.googleapis" not in home and "fonts.gstatic" not in home
 
 
 def _signature(page: str, identifier: str) -> str:
@@ -89,8 +102,8 @@ def _signature(page: str, identifier: str) -> str:
 
 
 def test_the_api_pages_leave_out_plumbing_and_deprecated_parameters(site: Path) -> None:
-    core = (site / "api" / "dropkit" / "index.html").read_text(encoding="utf-8")
-    diagnostics = (site / "api" / "diagnostics" / "index.html").read_text(encoding="utf-8")
+    core = (site / "api" / "dropkit.html").read_text(encoding="utf-8")
+    diagnostics = (site / "api" / "diagnostics.html").read_text(encoding="utf-8")
     assert 'id="dropkit.Dropout"' in core and 'id="dropkit.Dropout.forward"' not in core
     assert 'id="dropkit.DropPath.extra_repr"' not in core
     drop_path = _signature(core, "dropkit.drop_path")
