@@ -45,18 +45,22 @@ def draw_schedules(path: Path, total_steps: int = 600) -> Path:
         'early(0.1, 1/6, "constant")': schedules.early(0.1, 1 / 6, shape="constant"),
         "late(0.1, 1/6)": schedules.late(0.1, 1 / 6),
     }
-    fig, axes = plt.subplots(1, 5, figsize=(13, 2.6), sharey=True)
+    # two rows at the column's width, so the labels stay legible where the guide shows it
+    fig, grid = plt.subplots(2, 3, figsize=(9, 5.4))
+    axes = grid.ravel()
     for ax, (name, schedule) in zip(axes, shown.items()):
         ax.plot(list(steps), [schedule(step, total_steps) for step in steps], linewidth=2)
         ax.axvline(total_steps / 6, color="grey", linestyle=":", linewidth=1)
-        ax.set(title=name, xlabel="optimizer step")
-        ax.title.set_fontsize(9)
-    axes[0].set_ylabel("rate")
+        ax.set(title=name, xlabel="optimizer step", ylabel="rate", ylim=(-0.005, 0.11))
     blocks = 12
     profile = schedules.depth_profile(blocks, "linear")
     axes[4].bar(range(blocks), [0.1 * r for r in profile], color="tab:purple")
-    axes[4].set(title="depth_profile(12), rate 0.1", xlabel="block", xticks=range(0, blocks, 2))
-    axes[4].title.set_fontsize(9)
+    axes[4].set(title="depth_profile(12), rate 0.1", xlabel="block", ylabel="rate",
+                xticks=range(0, blocks, 2))  # fmt: skip
+    axes[5].axis("off")
+    for ax in axes[:5]:
+        ax.title.set_fontsize(11)
+        ax.tick_params(labelsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
