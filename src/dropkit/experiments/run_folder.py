@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dropkit.experiments.base.io import read_json, write_json
+from dropkit.experiments.base.io import read_json, utc_timestamp, write_json
 from dropkit.experiments.config.parse import parse_config
 from dropkit.experiments.config.specs import ExperimentConfig
 from dropkit.experiments.config.training import TrainConfig
@@ -55,10 +54,6 @@ def _canonical(value: Any) -> str:
     return json.dumps(json.loads(json.dumps(value)), sort_keys=True)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _code(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     """``{setting: source}`` of every training function (see `function_source`)."""
     return {
@@ -74,7 +69,7 @@ def _code_changes(
     """The function files whose contents differ from those the folder was run with; raise
     unless ``allowed``."""
     changes = [
-        {"at": _now(), "setting": name, "file": new["file"],
+        {"at": utc_timestamp(), "setting": name, "file": new["file"],
          "from": held[name]["sha256"], "to": new["sha256"]}
         for name, new in code.items()
         if name in held and held[name]["sha256"] != new["sha256"]
@@ -144,7 +139,7 @@ def record_run(
         updated["code_changes"] = [*stored.get("code_changes", []), *changes]
     if before != after:
         extension = {
-            "at": _now(),
+            "at": utc_timestamp(),
             "seeds": {
                 name: [before[name], after[name]] for name in after if after[name] > before[name]
             },

@@ -23,6 +23,7 @@ from typing import Any
 from dropkit._checks import check_int
 from dropkit._optional import import_optional
 from dropkit.experiments.base.io import read_jsonl, write_json, write_jsonl
+from dropkit.experiments.base.layout import run_dir
 from dropkit.experiments.base.lock import RunFolderBusy, RunFolderUnlockable, one_writer
 from dropkit.experiments.builtin.population import PopulationJobs
 from dropkit.experiments.config.specs import ConfigError, ExperimentConfig
@@ -223,6 +224,10 @@ def _check_rounds(config: ExperimentConfig, max_seeds: int, detach: bool) -> Non
         )
 
 
+# the verdicts more seeds would not change
+DECIDED = ("confirmed", "opposite", "non-inferior", "not applicable")
+
+
 def _undecided(config: ExperimentConfig, report: dict[str, Any]) -> list[str]:
     """The ids of the claims more seeds could still decide."""
     specs = {c.id: c for c in config.claims}
@@ -231,9 +236,6 @@ def _undecided(config: ExperimentConfig, report: dict[str, Any]) -> list[str]:
         for c in report["claims"]
         if c["verdict"] not in DECIDED and not futile(specs[c["id"]], c["ci_low"], c["ci_high"])
     ]
-
-
-DECIDED = ("confirmed", "opposite", "non-inferior", "not applicable")
 
 
 def executor_dir(out: Path, config: ExperimentConfig) -> Path:
@@ -247,14 +249,13 @@ def _run_locked(
     config: ExperimentConfig,
     out: Path,
     run_id: str,
-    cache_dir: str | Path | None,
+    cache_dir: Path | None,
     workers: int,
     progress: bool,
     detach: bool,
     eager: bool,
 ) -> dict[str, Any] | None:
-    cache = None if cache_dir is None else Path(cache_dir)
-    plan = make_plan(config, out, PopulationJobs(cache, eager))
+    plan = make_plan(config, out, PopulationJobs(cache_dir, eager))
     todo = plan.todo()  # preflight generated and cached the data
     started = time.perf_counter()
     bars = _Bars(len(plan.jobs), len(plan.jobs) - len(todo), progress)
@@ -318,7 +319,7 @@ def _gather_records(out: Path, config: ExperimentConfig) -> None:
     rows = []
     for setting in config.settings:
         for spec in setting.variants:
-            path = out / "runs" / setting.name / spec.name / "records.jsonl"
+            path = run_dir(out, setting.name, spec.name) / "records.jsonl"
             rows += [{"setting": setting.name, **row} for row in read_jsonl(path)]
     write_jsonl(out / "records.jsonl", rows)
 

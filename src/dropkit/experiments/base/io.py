@@ -7,10 +7,19 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_writer", "read_json", "read_jsonl", "write_atomic", "write_json", "write_jsonl"]
+__all__ = [
+    "atomic_writer",
+    "read_json",
+    "read_jsonl",
+    "utc_timestamp",
+    "write_atomic",
+    "write_json",
+    "write_jsonl",
+]
 
 
 def _umask() -> int:
@@ -70,3 +79,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return []
     text = Path(path).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line]
+
+
+def utc_timestamp() -> str:
+    """Now, as the run folder's records write it: UTC ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -82,8 +82,9 @@ class Results:
         out, config = self.plan.out, self.plan.config
         setting = next(s for s in config.settings if s.name == setting_name)
         seeds = list(config.seeds_of(setting))
-        outcomes = [read_outcome(outcome_path(out, setting_name, variant, s)) for s in seeds]
-        if any(o is None for o in outcomes):
+        read = [read_outcome(outcome_path(out, setting_name, variant, s)) for s in seeds]
+        outcomes = [o for o in read if o is not None]
+        if len(outcomes) < len(seeds):
             return
         logs = [read_log(trial_dir(out, setting_name, variant, s)) for s in seeds]
         names = sorted({m for o in outcomes if o and o["metrics"] for m in o["metrics"]})
@@ -110,10 +111,7 @@ class Results:
             wall_s=sum(float(o.get("seconds") or 0.0) for o in outcomes if o),
             diverged_at=[None] * len(seeds),
             errors=[
-                (o or {}).get("error")
-                if missing_metrics((o or {}).get("metrics"), required)
-                else None
-                for o in outcomes
+                o["error"] if missing_metrics(o["metrics"], required) else None for o in outcomes
             ],
             logged=logged,
         )

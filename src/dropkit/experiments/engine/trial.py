@@ -502,9 +502,9 @@ class _Reach:
         object.__setattr__(self, "reached", (max(last, step), total_steps))
         return float(rate)
 
-    def __repr__(self) -> str:
-        base = type(self).__mro__[2]  # the schedule class watched (Early or Late)
-        return repr(base(**{f.name: getattr(self, f.name) for f in fields(base)}))
+    def __repr__(self) -> str:  # as the schedule it watches prints itself
+        (watched,) = (base for base, cls in _WATCHED.items() if cls is type(self))
+        return repr(watched(**_values(self)))
 
 
 class _WatchedEarly(_Reach, Early):
@@ -524,9 +524,13 @@ _S = TypeVar("_S", bound="Schedule | None")
 def _watch(schedule: _S) -> _S:
     """``schedule`` as one that remembers its reach, when it changes over time (early, late)."""
     if isinstance(schedule, (Early, Late)) and type(schedule) in _WATCHED:
-        values = {f.name: getattr(schedule, f.name) for f in fields(schedule)}
-        return cast(_S, _WATCHED[type(schedule)](**values))
+        return cast(_S, _WATCHED[type(schedule)](**_values(schedule)))
     return schedule
+
+
+def _values(schedule: Any) -> dict[str, Any]:
+    """A schedule's fields, to build the same schedule as another class."""
+    return {f.name: getattr(schedule, f.name) for f in fields(schedule)}
 
 
 def _watched(trial: Trial) -> Trial:

@@ -10,13 +10,19 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dropkit.experiments.base.io import read_json, read_jsonl, write_atomic, write_jsonl
+from dropkit.experiments.base import layout
+from dropkit.experiments.base.io import (
+    read_json,
+    read_jsonl,
+    utc_timestamp,
+    write_atomic,
+    write_jsonl,
+)
 from dropkit.experiments.base.lock import one_writer
 from dropkit.experiments.base.record import RunRecord
 from dropkit.experiments.base.stats import (
@@ -53,7 +59,7 @@ def load_results(run_dir: Path, config: ExperimentConfig) -> dict[str, dict[str,
     for setting in config.settings:
         found = {}
         for name in [v.name for v in setting.variants]:
-            path = run_dir / "runs" / setting.name / name / "result.json"
+            path = layout.run_dir(run_dir, setting.name, name) / layout.RESULT_FILE
             if not path.exists():
                 continue
             try:
@@ -309,8 +315,7 @@ def _failure_lines(found: Mapping[str, RunRecord], run_folder: Path | None) -> l
     lines = []
     for name, record in found.items():
         for seed, reason in record.failed().items():
-            folder = Path("runs", record.setting, name, f"seed-{seed}")
-            where = folder if run_folder is None else run_folder / folder
+            where = layout.trial_dir(run_folder or Path(), record.setting, name, seed)
             lines.append(
                 f"- `{name}` seed {seed} **failed**: {reason.splitlines()[0] if reason else '?'} "
                 f"({where}/); its metrics are NaN and claims list it as failed. Run the same "
@@ -492,8 +497,7 @@ def _record_look(run_dir: Path, results: Mapping[str, Mapping[str, RunRecord]]) 
     path = run_dir / LOOKS_FILE
     looks = read_jsonl(path)
     if not looks or looks[-1]["seeds"] != seeds:  # the same folder read again is no new look
-        looks.append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "seeds": seeds})  # fmt: skip
+        looks.append({"at": utc_timestamp(), "seeds": seeds})
         write_jsonl(path, looks)
     return looks
 

@@ -147,14 +147,14 @@ class SlurmExecutor:
         self.scope = scope
         self.detach = detach
 
-    def _attach(self, jobs: Mapping[str, Job]) -> dict[str, Any]:
-        """The recorded jobs of this scope that compute what ``jobs`` (by label) do, were not
+    def _attach(self, keys: Mapping[str, str]) -> dict[str, Any]:
+        """The recorded jobs of this scope that compute what ``keys`` (by label) say, were not
         collected yet, and are still queued or running or have ended with a result."""
         records = _records(self.folder, self.scope)
         wanted = {
             label: record["job_id"]
             for label, record in records.items()
-            if label in jobs and not record["collected"] and record["key"] == job_key(jobs[label])
+            if not record["collected"] and record["key"] == keys.get(label)
         }
         return {
             label: handle
@@ -177,11 +177,10 @@ class SlurmExecutor:
             submitted = [executor.submit(_Submission(job)) for job in jobs]
         return {job.label: handle for job, handle in zip(jobs, submitted)}
 
-    def _record(self, jobs: Mapping[str, Job], handles: Mapping[str, Any]) -> None:
+    def _record(self, keys: Mapping[str, str], handles: Mapping[str, Any]) -> None:
         records = _records(self.folder, self.scope)
         for label, handle in handles.items():
-            records[label] = {"job_id": handle.job_id, "key": job_key(jobs[label]),
-                              "collected": False}  # fmt: skip
+            records[label] = {"job_id": handle.job_id, "key": keys[label], "collected": False}
         write_json(jobs_file(self.folder, self.scope), records)
 
     def _collected(self, label: str) -> None:
@@ -191,10 +190,11 @@ class SlurmExecutor:
 
     def run(self, jobs: Sequence[Job], on_done: OnDone, progress: Progress) -> None:
         by_label = {job.label: job for job in jobs}
-        handles = self._attach(by_label)
+        keys = {label: job_key(job) for label, job in by_label.items()}
+        handles = self._attach(keys)
         fresh = self._submit([job for label, job in by_label.items() if label not in handles])
         handles |= fresh
-        self._record(by_label, handles)
+        self._record(keys, handles)
         if handles:
             ids = sorted({h.job_id.split("_")[0] for h in handles.values()})
             print(
