@@ -21,17 +21,19 @@ def train(trial):
     noise = np.random.default_rng([trial.seed, len(trial.variant)]).normal(scale=0.3)
     with open(trial.params["calls"], "a") as handle:
         handle.write(f"{trial.variant}/{trial.seed}\\n")
+    if trial.params.get("broken"):
+        raise RuntimeError("a bug in the user's code")
     return {"score": float(base + trial.params.get("shift", 0.0) + noise)}
 """
 
 
-def _config(tmp_path: Path, shift: float) -> Path:
+def _config(tmp_path: Path, shift: float, broken: bool = False) -> Path:
     (tmp_path / "synthetic.py").write_text(MODULE)
     raw = {
         "name": "rounds", "seeds": 5,
         "settings": {"s": {
             "function": "synthetic:train", "params": {"calls": str(tmp_path / "calls.txt")},
-            "variants": {"none": {}, "treated": {"params": {"shift": shift}}},
+            "variants": {"none": {}, "treated": {"params": {"shift": shift, "broken": broken}}},
         }},
         "claims": [{"id": "E", "statement": "the treatment raises the score", "setting": "s",
                     "metric": "score", "a": "treated", "b": "none", "direction": ">"}],
@@ -76,6 +78,16 @@ def test_no_effect_runs_to_the_most_seeds_and_does_not_confirm(tmp_path, capsys)
         15,
     ]
     assert "claims E still undecided" in capsys.readouterr().err
+
+
+def test_a_round_whose_jobs_failed_stops_the_rounds(tmp_path, capsys):
+    # every trial of a variant raised, and each round added seeds that failed alike
+    config = _config(tmp_path, shift=1.0, broken=True)
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--workers", "1", "--until-decided",
+                 "--max-seeds", "30"]) == 1  # fmt: skip
+    assert _calls(tmp_path) == 10  # one round of 5 seeds, both variants
+    assert "5 job(s) failed in this round; fix them" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

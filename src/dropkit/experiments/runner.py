@@ -167,8 +167,8 @@ def run_experiment(
     ``until_decided`` (a number of seeds, the most to train) trains seeds in rounds of the
     config's seed count, judges every claim with the confidence sequence after each round, and
     stops once each is decided (confirmed, opposite, non-inferior, not applicable, or futile
-    against the paper's effect) or the seeds reach that number. Run again, it goes on from the
-    seeds the folder holds.
+    against the paper's effect), the seeds reach that number, or a round's jobs failed. Run
+    again, it goes on from the seeds the folder holds.
     """
     workers = check_int(workers, "workers", 1)
     # every path resolved once, here: a training function that changes the working directory
@@ -195,6 +195,15 @@ def run_experiment(
                                  False, eager)  # fmt: skip
             assert report is not None  # not detached
             undecided = _undecided(config, report)
+            if report["failed_jobs"]:  # more rounds would fail alike: fix them first
+                print(
+                    f"until decided: stopped at {seeds} seeds, {len(report['failed_jobs'])} "
+                    "job(s) failed in this round; fix them, then run the same command again "
+                    "(it retrains them and goes on)",
+                    file=sys.stderr,
+                )
+                report["undecided"] = undecided
+                return report
             if not undecided or seeds >= until_decided:
                 print(
                     f"until decided: stopped at {seeds} seeds, "
