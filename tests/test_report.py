@@ -14,6 +14,7 @@ from dropkit.experiments.base.stats import min_detectable_effect, seeds_for_powe
 from dropkit.experiments.config.parse import parse_config
 from dropkit.experiments.evidence.claims import evaluate_claims, not_applicable
 from dropkit.experiments.evidence.report import (
+    _fractions,
     _held_paragraph,
     _power_lines,
     build_report,
@@ -134,7 +135,7 @@ def test_power_lines_say_which_claims_are_not_powered() -> None:
     config = parse_config(RAW)
     results = two_arms([0.5, 0.6, 0.7], [0.6, 0.8, 0.9], [0.1] * 3)
     claims = evaluate_claims(config, results)
-    (line,) = _power_lines(config, claims)
+    (line,) = _power_lines(config, claims, _fractions(results))
     # diffs 0.1, 0.2, 0.2: sd 0.0577, MDE at 3 seeds = 0.30 (80% power) <= the target 0.5
     mde = min_detectable_effect(math.sqrt(1 / 300), 3)
     assert line.startswith(f"- R: MDE {100 * mde:.3g} pt ≤ the paper's effect 50 pt")
@@ -149,7 +150,7 @@ def test_not_powered_advises_the_seeds_that_give_80_percent_power() -> None:
     assert min_detectable_effect(1.0, need) <= 0.5 < min_detectable_effect(1.0, need - 1)
     config = parse_config(RAW)
     results = two_arms([0.5, 0.6, 0.7], [0.5, 0.9, 0.6], [0.1] * 3)
-    (line,) = _power_lines(config, evaluate_claims(config, results))
+    (line,) = _power_lines(config, evaluate_claims(config, results), _fractions(results))
     assert "**not powered**" in line and "80% of the time (here 3)" in line
 
 
@@ -169,7 +170,7 @@ def test_non_finite_seeds_are_failures_and_unmeasured_claims_are_named_in_power(
     assert regime.failed_seeds == [0] and regime.n_seeds == 2  # listed, not silently dropped
     assert "1 of 3 seeds failed" in regime.reason
     gated = not_applicable(config.claims[0], "the regime is not established")
-    assert _power_lines(config, [gated]) == [
+    assert _power_lines(config, [gated], _fractions(results)) == [
         "- R: not applicable, so not powered here: the regime is not established."
     ]
 
@@ -184,7 +185,9 @@ def test_a_diverged_seed_drops_out_of_the_dynamics_curve_instead_of_blanking_it(
     assert curve["mean"][0] == pytest.approx(-0.11)
     assert all(math.isfinite(m) for m in curve["mean"])
     text = "\n".join(
-        _held_paragraph(config, evaluate_claims(config, results), {"s": {"gde": curve}})
+        _held_paragraph(
+            config, evaluate_claims(config, results), {"s": {"gde": curve}}, _fractions(results)
+        )
     )
     assert "gradient direction error starts below zero" in text
 
@@ -285,3 +288,14 @@ def test_a_sweep_reports_each_point_in_axis_order_with_its_figure(tmp_path) -> N
         "not measured at 0.5." in text
     )
     assert "`s` p sweep (each point − none, test_acc): confirmed at 0.1; opposite at 0.2." in text
+
+
+def test_an_accuracy_recorded_in_percent_is_not_scaled_again() -> None:
+    # an upstream loop returns test_acc in percent: the table read "6472.00" and effects x100
+    config = parse_config(RAW)
+    fractions = two_arms([0.5, 0.6, 0.7], [0.6, 0.8, 0.9], [0.1] * 3)
+    assert _fractions(fractions) == {"test_acc"}
+    percent = two_arms([50.0, 60.0, 70.0], [60.0, 80.0, 90.0], [0.1] * 3)
+    assert _fractions(percent) == set()
+    (line,) = _power_lines(config, evaluate_claims(config, percent), _fractions(percent))
+    assert line.startswith("- R: MDE ") and " pt" not in line

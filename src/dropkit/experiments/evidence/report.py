@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,10 @@ def _sweep_claim(config: ExperimentConfig, points: list[dict[str, Any]]) -> Clai
 
 
 def _sweep_figures(
-    fig_dir: Path, config: ExperimentConfig, sweeps: Mapping[str, Mapping[str, list[dict]]]
+    fig_dir: Path,
+    config: ExperimentConfig,
+    sweeps: Mapping[str, Mapping[str, list[dict]]],
+    fractions: Collection[str],
 ) -> dict[str, str]:
     """``{setting}_sweep.png`` per setting with a sweep that measured any point."""
     made = {}
@@ -176,7 +179,7 @@ def _sweep_figures(
         if not any(p["effect"] is not None for points in axes.values() for p in points):
             continue
         first = _sweep_claim(config, next(iter(axes.values())))
-        scale, unit = _scaled(first.metric)
+        scale, unit = _scaled(first.metric, fractions)
         path = figures.sweep_panels(
             axes,
             fig_dir / f"{setting}_sweep.png",
@@ -196,25 +199,41 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:+.{digits}g}"
 
 
-def _scaled(metric: str) -> tuple[float, str]:
-    """Accuracies read in percentage points, everything else in its own units."""
-    return (100.0, " pt") if metric.endswith("_acc") else (1.0, "")
+def _fractions(results: Mapping[str, Mapping[str, RunRecord]]) -> set[str]:
+    """The accuracies recorded as fractions (every finite value in [0, 1]): those the report
+    shows in percent. A training function may return one in percent already."""
+    values: dict[str, list[float]] = {}
+    for found in results.values():
+        for record in found.values():
+            for metric, per_seed in record.metrics.items():
+                values.setdefault(metric, []).extend(per_seed)
+    return {
+        metric
+        for metric, seen in values.items()
+        if metric.endswith("_acc") and all(0 <= v <= 1 for v in seen if math.isfinite(v))
+    }
 
 
-def _effect_text(c: ClaimResult) -> str:
+def _scaled(metric: str, fractions: Collection[str]) -> tuple[float, str]:
+    """Accuracies recorded as fractions read in percentage points, everything else in its own
+    units."""
+    return (100.0, " pt") if metric in fractions else (1.0, "")
+
+
+def _effect_text(c: ClaimResult, fractions: Collection[str]) -> str:
     if c.effect is None or c.ci_low is None or c.ci_high is None:
         return "–"
-    scale, unit = _scaled(c.metric)
+    scale, unit = _scaled(c.metric, fractions)
     return (
         f"{_fmt(c.effect * scale, 3)}{unit} [{_fmt(c.ci_low * scale, 3)}, "
         f"{_fmt(c.ci_high * scale, 3)}]"
     )
 
 
-def _mde_text(c: ClaimResult) -> str:
+def _mde_text(c: ClaimResult, fractions: Collection[str]) -> str:
     if c.mde is None:
         return "–"
-    scale, unit = _scaled(c.metric)
+    scale, unit = _scaled(c.metric, fractions)
     return f"{c.mde * scale:.3g}{unit}"
 
 
@@ -262,11 +281,13 @@ def _columns(
     setting: SettingSpec, found: Mapping[str, RunRecord]
 ) -> tuple[tuple[str, float, int], ...]:
     """The built-in metrics (the inconsistency where it was measured), or every metric a
-    training function returned (4 decimals; an ``*_acc`` metric in percent)."""
+    training function returned (4 decimals; an ``*_acc`` metric in percent, times 100 where
+    it was recorded as a fraction)."""
     if setting.function is None:
         return tuple(c for c in _TABLE_COLUMNS if c[0] != "inconsistency_kl" or setting.mc_passes)
     names = sorted({m for r in found.values() for m in r.metrics})
-    return tuple((m, 100 if m.endswith("_acc") else 1, 2 if m.endswith("_acc") else 4)
+    fractions = _fractions({setting.name: found})
+    return tuple((m, _scaled(m, fractions)[0], 2 if m.endswith("_acc") else 4)
                  for m in names)  # fmt: skip
 
 
@@ -352,7 +373,7 @@ def _figures(
     made: dict[str, list[str]] = {}
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    sweep_figures = _sweep_figures(fig_dir, config, sweeps)
+    sweep_figures = _sweep_figures(fig_dir, config, sweeps, _fractions(results))
     for setting in config.settings:
         found = results.get(setting.name, {})
         if not found:
@@ -453,7 +474,9 @@ def _setting_section(setting: SettingSpec, figure_names: list[str]) -> list[str]
     return lines
 
 
-def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[str]:
+def _power_lines(
+    config: ExperimentConfig, claims: list[ClaimResult], fractions: Collection[str]
+) -> list[str]:
     """For claims with the paper's effect as a target: would an effect of that size have been
     shown 80% of the time (MDE at most the target)? One power definition, the MDE column's."""
     targets = {c.id: c.target for c in config.claims if c.target is not None}
@@ -465,7 +488,7 @@ def _power_lines(config: ExperimentConfig, claims: list[ClaimResult]) -> list[st
         if c.effect is None or c.ci_low is None or c.ci_high is None or c.mde is None:
             lines.append(f"- {c.id}: {c.verdict}, so not powered here: {c.reason}.")
             continue
-        scale, unit = _scaled(c.metric)
+        scale, unit = _scaled(c.metric, fractions)
         sd = c.sd if c.sd is not None else math.nan
         if c.mde <= target:
             lines.append(
@@ -567,6 +590,7 @@ def _held_paragraph(
     config: ExperimentConfig,
     claims: list[ClaimResult],
     curves: Mapping[str, Mapping[str, dict[str, Any]]],
+    fractions: Collection[str],
 ) -> list[str]:
     """What held here, read from the verdicts and the dynamics curves (no hand-written hopes)."""
     by_verdict: dict[str, list[str]] = {}
@@ -584,7 +608,7 @@ def _held_paragraph(
         held = "established" if regime.confirmed else "not established"
         lines.append(
             f"`{setting.name}`: the {setting.regime} regime is {held} ({regime.id} "
-            f"{regime.verdict}, {_effect_text(regime)})."
+            f"{regime.verdict}, {_effect_text(regime, fractions)})."
         )
     for name, instruments in curves.items():
         parts = []
@@ -689,6 +713,7 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
     looks = _record_look(run_dir, results)
     sequential = _sequential_settings(config, looks, bool(stored.get("until_decided")))
     claims = evaluate_claims(config, results, sequential)
+    fractions = _fractions(results)
     curves = {
         s.name: found
         for s in config.settings
@@ -754,7 +779,7 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
         mark = " ‡" if c.interval == "confidence sequence" else ""
         lines.append(
             f"| {c.id} | {c.statement} | {c.paper or '–'} | {c.test}: `{c.comparison}` | "
-            f"{_effect_text(c)}{mark} | {_mde_text(c)} | {c.n_seeds} | "
+            f"{_effect_text(c, fractions)}{mark} | {_mde_text(c, fractions)} | {c.n_seeds} | "
             f"{VERDICT_WORDS[c.verdict]}{note} |"
         )
     if sequential:
@@ -763,10 +788,10 @@ def _build_report(run_dir: Path, config_path: Path) -> dict[str, Any]:
         lines += ["", "## Seeds added later", "", *_extension_lines(extensions)]
     if stored.get("code"):
         lines += ["", "## Code", "", *_code_lines(stored["code"], stored.get("code_changes", []))]
-    power = _power_lines(config, claims)
+    power = _power_lines(config, claims, fractions)
     if power:
         lines += ["", "## Power against the paper's effect", "", *power]
-    lines += ["", "## What held here", "", *_held_paragraph(config, claims, curves)]
+    lines += ["", "## What held here", "", *_held_paragraph(config, claims, curves, fractions)]
     lines += _sweep_lines(config, sweeps)
     lines += ["", "## Results", "", summary_table(config, results), "## Settings and figures", ""]
     for setting in config.settings:
