@@ -1,6 +1,7 @@
 """The Lightning callbacks in a real ``lightning.Trainer`` (CPU, tiny model, a few steps)."""
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,80 @@ def test_dynamics_callback_logs_the_instruments_on_their_schedule(tmp_path: Path
 def test_dynamics_callback_rejects_unknown_options() -> None:
     with pytest.raises(TypeError, match="DynamicsRecorder"):
         DynamicsCallback(("grad_norm",), every=3)
+
+
+class Preempted(Exception):
+    pass
+
+
+class Crash(pl.Callback):
+    """Kills the fit like a preempted job, after ``epoch``'s end (its checkpoint saved)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Preempted  # Lightning re-raises it after its teardown
+
+
+class ValModule(TinyModule):
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def _trial(tmp_path: Path, budget: float = 1.0):
+    from dropkit.experiments import Trial
+
+    return Trial(setting="s", variant="v", seed=0, dropout=DROPOUT, drop_path=DROP_PATH,
+                 rdrop_alpha=0.0, double_batch=False, params={}, budget=budget,
+                 dir=tmp_path / "trial")  # fmt: skip
+
+
+def _shuffled() -> DataLoader:
+    return DataLoader(_data().dataset, batch_size=4, shuffle=True)
+
+
+def _fit(tmp_path: Path, callbacks: list, name: str, ckpt_path=None) -> "ValModule":
+    torch.manual_seed(0)  # the model's init (a resumed fit overwrites it from the checkpoint)
+    module = ValModule()
+    trainer = _trainer(tmp_path, callbacks, name)
+    trainer.fit(module, _shuffled(), _data(), ckpt_path=ckpt_path)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_trial_callback_resumes_a_killed_trial_to_the_uninterrupted_numbers(tmp_path: Path):
+    from dropkit.experiments.engine.trial import read_log
+    from dropkit.integrations.lightning import TrialCallback
+
+    whole = _fit(tmp_path / "a", [TrialCallback(_trial(tmp_path / "a"))], "whole")
+    killed = TrialCallback(_trial(tmp_path / "b"))
+    with pytest.raises(Preempted):
+        _fit(tmp_path / "b", [killed, Crash(1)], "killed")
+    assert killed.ckpt_path is not None  # the checkpoint of epoch 1, whole
+    assert not list((tmp_path / "b" / "trial").glob("*.partial"))
+    torch.manual_seed(123)  # a new process: another RNG state, restored from the checkpoint
+    again = TrialCallback(_trial(tmp_path / "b"))
+    resumed = _fit(tmp_path / "b", [again], "resumed", ckpt_path=again.ckpt_path)
+    assert resumed.seen[0][0] == 2 * BATCHES // ACCUMULATE  # it went on from epoch 2
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+    # the curves: the epoch's mean training loss and the module's val_loss, at the global step
+    log = read_log(tmp_path / "a" / "trial")
+    steps = [BATCHES // ACCUMULATE * (epoch + 1) for epoch in range(EPOCHS)]
+    assert [row["step"] for row in log] == steps
+    assert all("train_loss" in row and "val_loss" in row for row in log)
+    assert read_log(tmp_path / "b" / "trial") == log
+
+
+def test_the_budget_stops_the_fit_with_the_schedule_laid_over_the_whole_run(tmp_path: Path):
+    module = TinyModule()
+    callback = DropoutScheduleCallback(dropout=DROPOUT, drop_path=DROP_PATH, budget=0.4)
+    _trainer(tmp_path, [callback], "probe").fit(module, _data())
+    stop = math.ceil(0.4 * TOTAL)
+    assert callback.scheduler.total_steps == TOTAL and module.seen[-1][0] == stop - 1
+    assert module.seen == [_expected(step) for step in range(stop) for _ in range(ACCUMULATE)]
+    with pytest.raises(ValueError, match="budget"):
+        DropoutScheduleCallback(dropout=DROPOUT, budget=0.0)

@@ -369,3 +369,74 @@ def test_fused_linear_refuses_a_model_without_a_linear_output_layer(tmp_path: Pa
     )
     with pytest.raises(TypeError, match=r"plain nn\.Linear.*rdrop_fused_linear=False"):
         trainer.train()
+
+
+class Preempted(Exception):
+    pass
+
+
+class CrashAt(transformers.TrainerCallback):
+    """Kills training like a preempted job once ``step`` optimizer steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.global_step == self.step:
+            raise Preempted
+
+
+def _trial(tmp_path: Path, budget: float = 1.0):
+    from dropkit.experiments import Trial
+
+    return Trial(setting="s", variant="v", seed=0, dropout=SCHEDULE, drop_path=None,
+                 rdrop_alpha=0.0, double_batch=False, params={}, budget=budget,
+                 dir=tmp_path / "trial")  # fmt: skip
+
+
+def _trial_run(tmp_path: Path, extra: list, model_seed: int = 0) -> "transformers.Trainer":
+    from dropkit.integrations.transformers import TrialCallback
+
+    callback = TrialCallback(_trial(tmp_path))
+    torch.manual_seed(model_seed)
+    args = _args(tmp_path, output_dir=callback.output_dir, save_strategy="steps", save_steps=3,
+                 eval_strategy="steps", eval_steps=3)  # fmt: skip
+    trainer = transformers.Trainer(
+        model=_bert(), args=args, train_dataset=_classification_data(24),
+        eval_dataset=_classification_data(6), callbacks=[callback, *extra],
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=callback.resume_from)
+    return trainer
+
+
+def test_trial_callback_resumes_a_killed_trial_to_the_uninterrupted_numbers(tmp_path: Path):
+    from dropkit.experiments.engine.trial import read_log
+
+    whole = _trial_run(tmp_path / "a", [])
+    with pytest.raises(Preempted):
+        _trial_run(tmp_path / "b", [CrashAt(4)])  # after checkpoint-3
+    resumed = _trial_run(tmp_path / "b", [], model_seed=123)  # a new process, other weights
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0)
+    log = read_log(tmp_path / "a" / "trial")
+    assert [row["step"] for row in log if "train_loss" in row] == list(range(1, STEPS + 1))
+    assert [row["step"] for row in log if "val_loss" in row] == [3, 6]
+    resumed_log = read_log(tmp_path / "b" / "trial")  # steps 1-4, then 4-6 again from step 3
+    assert [row["step"] for row in resumed_log] == [row["step"] for row in log]
+    assert resumed_log[-1] == pytest.approx(log[-1])
+
+
+def test_the_budget_stops_training_with_the_schedule_laid_over_the_whole_run(tmp_path: Path):
+    from dropkit.integrations.transformers import TrialCallback
+
+    callback = TrialCallback(_trial(tmp_path, budget=0.5))
+    trainer = transformers.Trainer(
+        model=_bert(), args=_args(tmp_path), train_dataset=_classification_data(16),
+        callbacks=[callback],
+    )  # fmt: skip
+    seen = _record_rates_at_forward(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 3 and callback.scheduler.total_steps == STEPS
+    assert seen == _expected()[: 3 * ACCUMULATE]
+    with pytest.raises(ValueError, match="budget"):
+        DropoutScheduleCallback(dropout=SCHEDULE, budget=1.5)

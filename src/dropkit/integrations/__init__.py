@@ -16,13 +16,27 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from torch import nn
 
 from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike, check_state
 
-__all__ = ["GlobalStepSchedule"]
+__all__ = ["GlobalStepSchedule", "TrialLike"]
+
+
+class TrialLike(Protocol):
+    """What the frameworks' ``TrialCallback`` reads from a
+    [`dropkit.experiments.Trial`][dropkit.experiments.Trial] (the integrations sit below the
+    experiments tier, so they name the shape, not the class)."""
+
+    dropout: ScheduleLike | None
+    drop_path: ScheduleLike | None
+    budget: float
+    dir: Path
+
+    def log(self, step: int, **values: float) -> None: ...
 
 
 class GlobalStepSchedule:
@@ -46,25 +60,36 @@ class GlobalStepSchedule:
         options: Keyword options of [`DropoutScheduler`][dropkit.DropoutScheduler]
             (``depth_rule``, ``on_missing``, ``compile_levels``); not ``model`` or
             ``total_steps``, which come from the trainer.
+        budget: The share of the run to train, in (0, 1] (default 1): the adapters stop the
+            trainer after ``ceil(budget * total_steps)`` optimizer steps, the schedule still
+            laid over the whole run (a dropkit advise probe's ``trial.budget``).
 
     Attributes:
         dropout: The dropout schedule, as given.
         drop_path: The drop-path schedule, as given.
         options: The scheduler options, as given.
+        budget: The share of the run to train, as given.
         scheduler: The current [`DropoutScheduler`][dropkit.DropoutScheduler], None before
             [`start`][dropkit.integrations.GlobalStepSchedule.start].
 
     Raises:
-        ValueError: If neither ``dropout`` nor ``drop_path`` is given.
+        ValueError: If neither ``dropout`` nor ``drop_path`` is given, or ``budget`` is not in
+            (0, 1].
         TypeError: If ``options`` holds ``model`` or ``total_steps``, or a keyword that
             [`DropoutScheduler`][dropkit.DropoutScheduler] does not take.
     """
 
     def __init__(
-        self, dropout: ScheduleLike | None, drop_path: ScheduleLike | None, options: dict[str, Any]
+        self,
+        dropout: ScheduleLike | None,
+        drop_path: ScheduleLike | None,
+        options: dict[str, Any],
+        budget: float = 1.0,
     ) -> None:
         if dropout is None and drop_path is None:
             raise ValueError("nothing to schedule: pass dropout=... and/or drop_path=...")
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"budget={budget} must lie in (0, 1]: the share of the run to train")
         for reserved in ("model", "total_steps"):
             if reserved in options:
                 raise TypeError(f"{reserved}= comes from the trainer; do not pass it")
@@ -78,6 +103,7 @@ class GlobalStepSchedule:
             ]
             raise TypeError(f"{err}; DropoutScheduler options are {', '.join(known)}") from None
         self.dropout, self.drop_path, self.options = dropout, drop_path, options
+        self.budget = budget
         self.scheduler: DropoutScheduler | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -136,6 +162,21 @@ class GlobalStepSchedule:
             scheduler.step()
         elif step != scheduler.last_step:  # a resume or a jump: re-apply at once
             scheduler.load_state_dict({"last_step": step, "total_steps": scheduler.total_steps})
+
+    def spent(self, steps_done: int) -> bool:
+        """Whether ``steps_done`` optimizer steps use up the budget:
+        ``steps_done >= ceil(budget * total_steps)`` (at least 1); always False at budget 1,
+        where the trainer's own end stops the run.
+
+        Args:
+            steps_done: Optimizer steps done (the trainer's global step after a step).
+
+        Raises:
+            RuntimeError: If [`start`][dropkit.integrations.GlobalStepSchedule.start] was not
+                called.
+        """
+        total = self._started().total_steps
+        return self.budget < 1.0 and steps_done >= max(1, math.ceil(self.budget * total))
 
     def rates(self) -> dict[str, float]:
         """The current rate of each scheduled kind, keyed for loggers: ``{"dropout/p": ...}``.

@@ -15,22 +15,25 @@ lightning.Trainer(callbacks=[cb], ...).fit(module)
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from dropkit._optional import optional_imports
 
 with optional_imports("lightning", "lightning", "for dropkit.integrations.lightning"):
     import lightning.pytorch as pl
+import torch
 from torch import Tensor
 
 from dropkit.diagnostics import DynamicsRecorder
 from dropkit.diagnostics.tracking import Cadence
 from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
-from dropkit.integrations import GlobalStepSchedule
+from dropkit.integrations import GlobalStepSchedule, TrialLike
 from dropkit.rdrop import rdrop_forward, rdrop_terms
 
-__all__ = ["DropoutScheduleCallback", "DynamicsCallback", "rdrop_training_step"]
+__all__ = ["DropoutScheduleCallback", "DynamicsCallback", "TrialCallback", "rdrop_training_step"]
 
 
 class DropoutScheduleCallback(pl.Callback):
@@ -47,11 +50,15 @@ class DropoutScheduleCallback(pl.Callback):
         dropout: Schedule for dropout sites, or None (see
             [`ScheduleLike`][dropkit.dropout_scheduler.ScheduleLike]).
         drop_path: Schedule for stochastic-depth sites, or None.
+        budget: The share of the run to train, in (0, 1] (default 1): stop the fit after
+            ``ceil(budget * estimated_stepping_batches)`` optimizer steps, the schedule still
+            laid over the whole run (what a dropkit advise probe's ``trial.budget`` asks).
         **options: Further [`DropoutScheduler`][dropkit.DropoutScheduler] options
             (``depth_rule``, ``on_missing``, ``compile_levels``).
 
     Raises:
-        ValueError: If neither ``dropout`` nor ``drop_path`` is given. At fit start: if the
+        ValueError: If neither ``dropout`` nor ``drop_path`` is given, or ``budget`` is not in
+            (0, 1]. At fit start: if the
             trainer cannot tell the run length (set a finite ``max_steps``, or ``max_epochs``
             with a dataloader that has a length), or the model has no controllable site of a
             scheduled kind.
@@ -74,10 +81,12 @@ class DropoutScheduleCallback(pl.Callback):
         self,
         dropout: ScheduleLike | None = None,
         drop_path: ScheduleLike | None = None,
+        *,
+        budget: float = 1.0,
         **options: Any,
     ) -> None:
         super().__init__()
-        self._schedule = GlobalStepSchedule(dropout, drop_path, options)
+        self._schedule = GlobalStepSchedule(dropout, drop_path, options, budget)
 
     @property
     def state_key(self) -> str:
@@ -106,6 +115,13 @@ class DropoutScheduleCallback(pl.Callback):
         for name, rate in self._schedule.rates().items():
             pl_module.log(name, rate, on_step=True, on_epoch=False)
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        """Stop the fit once the budget's optimizer steps are done."""
+        if self._schedule.spent(trainer.global_step):
+            trainer.should_stop = True
+
     def state_dict(self) -> dict[str, Any]:
         """The schedule's position, saved in the checkpoint."""
         return self._schedule.state_dict()
@@ -117,6 +133,91 @@ class DropoutScheduleCallback(pl.Callback):
 
 def _stable_name(spec: ScheduleLike | None) -> str:
     return getattr(spec, "__qualname__", None) or repr(spec)
+
+
+class TrialCallback(DropoutScheduleCallback):
+    """All a dropkit training function needs from a Lightning fit, in one callback.
+
+    For a function that ``dropkit run`` / ``dropkit advise`` calls with a
+    [`Trial`][dropkit.experiments.Trial]: it drives the trial's dropout and drop-path schedules
+    over the whole run (a [`DropoutScheduleCallback`][dropkit.integrations.lightning.
+    DropoutScheduleCallback]), stops after ``trial.budget`` of it (an advise probe), sends each
+    epoch's mean training loss (``train_loss``) and the ``val_loss`` the module logs in its
+    validation loop to ``trial.log`` at the global step, and at each epoch's end saves a
+    checkpoint in the trial's folder (atomically) that holds the global torch RNG state as well,
+    so a fit resumed from it (``fit(..., ckpt_path=callback.ckpt_path)``) draws the same data
+    order and dropout masks as one never stopped. Logs and checkpoints are global rank 0's.
+
+    Args:
+        trial: The trial the function was called with.
+        val_metric: The name of the validation metric the module logs with ``self.log`` and the
+            trial records (default ``val_loss``, what ``dropkit advise`` reads).
+        **options: Further [`DropoutScheduler`][dropkit.DropoutScheduler] options.
+
+    Attributes:
+        trial: The trial, as given.
+        checkpoint_path: Where the checkpoint goes: ``trial.dir / "lightning.ckpt"``.
+
+    Examples:
+        ```python
+        import lightning
+        from dropkit.integrations.lightning import TrialCallback
+
+
+        def train(trial):
+            callback = TrialCallback(trial)
+            trainer = lightning.Trainer(max_epochs=10, callbacks=[callback])
+            trainer.fit(module, loader, val_loader, ckpt_path=callback.ckpt_path)
+            return {"val_loss": float(trainer.callback_metrics["val_loss"])}
+        ```
+    """
+
+    def __init__(self, trial: TrialLike, *, val_metric: str = "val_loss", **options: Any) -> None:
+        super().__init__(trial.dropout, trial.drop_path, budget=trial.budget, **options)
+        self.trial, self.val_metric = trial, val_metric
+        self.checkpoint_path = Path(trial.dir) / "lightning.ckpt"
+        self._losses: list[float] = []
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint to resume from (``fit(ckpt_path=...)``), None for a fresh trial."""
+        return str(self.checkpoint_path) if self.checkpoint_path.exists() else None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        """Collect the batch's loss, and stop once the budget is spent."""
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is not None:
+            self._losses.append(float(loss))
+        super().on_train_batch_end(trainer, pl_module, outputs, *args)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the epoch's mean training loss and save the trial's checkpoint."""
+        if self._losses and trainer.is_global_zero:
+            self.trial.log(trainer.global_step, train_loss=sum(self._losses) / len(self._losses))
+        self._losses = []
+        partial = self.checkpoint_path.with_name(self.checkpoint_path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:  # a kill mid-save leaves the last whole checkpoint
+            os.replace(partial, self.checkpoint_path)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the validation metric the module logged (not during the sanity check)."""
+        value = trainer.callback_metrics.get(self.val_metric)
+        if value is not None and not trainer.sanity_checking and trainer.is_global_zero:
+            self.trial.log(trainer.global_step, **{self.val_metric: float(value)})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's position and the global torch RNG state."""
+        return {**super().state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the RNG state and the schedule's position from a checkpoint."""
+        state = dict(state_dict)
+        if "torch_rng" in state:
+            torch.set_rng_state(state.pop("torch_rng"))
+        super().load_state_dict(state)
 
 
 class DynamicsCallback(pl.Callback):

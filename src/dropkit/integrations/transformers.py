@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from dropkit._optional import optional_imports
@@ -31,12 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike
-from dropkit.integrations import GlobalStepSchedule
+from dropkit.integrations import GlobalStepSchedule, TrialLike
 from dropkit.rdrop import RDropTerms, check_alpha, rdrop_forward, rdrop_terms
 from dropkit.rdrop_linear import rdrop_linear_terms
 from dropkit.sites import unwrap
 
-__all__ = ["DropoutScheduleCallback", "RDropTrainer"]
+__all__ = ["DropoutScheduleCallback", "RDropTrainer", "TrialCallback"]
 
 
 class DropoutScheduleCallback(TrainerCallback):
@@ -54,6 +55,9 @@ class DropoutScheduleCallback(TrainerCallback):
         dropout: Schedule for dropout sites, or None (see
             [`ScheduleLike`][dropkit.dropout_scheduler.ScheduleLike]).
         drop_path: Schedule for stochastic-depth sites, or None.
+        budget: The share of the run to train, in (0, 1] (default 1): stop training after
+            ``ceil(budget * max_steps)`` optimizer steps (logging there), the schedule still
+            laid over the whole run (what a dropkit advise probe's ``trial.budget`` asks).
         **options: Further [`DropoutScheduler`][dropkit.DropoutScheduler] options
             (``depth_rule``, ``on_missing``, ``compile_levels``).
 
@@ -79,9 +83,11 @@ class DropoutScheduleCallback(TrainerCallback):
         self,
         dropout: ScheduleLike | None = None,
         drop_path: ScheduleLike | None = None,
+        *,
+        budget: float = 1.0,
         **options: Any,
     ) -> None:
-        self._schedule = GlobalStepSchedule(dropout, drop_path, options)
+        self._schedule = GlobalStepSchedule(dropout, drop_path, options, budget)
 
     @property
     def scheduler(self) -> DropoutScheduler | None:
@@ -117,6 +123,14 @@ class DropoutScheduleCallback(TrainerCallback):
         """Apply the rates of ``state.global_step`` before the step's first micro-batch."""
         self._schedule.go_to(state.global_step)
 
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Stop training once the budget's optimizer steps are done (logging that step)."""
+        if self._schedule.spent(state.global_step):
+            control.should_training_stop = True
+            control.should_log = True
+
     def on_log(
         self,
         args: TrainingArguments,
@@ -132,6 +146,77 @@ class DropoutScheduleCallback(TrainerCallback):
         logs.update(rates)  # seen by the callbacks after this one
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(rates)  # saved in trainer_state.json
+
+
+class TrialCallback(DropoutScheduleCallback):
+    """All a dropkit training function needs from a Hugging Face ``Trainer``, in one callback.
+
+    For a function that ``dropkit run`` / ``dropkit advise`` calls with a
+    [`Trial`][dropkit.experiments.Trial]: it drives the trial's dropout and drop-path schedules
+    over ``max_steps`` (a [`DropoutScheduleCallback`][dropkit.integrations.transformers.
+    DropoutScheduleCallback]), stops after ``trial.budget`` of the run (an advise probe), and
+    sends each training log's loss (``train_loss``: R-Drop's mean cross-entropy ``rdrop/ce``
+    when logged, so variants compare) and each evaluation's ``eval_loss`` (``val_loss``) to
+    ``trial.log``. Checkpoints are the Trainer's own, which hold the RNG state: point
+    ``TrainingArguments(output_dir=callback.output_dir)`` at the trial's folder and resume with
+    ``trainer.train(resume_from_checkpoint=callback.resume_from)``.
+
+    Args:
+        trial: The trial the function was called with.
+        **options: Further [`DropoutScheduler`][dropkit.DropoutScheduler] options.
+
+    Attributes:
+        trial: The trial, as given.
+        output_dir: ``trial.dir / "checkpoints"``, as a string for ``TrainingArguments``.
+
+    Examples:
+        ```python
+        import transformers
+        from dropkit.integrations.transformers import TrialCallback
+
+
+        def train(trial):
+            callback = TrialCallback(trial)
+            args = transformers.TrainingArguments(output_dir=callback.output_dir, max_steps=600,
+                                                  save_steps=100, logging_steps=20)
+            trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                           callbacks=[callback])
+            trainer.train(resume_from_checkpoint=callback.resume_from)
+            return {"val_loss": trainer.evaluate(val_data)["eval_loss"]}
+        ```
+    """
+
+    def __init__(self, trial: TrialLike, **options: Any) -> None:
+        super().__init__(trial.dropout, trial.drop_path, budget=trial.budget, **options)
+        self.trial = trial
+        self.output_dir = str(Path(trial.dir) / "checkpoints")
+
+    @property
+    def resume_from(self) -> str | None:
+        """The Trainer's last checkpoint in ``output_dir``, None for a fresh trial."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(self.output_dir) if Path(self.output_dir).is_dir() else None
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Add the rates to training logs, and send the losses to ``trial.log``."""
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        if not logs or not state.is_world_process_zero:
+            return
+        values = {}
+        if "loss" in logs:
+            values["train_loss"] = logs.get("rdrop/ce", logs["loss"])
+        if "eval_loss" in logs:
+            values["val_loss"] = logs["eval_loss"]
+        if values:
+            self.trial.log(state.global_step, **values)
 
 
 class RDropTrainer(Trainer):
