@@ -53,6 +53,11 @@ def _result(out: Path, setting: str, variant: str) -> dict[str, Any]:
     return json.loads((out / "runs" / setting / variant / "result.json").read_text())
 
 
+# the digits examples train on 75% of the 1 797 digits less a 10% validation split (1 212
+# samples), in batches of 64
+STEPS_PER_EPOCH = 18
+
+
 def _check_run(report: dict[str, Any] | None, out: Path, setting: str, claims: set[str],
                variants: tuple[str, ...], total_steps: int) -> None:  # fmt: skip
     assert report is not None
@@ -81,12 +86,18 @@ def test_the_lightning_example_runs_as_documented(tmp_path: Path) -> None:
     with _example("lightning", "classifier", tmp_path, shrink) as folder:
         report = run_experiment(load_config(folder / "config.yaml"), out, progress=False)
     variants = ("none", "dropout", "early_dropout")
-    _check_run(report, out, "digits", {"L1", "L2"}, variants, total_steps=2 * 21)
+    _check_run(report, out, "digits", {"L1", "L2"}, variants, total_steps=2 * STEPS_PER_EPOCH)
     # the schedule reached the model: each variant trained differently from the same seed
     losses = {v: _result(out, "digits", v)["metrics"]["train_loss"] for v in variants}
     assert len({tuple(loss) for loss in losses.values()}) == 3
     # every trial left a Lightning checkpoint to resume from in its own folder
-    assert (out / "runs/digits/none/seed-1/checkpoints/last.ckpt").exists()
+    assert (out / "runs/digits/none/seed-1/lightning.ckpt").exists()
+    # ... and the validation loss the module logs reached the trial's curve
+    log = read_log(out / "runs/digits/none/seed-1")
+    assert [row["step"] for row in log if "val_loss" in row] == [
+        STEPS_PER_EPOCH,
+        2 * STEPS_PER_EPOCH,
+    ]
 
 
 def test_the_hf_rdrop_example_runs_as_documented(tmp_path: Path) -> None:
@@ -125,14 +136,17 @@ def test_the_lightning_example_honours_the_budget(tmp_path: Path, budget: float)
     finally:
         sys.modules.pop("classifier", None)
         sys.path.remove(str(EXAMPLES / "lightning"))
-    total = 4 * 21
+    total = 4 * STEPS_PER_EPOCH
     steps = [row["step"] for row in read_log(tmp_path / "trial")]
     # half the run (an epoch boundary), or 0.4 of it (mid-epoch): the last step logged is there
     assert steps[-1] == math.ceil(budget * total) and steps == sorted(steps)
-    assert steps[:-1] == [21 * k for k in range(1, len(steps))]
-    assert set(metrics) == {"train_loss", "test_loss", "test_acc"}
+    assert steps[:-1] == [STEPS_PER_EPOCH * k for k in range(1, len(steps))]
+    assert set(metrics) == {"train_loss", "val_loss", "test_loss", "test_acc"}
     # ... and the schedule was still laid over the whole run, as in the checkpoint it left
-    checkpoint = torch.load(tmp_path / "trial/checkpoints/last.ckpt", weights_only=False)
-    schedule_states = [s for key, s in checkpoint["callbacks"].items()
-                       if key.startswith("DropoutScheduleCallback")]  # fmt: skip
-    assert schedule_states == [{"last_step": math.ceil(budget * total) - 1, "total_steps": total}]
+    checkpoint = torch.load(tmp_path / "trial/lightning.ckpt", weights_only=False)
+    (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("TrialCallback")]
+    assert {k: state[k] for k in ("last_step", "total_steps")} == {
+        "last_step": math.ceil(budget * total) - 1,
+        "total_steps": total,
+    }
+    assert "torch_rng" in state  # a resumed trial draws as one never stopped

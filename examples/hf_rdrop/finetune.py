@@ -2,29 +2,26 @@
 
 A randomly initialised ``BertForSequenceClassification`` (no download) learns a synthetic task
 (does token 7 come before token 8?) from a training set small enough to overfit, with the
-``transformers.Trainer``. The variant's dropout schedule reaches the model through dropkit's
-``DropoutScheduleCallback`` (laid over ``max_steps``); ``rdrop_alpha > 0`` trains with
-``RDropTrainer`` (R-Drop's loss from one doubled forward) and ``double_batch`` with
-``RDropTrainer(rdrop_alpha=0)``, R-Drop's control arm: the same doubled forward and summed
-cross-entropies without the KL term. A callback stops an advise probe after ``trial.budget`` of
-the run with ``max_steps`` (so the schedule) unchanged, another logs the training loss to
-``trial.log``, and checkpoints in ``trial.dir`` let a requeued or killed trial resume. Run it
-with ``dropkit run examples/hf_rdrop/config.yaml``.
+``transformers.Trainer``. One callback, dropkit's ``TrialCallback``, lays the variant's dropout
+schedule over ``max_steps``, stops an advise probe after ``trial.budget`` of the run (the
+schedule unchanged), and logs the training and validation losses to ``trial.log``; the
+Trainer's checkpoints go to the trial's folder (RNG state included), so a requeued or killed
+trial resumes. ``rdrop_alpha > 0`` trains with ``RDropTrainer`` (R-Drop's loss from one doubled
+forward) and ``double_batch`` with ``RDropTrainer(rdrop_alpha=0)``, R-Drop's control arm: the
+same doubled forward and summed cross-entropies without the KL term. Run it with
+``dropkit run examples/hf_rdrop/config.yaml``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 import transformers
 from torch.utils.data import Dataset
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainingArguments
 
 from dropkit.experiments import Trial
-from dropkit.integrations.transformers import DropoutScheduleCallback, RDropTrainer
+from dropkit.integrations.transformers import RDropTrainer, TrialCallback
 
 VOCAB, LENGTH, CLS, FIRST = 100, 16, 1, 7
 
@@ -41,10 +38,13 @@ class Sequences(Dataset):
                 "labels": self.labels[i]}  # fmt: skip
 
 
-def _data(n_train: int = 256, n_test: int = 256) -> tuple[Sequences, Sequences]:
+def _data(
+    n_train: int = 256, n_val: int = 64, n_test: int = 256
+) -> tuple[Sequences, Sequences, Sequences]:
     """Random sequences ``[CLS, ...]`` holding tokens 7 and 8 once each; the label says whether
-    7 comes first. Small enough a training set for a model that memorises it to overfit."""
-    n = n_train + n_test
+    7 comes first. Small enough a training set for a model that memorises it to overfit. The
+    validation split is what ``dropkit advise`` reads (the test split stays for the claims)."""
+    n = n_train + n_val + n_test
     g = torch.Generator().manual_seed(0)  # the same data for every trial
     ids = torch.randint(FIRST + 2, VOCAB, (n, LENGTH), generator=g)
     ids[:, 0] = CLS
@@ -52,7 +52,9 @@ def _data(n_train: int = 256, n_test: int = 256) -> tuple[Sequences, Sequences]:
     rows = torch.arange(n)
     ids[rows, positions[:, 0]], ids[rows, positions[:, 1]] = FIRST, FIRST + 1
     labels = (positions[:, 0] < positions[:, 1]).long()
-    return Sequences(ids[:n_train], labels[:n_train]), Sequences(ids[n_train:], labels[n_train:])
+    a, b = n_train, n_train + n_val
+    return (Sequences(ids[:a], labels[:a]), Sequences(ids[a:b], labels[a:b]),
+            Sequences(ids[b:], labels[b:]))  # fmt: skip
 
 
 def _model() -> transformers.PreTrainedModel:
@@ -62,40 +64,6 @@ def _model() -> transformers.PreTrainedModel:
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # the schedule sets them
     )  # fmt: skip
     return transformers.BertForSequenceClassification(config)
-
-
-class StopAtBudget(TrainerCallback):
-    """Stop after ``trial.budget_steps(max_steps)`` steps (logging there); ``max_steps`` and so
-    the schedule keep the full run."""
-
-    def __init__(self, trial: Trial) -> None:
-        self.trial = trial
-
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if state.global_step >= self.trial.budget_steps(state.max_steps):
-            control.should_training_stop = True
-            control.should_log = True  # the last window's loss, even off the logging grid
-
-
-class LogTrainLoss(TrainerCallback):
-    """Send each training log's loss to ``trial.log``: the mean cross-entropy (R-Drop's
-    ``rdrop/ce``, not its loss ``ce1 + ce2 + alpha * kl``), so every variant's curve compares."""
-
-    def __init__(self, trial: Trial) -> None:
-        self.trial = trial
-
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if logs and "loss" in logs:
-            self.trial.log(state.global_step, train_loss=logs.get("rdrop/ce", logs["loss"]))
 
 
 def _evaluate(model: torch.nn.Module, data: Sequences) -> tuple[float, float]:
@@ -110,13 +78,13 @@ def _evaluate(model: torch.nn.Module, data: Sequences) -> tuple[float, float]:
 def train(trial: Trial) -> dict[str, float]:
     params = {"steps": 240, "batch_size": 32, "lr": 1e-3, "log_every": 20, "save_every": 60,
               **trial.params}  # fmt: skip
-    train_data, test_data = _data()
+    train_data, val_data, test_data = _data()
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at each save
     torch.manual_seed(trial.seed)
     model = _model()
-    output_dir = trial.dir / "hf"
+    callback = TrialCallback(trial)
     args = TrainingArguments(
-        output_dir=str(output_dir),
+        output_dir=callback.output_dir,
         max_steps=params["steps"],
         per_device_train_batch_size=params["batch_size"],
         learning_rate=params["lr"],
@@ -129,11 +97,7 @@ def train(trial: Trial) -> dict[str, float]:
         report_to=[],
         disable_tqdm=True,
     )
-    callbacks = [
-        DropoutScheduleCallback(dropout=trial.dropout, drop_path=trial.drop_path),
-        StopAtBudget(trial),
-        LogTrainLoss(trial),
-    ]
+    callbacks = [callback]
     if trial.rdrop_alpha > 0 or trial.double_batch:  # double_batch: R-Drop's alpha = 0 control
         trainer: transformers.Trainer = RDropTrainer(
             model=model, args=args, train_dataset=train_data, callbacks=callbacks,
@@ -144,8 +108,10 @@ def train(trial: Trial) -> dict[str, float]:
             model=model, args=args, train_dataset=train_data, callbacks=callbacks
         )
     trainer.remove_callback(transformers.PrinterCallback)  # dropkit shows the progress
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)  # a requeued trial goes on from its checkpoint
+    # a requeued trial goes on from its checkpoint
+    trainer.train(resume_from_checkpoint=callback.resume_from)
     train_loss, _ = _evaluate(model, train_data)
+    val_loss, _ = _evaluate(model, val_data)
     test_loss, test_acc = _evaluate(model, test_data)
-    return {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc}
+    return {"train_loss": train_loss, "val_loss": val_loss, "test_loss": test_loss,
+            "test_acc": test_acc}  # fmt: skip

@@ -1,19 +1,18 @@
 """A Lightning training function dropkit runs over variants and seeds: an MLP on scikit-learn's
 digits, trained by ``lightning.Trainer``.
 
-The same experiment as ``examples/plain_pytorch`` written the Lightning way: the variant's
-schedules reach the model's dropout sites through
-:class:`dropkit.integrations.lightning.DropoutScheduleCallback` (laid over the Trainer's
-``estimated_stepping_batches``), a small callback stops an advise probe after ``trial.budget`` of
-the run without shrinking the schedule, another logs the training loss to ``trial.log``, and a
-``ModelCheckpoint`` in ``trial.dir`` lets a requeued or killed trial resume with
-``fit(ckpt_path=...)``. Run it with ``dropkit run examples/lightning/config.yaml``.
+The same experiment as ``examples/plain_pytorch`` written the Lightning way, with one callback,
+:class:`dropkit.integrations.lightning.TrialCallback`: it lays the variant's schedules over the
+Trainer's ``estimated_stepping_batches``, stops an advise probe after ``trial.budget`` of the run
+without shrinking them, logs the training loss and the validation loss the module logs to
+``trial.log``, and checkpoints in ``trial.dir`` (RNG state included), so a requeued or killed
+trial resumes with ``fit(ckpt_path=callback.ckpt_path)`` and ends as if never stopped. Run it
+with ``dropkit run examples/lightning/config.yaml``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dropkit.experiments import Trial
-from dropkit.integrations.lightning import DropoutScheduleCallback
+from dropkit.integrations.lightning import TrialCallback
 
 
 def _data() -> tuple[torch.Tensor, ...]:
@@ -55,49 +54,12 @@ class Classifier(pl.LightningModule):
         x, y = batch
         return F.cross_entropy(self(x), y)
 
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))  # what TrialCallback sends to trial.log
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
-
-
-class StopAtBudget(pl.Callback):
-    """Stop after ``trial.budget_steps(total)`` optimizer steps; the schedule keeps the full run."""
-
-    def __init__(self, trial: Trial) -> None:
-        self.trial = trial
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        total = int(trainer.estimated_stepping_batches)
-        if trainer.global_step >= self.trial.budget_steps(total):
-            trainer.should_stop = True
-
-
-class LogTrainLoss(pl.Callback):
-    """Send each epoch's mean training loss to ``trial.log`` at the optimizer step it ends on."""
-
-    def __init__(self, trial: Trial) -> None:
-        self.trial = trial
-        self.losses: list[float] = []
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
-    ) -> None:
-        self.losses.append(float(outputs["loss"]))
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.losses:
-            self.trial.log(trainer.global_step, train_loss=sum(self.losses) / len(self.losses))
-        self.losses = []
-
-
-class RngState(pl.Callback):
-    """Keep the global torch RNG in the checkpoint, so a resumed run draws the same data order
-    and dropout masks as one never stopped (Lightning checkpoints do not hold it)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"torch": torch.get_rng_state()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -110,13 +72,16 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def train(trial: Trial) -> dict[str, float]:
     params = {"width": 128, "epochs": 8, "batch_size": 64, "lr": 3e-3, **trial.params}
     x, y, x_test, y_test = _data()
+    n_val = round(0.1 * len(x))  # a validation split for advise: the test split stays unseen
+    x, y, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # dropkit shows progress
     pl.seed_everything(trial.seed, verbose=False)
     model = Classifier(params["width"], params["lr"])
     loader = DataLoader(
         TensorDataset(x, y), batch_size=params["batch_size"], shuffle=True, drop_last=True
     )
-    checkpoints = trial.dir / "checkpoints"
+    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=len(x_val))
+    callback = TrialCallback(trial)
     trainer = pl.Trainer(
         max_epochs=params["epochs"],
         accelerator="cpu",
@@ -124,16 +89,14 @@ def train(trial: Trial) -> dict[str, float]:
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[
-            DropoutScheduleCallback(dropout=trial.dropout, drop_path=trial.drop_path),
-            StopAtBudget(trial),
-            LogTrainLoss(trial),
-            RngState(),
-            pl.callbacks.ModelCheckpoint(checkpoints, save_last=True, save_top_k=0),
-        ],
+        enable_checkpointing=False,  # TrialCallback checkpoints in the trial's folder
+        num_sanity_val_steps=0,
+        callbacks=[callback],
     )
-    last = checkpoints / "last.ckpt"  # a requeued or resumed trial goes on from its last epoch
-    trainer.fit(model, loader, ckpt_path=last if last.exists() else None)
+    # a requeued or resumed trial goes on from its last epoch
+    trainer.fit(model, loader, val_loader, ckpt_path=callback.ckpt_path)
     train_loss, _ = _evaluate(model, x, y)
+    val_loss, _ = _evaluate(model, x_val, y_val)
     test_loss, test_acc = _evaluate(model, x_test, y_test)
-    return {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc}
+    return {"train_loss": train_loss, "val_loss": val_loss, "test_loss": test_loss,
+            "test_acc": test_acc}  # fmt: skip

@@ -2,8 +2,10 @@
 
 Written against the documented ``dropkit.experiments.Trial`` only, as a user would: it builds
 its own model and data, drives its dropout sites with the variant's schedule, logs the training
-loss, checkpoints every epoch (so a requeued or killed trial resumes), and returns its final
-metrics. Run it with ``dropkit run examples/plain_pytorch/config.yaml``.
+and validation loss, checkpoints every epoch (so a requeued or killed trial resumes), and returns
+its final metrics: ``val_loss`` on the last 10% of its training data, which ``dropkit advise``
+reads the regime from (the test split stays for the claims). Run it with
+``dropkit run examples/plain_pytorch/config.yaml``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def train(trial: Trial) -> dict[str, float]:
     params = {"width": 128, "epochs": 8, "batch_size": 64, "lr": 3e-3, **trial.params}
     x, y, x_test, y_test = _data()
+    n_val = round(0.1 * len(x))  # a validation split for advise: the test split stays unseen
+    x, y, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
     torch.manual_seed(trial.seed)
     model = nn.Sequential(
         nn.Linear(64, params["width"]), nn.GELU(), nn.Dropout(0.0),
@@ -72,11 +76,13 @@ def train(trial: Trial) -> dict[str, float]:
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-        trial.log((epoch + 1) * steps_per_epoch, train_loss=sum(losses) / len(losses))
+        trial.log((epoch + 1) * steps_per_epoch, train_loss=sum(losses) / len(losses),
+                  val_loss=_evaluate(model, x_val, y_val)[0])  # fmt: skip
         trial.checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "order": order.get_state(),
                           "rng": torch.get_rng_state(), "epoch": epoch + 1})  # fmt: skip
     train_loss, train_acc = _evaluate(model, x, y)
+    val_loss, _ = _evaluate(model, x_val, y_val)
     test_loss, test_acc = _evaluate(model, x_test, y_test)
-    return {"train_loss": train_loss, "train_acc": train_acc,
+    return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
             "test_loss": test_loss, "test_acc": test_acc}  # fmt: skip
