@@ -23,7 +23,7 @@ from torch import nn
 
 from dropkit.dropout_scheduler import DropoutScheduler, ScheduleLike, check_state
 
-__all__ = ["GlobalStepSchedule", "TrialLike"]
+__all__ = ["GlobalStepSchedule"]
 
 
 class TrialLike(Protocol):
@@ -36,7 +36,8 @@ class TrialLike(Protocol):
     budget: float
     dir: Path
 
-    def log(self, step: int, **values: float) -> None: ...
+    def log(self, step: int, **values: float) -> None:
+        """Record ``values`` at optimizer ``step`` (``Trial.log``)."""
 
 
 class GlobalStepSchedule:
@@ -170,6 +171,9 @@ class GlobalStepSchedule:
 
         Args:
             steps_done: Optimizer steps done (the trainer's global step after a step).
+
+        Returns:
+            True once the trainer should stop.
 
         Raises:
             RuntimeError: If [`start`][dropkit.integrations.GlobalStepSchedule.start] was not

@@ -140,8 +140,9 @@ class TrialCallback(DropoutScheduleCallback):
 
     For a function that ``dropkit run`` / ``dropkit advise`` calls with a
     [`Trial`][dropkit.experiments.Trial]: it drives the trial's dropout and drop-path schedules
-    over the whole run (a [`DropoutScheduleCallback`][dropkit.integrations.lightning.
-    DropoutScheduleCallback]), stops after ``trial.budget`` of it (an advise probe), sends each
+    over the whole run (it is a
+    [`DropoutScheduleCallback`][dropkit.integrations.lightning.DropoutScheduleCallback]), stops
+    after ``trial.budget`` of it (an advise probe), sends each
     epoch's mean training loss (``train_loss``) and the ``val_loss`` the module logs in its
     validation loop to ``trial.log`` at the global step, and at each epoch's end saves a
     checkpoint in the trial's folder (atomically) that holds the global torch RNG state as well,

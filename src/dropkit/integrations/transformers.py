@@ -153,8 +153,9 @@ class TrialCallback(DropoutScheduleCallback):
 
     For a function that ``dropkit run`` / ``dropkit advise`` calls with a
     [`Trial`][dropkit.experiments.Trial]: it drives the trial's dropout and drop-path schedules
-    over ``max_steps`` (a [`DropoutScheduleCallback`][dropkit.integrations.transformers.
-    DropoutScheduleCallback]), stops after ``trial.budget`` of the run (an advise probe), and
+    over ``max_steps`` (it is a
+    [`DropoutScheduleCallback`][dropkit.integrations.transformers.DropoutScheduleCallback]),
+    stops after ``trial.budget`` of the run (an advise probe), and
     sends each training log's loss (``train_loss``: R-Drop's mean cross-entropy ``rdrop/ce``
     when logged, so variants compare) and each evaluation's ``eval_loss`` (``val_loss``) to
     ``trial.log``. Checkpoints are the Trainer's own, which hold the RNG state: point
