@@ -56,18 +56,24 @@ def test_advice_carries_its_evidence_and_limits(digits, tmp_path):
         model_fn, digits, TrainConfig(epochs=4, batch_size=64), budget=0.25, seeds=[5, 6],
         figure=tmp_path / "probe.png",
     )  # fmt: skip
-    assert advice.recommendation in RECOMMENDATIONS and advice.regime in (
-        "underfitting",
-        "overfitting",
-    )
-    assert advice.confidence in ("high", "medium", "low")
+    assert advice.recommendation in RECOMMENDATIONS
+    assert advice.regime in ("underfitting", "overfitting", "cannot tell")
+    assert advice.confidence in ("high", "medium", None)
+    assert (advice.confidence is None) == (advice.regime == "cannot tell")
     evidence = advice.evidence
     assert set(evidence["variants"]) == {"none", "dropout"}  # dropout where the model has it
     assert evidence["seeds"] == [5, 6] and evidence["probe_steps"] == 20  # 0.25 x 4 epochs x 20
+    assert evidence["metric"] == {"name": "val_loss", "better": "lower"}
     none = evidence["variants"]["none"]
-    assert none["gap"] == pytest.approx(np.subtract(none["val_loss"], none["train_loss"]).tolist())
-    gap = evidence["projected_relative_gap"]
-    assert gap["ci_low"] <= gap["mean"] <= gap["ci_high"]
+    assert none["gap"] == pytest.approx(np.subtract(none["held_out"], none["train_loss"]).tolist())
+    curve = evidence["curve"]  # 12 checkpoints over the probe, the last at its end
+    assert curve["fractions"][-1] == pytest.approx(20 / 80) and len(curve["fractions"]) == 12
+    assert np.shape(curve["dropout"]) == (2, 12)
+    assert [row[-1] for row in curve["none"]] == pytest.approx(none["held_out"])
+    effect = np.subtract(evidence["variants"]["dropout"]["held_out"], none["held_out"])
+    assert evidence["effect_now"]["mean"] == pytest.approx(effect.mean())
+    for key in ("effect_now", "effect_projected", "projected_relative_gap"):
+        assert evidence[key]["ci_low"] <= evidence[key]["mean"] <= evidence[key]["ci_high"]
     assert all(0.0 <= g <= 1.0 for g in evidence["gde"]["none"] + evidence["gde"]["dropout"])
     assert "20 of 80 optimizer steps" in advice.limits[0]
     assert (tmp_path / "probe.png").stat().st_size > 1000
@@ -115,21 +121,22 @@ def test_cli_writes_the_advice_for_a_top_level_setting(tmp_path, capsys):
 
 # The demo's two regimes at a cost a test can afford: the underfitting setting cut to 2 epochs
 # (standard dropout hurts there even more), the overfitting one as in the demo; 3 seeds. The
-# budget is the one at which benchmarks/advise_cost.py found the advisor settled on the demo
-# setting (5% for underfitting; the overfitting MLP needs 10%, at 5% it answers "low").
+# advisor must find the underfitting one at its default budget and may only answer "cannot
+# tell" for the overfitting MLP, whose dropout effect turns only after the probe
+# (benchmarks/advise_accuracy.py); a longer probe finds it.
 REDUCED = {
     "underfit": (
         "mnist1d-large",
         {"kind": "resmlp", "width": 32, "depth": 4},
         TrainConfig(epochs=2, train_eval_samples=4000),
-        0.05,
+        None,
         ("underfitting", "early_dropout"),
     ),
     "overfit": (
         "mnist1d",
         {"kind": "mlp", "width": 256, "depth": 3},
         TrainConfig(epochs=30),
-        0.1,
+        0.6,
         ("overfitting", "standard_dropout"),
     ),
 }
@@ -151,15 +158,18 @@ def test_advisor_agrees_with_the_full_runs_on_reduced_settings(name):
     assert ("overfitting" if helps else "underfitting") == expected[0]
     advice = advise(model_fn, data, config, budget=budget, seeds=[3, 4, 5])  # unseen seeds
     assert (advice.regime, advice.recommendation) == expected
-    quick = advise(model_fn, data, config, budget=0.05, seeds=[3, 4, 5])
-    assert quick.confidence == "low" or quick.regime == expected[0]  # never confidently wrong
+    for short in (0.05, 0.1):  # shorter probes: right or "cannot tell", never wrong
+        assert advise(model_fn, data, config, budget=short, seeds=[3, 4, 5]).regime in (
+            expected[0],
+            "cannot tell",
+        )
 
 
 def test_a_probe_inside_the_warm_up_is_never_confident(digits):
     model_fn = model_factory({"kind": "mlp", "width": 32, "depth": 1}, 64, 10)
     inside = advise(model_fn, digits, TrainConfig(epochs=4, batch_size=64, warmup_frac=0.5),
                     budget=0.2)  # fmt: skip
-    assert inside.confidence == "low"
+    assert inside.confidence in ("medium", None)
     assert any("inside the learning-rate warm-up" in reason for reason in inside.reasons)
     after = advise(model_fn, digits, TrainConfig(epochs=4, batch_size=64, warmup_frac=0.1),
                    budget=0.2)  # fmt: skip
@@ -182,6 +192,6 @@ class DropPathOnly(nn.Module):
 def test_a_drop_path_only_model_is_probed_and_advised_with_stochastic_depth(digits):
     advice = advise(DropPathOnly, digits, TrainConfig(epochs=2, batch_size=64), budget=0.5)
     assert set(advice.evidence["variants"]) == {"none", "sd"}
-    assert advice.recommendation in ("early_sd", "late_sd")
-    assert advice.schedule["sites"] == "drop_path"
-    assert "stochastic depth" in advice.reasons[1]
+    assert advice.recommendation in ("early_sd", "late_sd", "undecided")
+    assert advice.schedule is None or advice.schedule["sites"] == "drop_path"
+    assert advice.reasons[0].startswith("Standard stochastic depth")

@@ -167,6 +167,7 @@ FAQ_MESSAGES = {
     "SLURM: no timeout_min given": "SLURM: no timeout_min given",
     "is being written by another dropkit command": "is being written by another dropkit command",
     "X is not installed; dropkit needs it ...": "is not installed; dropkit needs it",
+    "Cannot tell yet.": "Cannot tell yet. ",
 }
 
 

@@ -188,6 +188,11 @@ def _parser() -> argparse.ArgumentParser:
         "--executor", choices=["local", "slurm"], default="local",
         help="where a training function's probes run (default local)",
     )  # fmt: skip
+    advise.add_argument(
+        "--workers", type=int, default=1,
+        help="local processes for a training function's probes (default 1; a built-in "
+        "setting trains its seeds together in one process)",
+    )  # fmt: skip
     _executor_param_argument(advise)
 
     report = commands.add_parser("report", help="rebuild report.md / report.json of a run folder")
@@ -312,6 +317,8 @@ def _advise(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: give >= 2 seeds, the confidence needs a spread")
     if not 0.0 <= args.p <= 1.0:
         raise ConfigError(f"--p {args.p}: the dropout rate to probe must lie in [0, 1]")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give at least 1 process")
     executor_parameters = cli_executor_parameters(args.executor, dict(args.executor_param))
     settings = load_settings(args.config)
     if args.setting is not None:
@@ -332,16 +339,21 @@ def _advise(args: argparse.Namespace) -> int:
         out = args.out or Path("runs") / f"advise-{setting.name}"
         out.mkdir(parents=True, exist_ok=True)
         with one_writer(out):  # the advice's folder: one command at a time
-            figure = None
+            figure = "probe_held_out.png"
+            (out / figure).unlink(missing_ok=True)  # never an older advice's figure
+
+            def say(line: str, name: str = setting.name) -> None:
+                print(f"advise {name}: {line}", file=sys.stderr, flush=True)
+
             if setting.function is not None:
                 advice = advise_function(
                     setting, root, out.resolve(), budget=args.budget, seeds=args.seeds, p=args.p,
                     executor=args.executor, executor_parameters=executor_parameters,
+                    workers=args.workers, figure=out / figure, progress=say,
                 )  # fmt: skip
             else:
                 data_name, model_spec, train = setting.recipe()
                 data = load_dataset(data_name)
-                figure = "probe_train_loss.png"
                 advice = advise(
                     model_factory(model_spec, data.n_features, data.n_classes),
                     data,
@@ -350,18 +362,22 @@ def _advise(args: argparse.Namespace) -> int:
                     seeds=args.seeds,
                     p=args.p,
                     figure=out / figure,
+                    progress=say,
                 )
-            text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown(figure)
+            text = f"# dropkit advise: {setting.name}\n\n" + advice.to_markdown(
+                figure if (out / figure).exists() else None
+            )
             write_atomic(out / "advice.md", text)
             write_json(out / "advice.json", advice.to_dict())
             print(text)
             print(f"wrote {out / 'advice.md'}")
             if args.emit_config is not None:
-                _emit(args.emit_config, emit_config(advice, setting, p=args.p), setting, root)
+                _emit(args.emit_config, emit_config(advice, setting, p=args.p), setting, root,
+                      undecided=advice.recommendation == "undecided")  # fmt: skip
     return 0
 
 
-def _emit(path: Path, config: dict, setting, root: str) -> None:
+def _emit(path: Path, config: dict, setting, root: str, *, undecided: bool = False) -> None:
     """Write the emitted experiment as YAML, with a header saying what it tests."""
     import yaml
 
@@ -372,6 +388,12 @@ def _emit(path: Path, config: dict, setting, root: str) -> None:
         "# Claims run in the paper's direction; the regime claim A1 gates the others.\n"
         f"# Run it with: dropkit run {path}\n"
     )
+    if undecided:
+        header += (
+            "# The probe could not tell the regime: this experiment decides it. A1 confirmed:\n"
+            "# underfitting, and A2/A3 test early dropout. A1 opposite: overfitting, and\n"
+            "# standard dropout (the `dropout` arm) is the schedule to keep.\n"
+        )
     if setting.function is not None and str(path.parent.resolve()) != root:
         header += (
             f"# The training function {setting.function} is imported from this file's folder:\n"

@@ -8,13 +8,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-RECOMMENDATIONS = ("early_dropout", "early_sd", "late_sd", "standard_dropout", "no_dropout")
+RECOMMENDATIONS = (
+    "early_dropout", "early_sd", "late_sd", "standard_dropout", "undecided", "no_dropout"
+)  # fmt: skip
 """The values ``Advice.recommendation`` takes.
 
 ``early_dropout`` (underfitting, dropout sites), ``early_sd`` (underfitting, drop-path sites
 only), ``late_sd`` (overfitting, drop-path sites), ``standard_dropout`` (overfitting, dropout
-sites only) and ``no_dropout`` (the model has no site dropkit can control).
+sites only), ``undecided`` (the probe cannot tell the regime yet: the reasons say what would)
+and ``no_dropout`` (the model has no site dropkit can control).
 """
+CANNOT_TELL = "cannot tell"
+"""``Advice.regime`` when the probe does not separate the regimes."""
 PAPER_CUTOFF = 1 / 6  # 50 of 300 epochs; the paper finds 1% to 50% of the run works
 LATE_SD_P = 0.4  # the paper's late stochastic depth rate (ViT-B)
 
@@ -31,33 +36,39 @@ class Advice:
     Attributes:
         recommendation: One of [`RECOMMENDATIONS`][dropkit.experiments.advise.RECOMMENDATIONS]:
             ``early_dropout`` or ``early_sd`` for an underfitting model, ``late_sd`` or
-            ``standard_dropout`` for an overfitting one, ``no_dropout`` when the model has no
-            dropout or drop-path site dropkit can control.
+            ``standard_dropout`` for an overfitting one, ``undecided`` when the regime cannot be
+            told yet, ``no_dropout`` when the model has no dropout or drop-path site dropkit can
+            control.
         schedule: The recommended schedule, ``{"sites", "schedule", "p", "cutoff", "shape"}``:
             ``sites`` is ``"dropout"`` or ``"drop_path"``, ``schedule`` ``"early"``,
             ``"late"`` or ``"standard"``, ``p`` the rate (the probed ``p`` or ``drop_path_p``;
             0.4 for late s.d., the paper's), ``cutoff`` the fraction of the run where an early
             or late schedule switches (1/6, the paper's; None for standard), ``shape``
-            ``"linear"`` for early schedules (else None). None for ``no_dropout``.
-        regime: ``"underfitting"`` or ``"overfitting"``: whether the no-dropout probe's
-            projected relative generalization gap is below or above the threshold.
-        confidence: ``"high"`` (the gap's 95% interval clears the threshold and no evidence
-            contradicts the regime), ``"medium"`` (it clears it, with a contradiction) or
-            ``"low"`` (the interval straddles the threshold, or the probe ended inside the
-            learning-rate warm-up).
+            ``"linear"`` for early schedules (else None). None for ``undecided`` and
+            ``no_dropout``.
+        regime: ``"underfitting"`` (standard dropout raises the held-out loss: the paper's
+            definition), ``"overfitting"`` (it lowers it) or ``"cannot tell"`` (the probe does
+            not separate them; the reasons say what budget or seeds would).
+        confidence: ``"high"`` (dropout's effect is clear at the probe's end and along its
+            trend to the end of the run, and nothing else contradicts it), ``"medium"`` (clear
+            in one of the two, or lowered by a contradiction: the gap projection, the gradient
+            direction error, a probe ending inside the warm-up), None for ``"cannot tell"``.
         reasons: The findings behind the advice, as sentences.
-        evidence: The measurements, as plain data: per variant and seed the probes'
-            ``train_loss``, ``val_loss``, ``gap`` (and ``val_acc``), the
-            ``projected_relative_gap`` and the effects of the regulariser (``effect_on_*``)
+        evidence: The measurements, as plain data: the held-out ``metric`` (``name``,
+            ``better``), per variant and seed the probes' ``held_out`` value (and
+            ``train_loss``, ``gap``, ``val_acc`` when known), the ``curve`` over the probe
+            (``fractions`` of the run and per variant ``[seed][checkpoint]``), dropout's effect
+            ``effect_now`` and ``effect_projected`` and the secondary ``projected_relative_gap``
             with their intervals (``mean``, ``ci_low``, ``ci_high``), GDE per seed when
-            measured (``gde``), the probe's length and the seeds, and ``seconds``, its cost.
+            measured (``gde``), the probe's length and the seeds, ``seconds`` (its cost), and
+            for "cannot tell" ``decide_with``: the ``budget`` and ``seeds`` it suggests.
         limits: What the probe cannot tell, as sentences.
     """
 
     recommendation: str  # one of RECOMMENDATIONS
     schedule: dict[str, Any] | None  # {"sites", "schedule", "p", "cutoff", "shape"}
-    regime: str  # "underfitting" or "overfitting"
-    confidence: str  # "high", "medium" or "low"
+    regime: str  # "underfitting", "overfitting" or "cannot tell"
+    confidence: str | None  # "high" or "medium"; None when the regime cannot be told
     reasons: tuple[str, ...]
     evidence: dict[str, Any]
     limits: tuple[str, ...]
@@ -74,7 +85,7 @@ class Advice:
         """The advice as Markdown (``advice.md``), with ``figure`` embedded if given.
 
         Args:
-            figure: A path or URL of the probes' training-loss figure, relative to where the
+            figure: A path or URL of the probes' held-out figure, relative to where the
                 Markdown will be read; embedded as an image at the end. None (default): none.
 
         Returns:
@@ -85,7 +96,9 @@ class Advice:
             f"**Recommendation: {self.recommendation.replace('_', ' ')}**"
             + (f" — `{_schedule_text(self.schedule)}`" if self.schedule else ""),
             "",
-            f"Regime: {self.regime} (confidence: {self.confidence}).",
+            f"Regime: {self.regime} (confidence: {self.confidence})."
+            if self.confidence
+            else f"Regime: {self.regime} yet.",
             "",
             "Why:",
             *(f"- {reason}" for reason in self.reasons),
@@ -94,7 +107,7 @@ class Advice:
             *(f"- {limit}" for limit in self.limits),
         ]
         if figure:
-            lines += ["", f"![probe training loss]({figure})"]
+            lines += ["", f"![probe held-out metric]({figure})"]
         return "\n".join(lines) + "\n"
 
 

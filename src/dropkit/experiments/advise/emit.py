@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropkit.experiments.advise.advice import Advice
+from dropkit.experiments.advise.advice import PAPER_CUTOFF, Advice
 from dropkit.experiments.config.specs import SettingSpec, setting_dict
 
 
@@ -16,8 +16,12 @@ def emit_config(advice: Advice, setting: SettingSpec, *, p: float = 0.1, seeds: 
     What ``dropkit advise --emit-config`` writes. The regime claim A1 (standard vs none) comes
     first and gates the others, as in the demo; for an early schedule A2 claims a lower final
     training loss than ``none``, and A3 a better test metric than ``none`` (than standard s.d.
-    for late s.d.). The test metric is ``test_acc`` when the probes reported an accuracy, else
-    ``test_loss``. A ``no_dropout`` or ``standard_dropout`` advice gets the regime claim only.
+    for late s.d.). The test metric is ``test_acc`` when the probes reported an accuracy (a
+    function: returned ``test_acc``), else ``test_loss`` (a function returning neither: its
+    validation metric). A ``no_dropout`` or ``standard_dropout`` advice gets the regime claim
+    only. An ``undecided`` advice gets the experiment that decides it: A1 in the underfitting
+    direction, gating the early schedule's claims; A1 reading *opposite* means overfitting,
+    where standard dropout (the ``dropout`` arm) is the schedule.
 
     Args:
         advice: The advice to test.
@@ -38,10 +42,11 @@ def emit_config(advice: Advice, setting: SettingSpec, *, p: float = 0.1, seeds: 
         "none": {},
         regulariser: {reg_kind: {"schedule": "standard", "p": reg_p}},
     }
-    has_acc = "val_acc" in advice.evidence["variants"]["none"]
-    metric = "test_acc" if has_acc else "test_loss"
-    better, worse = (">", "<") if has_acc else ("<", ">")
-    under = advice.regime == "underfitting"
+    metric, higher = _test_metric(advice.evidence)
+    better, worse = (">", "<") if higher else ("<", ">")
+    undecided = advice.recommendation == "undecided"
+    under = advice.regime == "underfitting" or undecided
+    regime = "underfitting" if undecided else advice.regime
     label = "dropout" if regulariser == "dropout" else "stochastic depth"
     claims = [
         {
@@ -51,7 +56,7 @@ def emit_config(advice: Advice, setting: SettingSpec, *, p: float = 0.1, seeds: 
             "a": regulariser,
             "b": "none",
             "direction": worse if under else better,
-            "statement": f"{advice.regime.capitalize()} regime: standard {label} "
+            "statement": f"{regime.capitalize()} regime: standard {label} "
             f"{'hurts' if under else 'helps'} {metric}",
             "paper": "regime definition (Liu et al. 2023, §4): standard dropout hurts models that "
             "underfit (ViT-T) and helps those that overfit (ViT-B)",
@@ -59,6 +64,11 @@ def emit_config(advice: Advice, setting: SettingSpec, *, p: float = 0.1, seeds: 
     ]
     schedule = advice.schedule
     name = advice.recommendation
+    if undecided:  # the experiment that decides it: the early schedule, gated on A1
+        sites = "drop_path" if regulariser == "sd" else "dropout"
+        name = "early_sd" if regulariser == "sd" else "early_dropout"
+        schedule = {"sites": sites, "schedule": "early", "p": reg_p,
+                    "cutoff": PAPER_CUTOFF, "shape": "linear"}  # fmt: skip
     if schedule is not None and name in ("early_dropout", "early_sd", "late_sd"):
         spec = {k: schedule[k] for k in ("schedule", "p", "cutoff", "shape") if schedule.get(k)}
         if name == "late_sd":
@@ -81,9 +91,20 @@ def emit_config(advice: Advice, setting: SettingSpec, *, p: float = 0.1, seeds: 
         })  # fmt: skip
     entry = setting_dict(setting)
     entry["variants"] = variants
-    entry["regime"] = advice.regime
+    entry["regime"] = regime
     entry["regime_claim"] = "A1"
     entry.pop("dynamics", None)
     entry.pop("seeds", None)
     return {"name": f"test-{name}-{setting.name}", "seeds": seeds,
             "settings": {setting.name: entry}, "claims": claims}  # fmt: skip
+
+
+def _test_metric(evidence: dict[str, Any]) -> tuple[str, bool]:
+    """The full run's metric for the claims, and whether higher is better."""
+    returned = evidence.get("returned")
+    if returned is None:  # a built-in setting reports test_acc and test_loss
+        return "test_acc", True
+    for metric, higher in (("test_acc", True), ("test_loss", False)):
+        if metric in returned:
+            return metric, higher
+    return evidence["metric"]["name"], evidence["metric"]["better"] == "higher"

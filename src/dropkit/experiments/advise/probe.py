@@ -1,24 +1,15 @@
 """Which regime is a model in, and which dropout schedule should it train with?
 
-The early-dropout paper's rule: a model in the *underfitting* regime (it generalizes better
-without standard dropout) gains from early dropout / early stochastic depth; one in the
-*overfitting* regime (standard dropout helps) gains from late stochastic depth. The advisor finds
-the regime from short probe trainings of the user's model and data (the first ``budget`` of the
-intended run, its LR schedule unchanged), with and without dropout, on a validation split carved
-from the training data (the test split is never touched):
-
-- **generalization gap** of the no-dropout probe, ``validation loss - training loss`` per seed,
-  projected to the end of the run linearly in passes over the data and divided by the probe's
-  validation loss. Above ``threshold`` the model is heading for overfitting; below it the run
-  ends before overfitting sets in. Its 95% t-interval over seeds sets the confidence.
-- **dropout's effect so far**: validation loss and gap with standard dropout minus without.
-- a probe that ends inside the learning-rate warm-up never trained at the peak rate: its
-  confidence is capped at *low*.
-- **gradient direction error** (the paper's mechanism) at the end of the probe, with and without
-  dropout: lower with dropout supports early dropout.
-
-The numbers are evidence about the probe, not about the full run: the projection is a straight
-line, and the advice says so ([`Advice.limits`][dropkit.experiments.advise.Advice]).
+The early-dropout paper's rule: a model in the *underfitting* regime (standard dropout raises
+its held-out loss) gains from early dropout / early stochastic depth; one in the *overfitting*
+regime (standard dropout lowers it) gains from standard dropout or late stochastic depth. The
+advisor trains short probes of the user's model and data (the first ``budget`` of the intended
+run, its LR schedule unchanged), with and without standard dropout, and measures that directly
+on a validation split (the test split is never touched): the paired difference in validation
+loss at the probe's end and along its trend (`judge` says how it decides, and when it cannot
+tell yet). Built-in settings (`advise`) train each arm's seeds as one population and evaluate
+at 12 checkpoints; a training function's setting (`advise_function`) is probed as trials with
+``trial.budget < 1`` and read from the validation metric it returns and logs.
 """
 
 from __future__ import annotations
@@ -87,6 +78,41 @@ def _gde(
     return values
 
 
+CHECKPOINTS = 12
+"""Evenly spaced held-out evaluations over a built-in probe: its curve and trend."""
+
+
+def checkpoints(probe_steps: int, count: int = CHECKPOINTS) -> list[int]:
+    """``count`` evenly spaced optimizer steps ending at ``probe_steps`` (fewer for a short
+    probe: each step at most once)."""
+    return sorted({max(1, round(probe_steps * (k + 1) / count)) for k in range(count)})
+
+
+def _train_probe(
+    model_fn: Callable[[], nn.Module],
+    data: Dataset,
+    variant: Variant,
+    seeds: list[int],
+    train: TrainConfig,
+    probe_steps: int,
+    marks: Sequence[int],
+) -> tuple[TrainResult, list[list[float]]]:
+    """One arm's probe, and its validation loss per seed at each of ``marks``."""
+    wanted = set(marks)
+    seen: dict[int, list[float]] = {}
+
+    def evaluate(step: int, population: Any) -> None:
+        if step in wanted:
+            loss, _ = population.evaluate(data.x_test, data.y_test, train.eval_batch)
+            seen[step] = loss.tolist()
+
+    result = train_variant(
+        model_fn, data, variant, seeds, train, max_steps=probe_steps, on_step=evaluate
+    )
+    per_mark = [seen.get(m, [math.nan] * len(seeds)) for m in marks]  # a run that stopped early
+    return result, [list(row) for row in zip(*per_mark, strict=True)]
+
+
 def _probe_seeds(seeds: int | Sequence[int], threshold: float) -> list[int]:
     """The probes' seeds (a count gives 0..n-1), refused below 2, and the threshold checked:
     both before anything trains."""
@@ -115,6 +141,7 @@ def advise(
     n_batches: int | None = None,
     figure: str | Path | None = None,
     gde_batches: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Advice:
     """Probe ``model_fn()`` on ``data`` for ``budget`` of the run ``train`` lays out; advise.
 
@@ -124,10 +151,13 @@ def advise(
     stochastic depth ``drop_path_p``), for the first ``ceil(budget * total_steps)`` optimizer
     steps of the run ``train`` lays out, its learning-rate schedule unchanged. They train on
     the training split minus a validation split (its last ``validation_fraction``) and are
-    evaluated on that; the test split is never used. The regime is read from the no-dropout
-    probe's validation-minus-training loss gap, projected linearly to the end of the run and
-    divided by the validation loss: above ``threshold``, overfitting. The gradient direction
-    error of both probes at their last step is reported as further evidence. Each variant's
+    evaluated on that, at 12 evenly spaced checkpoints; the test split is never used. The
+    regime is the paper's: standard dropout raising the validation loss (dropout minus none,
+    paired by seed) means underfitting, lowering it overfitting, read at the probe's end and
+    along its trend to the end of the run; "cannot tell" when these do not agree or do not
+    separate from zero (see [`Advice`][dropkit.experiments.advise.Advice]). The no-dropout
+    probe's generalization gap and the gradient direction error of both probes at their last
+    step can only lower the confidence. Each variant's
     seeds train together as one population; a model with no dropout or drop-path site gets
     only the no-dropout probe (and the advice ``no_dropout``).
 
@@ -151,13 +181,16 @@ def advise(
             and the rate of a recommended early s.d. schedule (default 0.1).
         validation_fraction: The share of the training split held out for validation, in
             (0, 1) (default 0.1).
-        threshold: The projected relative gap that separates the regimes (> 0; default 0.1, set
-            on MNIST-1D settings: a heuristic).
+        threshold: The secondary gap reading's threshold: a no-dropout relative gap projected
+            above it reads overfitting, and lowers the confidence of an underfitting reading
+            (> 0; default 0.1, set on MNIST-1D settings: a heuristic).
         n_batches: Mini-batch gradients behind each GDE measurement (at least 2; default 8),
             of ``train.batch_size`` samples each.
-        figure: A path for a figure of the probes' training-loss curves (needs matplotlib);
-            None (default): no figure.
+        figure: A path for a figure of the probes' validation loss over the probe, per arm
+            (needs matplotlib); None (default): no figure.
         gde_batches: Deprecated name of ``n_batches``.
+        progress: Called with a line of text as each probe starts (``print`` shows them);
+            None (default): silent.
 
     Returns:
         The recommendation, the regime and confidence, and the evidence and limits behind them.
@@ -203,7 +236,8 @@ def advise(
     # the packages used after the probes have trained, checked before they start
     require("scipy", "data", "for the advice's confidence intervals")
     if figure is not None:
-        require("matplotlib", "plot", "for the probes' training-loss figure")
+        require("matplotlib", "plot", "for the probes' validation-loss figure")
+    say = progress or (lambda line: None)
     data = load_dataset(data) if isinstance(data, str) else data
     started = time.perf_counter()
     probe_data = split_validation(data, validation_fraction)
@@ -223,21 +257,26 @@ def advise(
         variants.append(
             Variant("sd", dropout=off.get("dropout"), drop_path=schedules.standard(drop_path_p))
         )
-    results = {
-        v.name: train_variant(model_fn, probe_data, v, seed_list, train, max_steps=probe_steps)
-        for v in variants
-    }
+    marks = checkpoints(probe_steps)
+    results, curves = {}, {}
+    for v in variants:
+        say(f"probe {v.name}: {len(seed_list)} seeds x {probe_steps} of {total} steps")
+        results[v.name], curves[v.name] = _train_probe(
+            model_fn, probe_data, v, seed_list, train, probe_steps, marks
+        )
     probe_epochs = probe_steps / steps_per_epoch
     evidence: dict[str, Any] = {
+        "metric": {"name": "val_loss", "better": "lower"},
         "probe_steps": probe_steps,
         "total_steps": total,
         "budget": probe_steps / total,
         "probe_epochs": probe_epochs,
         "seeds": seed_list,
         "variants": {
-            name: probe_entry(r.final_train_loss, r.test_loss, r.test_acc)
+            name: probe_entry(r.test_loss, r.final_train_loss, r.test_acc)
             for name, r in results.items()
         },
+        "curve": {"fractions": [m / total for m in marks], **curves},
     }
     regulariser = "dropout" if "dropout" in results else "sd" if "sd" in results else None
     if regulariser is not None:
@@ -252,10 +291,10 @@ def advise(
         "training data"
     )
     if figure is not None:
-        _draw(results, Path(figure))
+        draw_probe(evidence, Path(figure), steps=marks)
     return judge(
         evidence,
-        run_over_probe=train.epochs / probe_epochs,
+        budget=probe_steps / total,
         progress=f"after {probe_epochs:.2f} of {train.epochs} epochs",
         inside_warmup=(f"step {probe_steps} of {warmup_steps}", train.warmup_frac)
         if probe_steps < warmup_steps
@@ -278,15 +317,20 @@ def _probe_error(outcome: Any) -> str | None:
     return outcome.error if outcome.metrics is None or outcome.error else None
 
 
-def _draw(results: Mapping[str, TrainResult], path: Path) -> None:
+def draw_probe(evidence: Mapping[str, Any], path: Path, steps: Sequence[int] | None = None) -> None:
+    """The held-out metric of each arm over the probe (mean +- s.e. over seeds): the evidence
+    the regime is read from. ``steps`` label the axis in optimizer steps (else run fractions)."""
     from dropkit.experiments.evidence.figures import loss_curves
 
-    curves = {
-        name: (r.log_steps, np.asarray(r.train_loss, dtype=np.float64))
-        for name, r in results.items()
-    }
+    curve = evidence["curve"]
+    positions = list(steps) if steps is not None else curve["fractions"]
+    arms = {name: (positions, np.asarray(curve[name])) for name in evidence["variants"]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    loss_curves(curves, path, "advisor probes: training loss")
+    loss_curves(
+        arms, path, f"advisor probes: {evidence['metric']['name']} over the probe",
+        ylabel=f"{evidence['metric']['name']} (mean ± s.e. over seeds)",
+        xlabel="optimizer step" if steps is not None else "fraction of the run",
+    )  # fmt: skip
 
 
 def advise_function(
@@ -301,15 +345,21 @@ def advise_function(
     executor: str = "local",
     executor_parameters: Mapping[str, Any] | None = None,
     workers: int = 1,
+    figure: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Advice:
     """Probe a training function's setting: ``none`` and standard dropout ``p`` for ``budget``
     of the run each, over ``seeds`` seeds, as trials (``trial.budget < 1``) on ``executor``.
 
-    What ``dropkit advise`` does for a setting with ``function: module:name``. The function
-    must return ``train_loss`` and ``test_loss``; the regime is read from their gap as
-    [`advise`][dropkit.experiments.advise.advise] reads it for built-in settings (no GDE:
-    dropkit cannot reach the function's gradients). The run's warm-up is
-    ``params.warmup_frac`` when the setting gives one, else the paper's 1/6.
+    What ``dropkit advise`` does for a setting with ``function: module:name``. The regime is
+    read as [`advise`][dropkit.experiments.advise.advise] reads it, from the validation metric
+    the setting names (``validation: {metric, better}``, default ``val_loss``, lower is
+    better): the function must return it, computed on data held out of its training data
+    (never the test split). When the function also logs it with ``trial.log(step, ...)``
+    during the probe, its trend is read too (else the confidence is at most medium); a
+    returned ``train_loss`` adds the secondary gap reading. No GDE: dropkit cannot reach the
+    function's gradients. The run's warm-up is ``params.warmup_frac`` when the setting gives
+    one, else the paper's 1/6.
 
     Args:
         setting: A setting with a training function (``setting.function`` set), e.g. one of
@@ -325,11 +375,14 @@ def advise_function(
             the intervals need a spread.
         p: The standard dropout rate of the probe's dropout arm, and of the recommended
             schedule (default 0.1).
-        threshold: The projected relative gap that separates the regimes (default 0.1).
+        threshold: The secondary gap reading's threshold (default 0.1; see ``advise``).
         executor: Where the trials run: ``"local"`` (default, a process pool) or ``"slurm"``.
         executor_parameters: For ``"slurm"``, submitit's ``update_parameters`` (e.g.
             ``{"timeout_min": 60, "slurm_partition": "gpu"}``); None: none.
         workers: Processes of the local executor (default 1).
+        figure: A path for a figure of the validation metric over the probe, per arm (needs
+            matplotlib; drawn when the function logs the metric); None (default): none.
+        progress: Called with a line of text as probes finish; None (default): silent.
 
     Returns:
         The advice, with the probes' numbers as its evidence.
@@ -337,9 +390,9 @@ def advise_function(
     Raises:
         ValueError: If the setting is a built-in one, ``budget`` is not in (0, 1],
             ``executor`` is unknown, or a probe failed (raised, diverged, was cancelled, or
-            returned no ``train_loss`` / ``test_loss``; its traceback is in ``out/probes``).
-        ImportError: If scipy (for the intervals) is not installed; checked before any probe
-            runs.
+            did not return the validation metric; its traceback is in ``out/probes``).
+        ImportError: If scipy (for the intervals) or matplotlib (for ``figure``) is not
+            installed; checked before any probe runs.
     """
     from dropkit.experiments.engine.executors import JobFailure, make_executor
     from dropkit.experiments.engine.trial import Trial, TrialJob, TrialOutcome
@@ -352,6 +405,10 @@ def advise_function(
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget={budget} must lie in (0, 1]: the fraction of the run to probe")
     require("scipy", "data", "for the advice's confidence intervals")
+    if figure is not None:
+        require("matplotlib", "plot", "for the probes' validation figure")
+    say = progress or (lambda line: None)
+    metric = setting.validation.metric
     out.mkdir(parents=True, exist_ok=True)
     with one_writer(out):  # two advise runs on one folder would empty each other's probes
         started = time.perf_counter()
@@ -375,7 +432,7 @@ def advise_function(
                     budget=budget,
                     dir=probes / name / f"seed-{seed}",
                 ),
-                ("train_loss", "test_loss"),
+                (metric,),
             )
             for name, schedule in arms.items()
             for seed in seed_list
@@ -384,7 +441,10 @@ def advise_function(
 
         def collect(job: Any, outcome: Any) -> None:
             outcomes[job.label] = outcome
+            say(f"probes: {len(outcomes)}/{len(jobs)} done")
 
+        say(f"probes: {len(jobs)} trials ({len(arms)} arms x {len(seed_list)} seeds) at "
+            f"budget {budget:.3g}")  # fmt: skip
         make_executor(
             executor,
             out / executor,
@@ -401,31 +461,47 @@ def advise_function(
                 f"settings.{setting.name}: {len(failed)} probe(s) failed, no advice "
                 f"({listed}); tracebacks are in {probes}"
             )
-        evidence: dict[str, Any] = {"budget": budget, "warmup_frac": warmup, "variants": {}}
-        evidence["seeds"] = seed_list
+        returned = {
+            job.label: cast(TrialOutcome, outcomes[job.label]).metrics or {} for job in jobs
+        }
+        evidence: dict[str, Any] = {
+            "metric": {"name": metric, "better": setting.validation.better},
+            "budget": budget,
+            "warmup_frac": warmup,
+            "seeds": seed_list,
+            "returned": sorted(set.intersection(*(set(m) for m in returned.values()))),
+            "variants": {},
+        }
         for name in arms:
-            metrics = [
-                cast(TrialOutcome, outcomes[job.label]).metrics or {}
-                for job in jobs
-                if job.trial.variant == name
-            ]
-            has_acc = all("test_acc" in m for m in metrics)
-            accs = [m["test_acc"] for m in metrics] if has_acc else None
+            metrics = [returned[job.label] for job in jobs if job.trial.variant == name]
+            has = {key: all(key in m for m in metrics) for key in ("train_loss", "val_acc")}
             evidence["variants"][name] = probe_entry(
-                [m["train_loss"] for m in metrics], [m["test_loss"] for m in metrics], accs
+                [m[metric] for m in metrics],
+                [m["train_loss"] for m in metrics] if has["train_loss"] else None,
+                [m["val_acc"] for m in metrics] if has["val_acc"] and metric != "val_acc" else None,
+                gap=setting.validation.better == "lower",
             )
+        curve = _logged_curve(
+            {name: [job.trial.dir for job in jobs if job.trial.variant == name] for name in arms},
+            metric,
+            budget,
+        )
+        if curve is not None:
+            evidence["curve"] = curve
+            if figure is not None:
+                draw_probe(evidence, Path(figure))
         assumed = (
             "" if "warmup_frac" in setting.params else " (the paper's; set params.warmup_frac)"
         )
         probe = (
             f"Probe: {budget:.0%} of the run (trial.budget = {budget:.3g}; warm-up taken as "
-            f"{warmup:.3g} of the run{assumed}), {seeds} seeds; the gap is the function's "
-            "test_loss minus its train_loss (no GDE: the function's gradients are out of "
-            "dropkit's reach)"
+            f"{warmup:.3g} of the run{assumed}), {len(seed_list)} seeds; held-out metric: the "
+            f"function's {metric} ({setting.validation.better} is better); no GDE (the "
+            "function's gradients are out of dropkit's reach)"
         )
         return judge(
             evidence,
-            run_over_probe=1.0 / budget,
+            budget=budget,
             progress=f"after {budget:.0%} of the run",
             inside_warmup=(None if budget > warmup else (f"{budget:.0%} of {warmup:.0%}", warmup)),
             kinds={"dropout"},
@@ -436,3 +512,29 @@ def advise_function(
             started=started,
             measured_on="held-out",
         )
+
+
+def _logged_curve(
+    dirs: Mapping[str, Sequence[Path]], metric: str, budget: float
+) -> dict[str, Any] | None:
+    """The validation metric the probes logged, at the steps every probe logged it, as
+    fractions of the run (a probe's last logged step is ``budget`` of it); None when fewer than
+    two steps are shared."""
+    from dropkit.experiments.engine.trial import read_log
+
+    logs = {
+        name: [{row["step"]: row for row in read_log(d)} for d in trial_dirs]
+        for name, trial_dirs in dirs.items()
+    }
+    every = [log for arm in logs.values() for log in arm]
+    if not every or not all(every):
+        return None
+    last = max(max(log) for log in every)
+    shared = set.intersection(*({s for s, row in log.items() if metric in row} for log in every))
+    steps = sorted(step for step in shared if step > 0)
+    if len(steps) < 2:
+        return None
+    curve: dict[str, Any] = {"fractions": [budget * step / last for step in steps]}
+    for name, arm in logs.items():
+        curve[name] = [[log[step][metric] for step in steps] for log in arm]
+    return curve

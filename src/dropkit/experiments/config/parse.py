@@ -26,6 +26,7 @@ from dropkit.experiments.config.specs import (
     ExperimentConfig,
     ScheduleSpec,
     SettingSpec,
+    ValidationSpec,
     VariantSpec,
 )
 from dropkit.experiments.config.training import TrainConfig
@@ -173,12 +174,41 @@ def _function_ref(value: Any, where: str) -> str:
     return str(value)
 
 
+def _validation(value: Any, where: str) -> ValidationSpec:
+    """``validation: {metric, better}``; ``better`` defaults to ``higher`` for a metric named
+    like an accuracy (``*acc``, ``*accuracy``), else ``lower``."""
+    value = _mapping(value, where)
+    _only(value, {"metric", "better"}, where)
+    metric = value.get("metric", "val_loss")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{where}.metric: expected the name of a returned metric, got {metric!r}")
+    if metric.startswith("test"):
+        raise ConfigError(
+            f"{where}.metric: {metric!r} reads the test split; advise decides from a validation "
+            "metric (return e.g. val_loss computed on a split held out of the training data)"
+        )
+    accuracy = metric.endswith(("acc", "accuracy"))
+    better = value.get("better", "higher" if accuracy else "lower")
+    if better not in ("lower", "higher"):
+        raise ConfigError(f"{where}.better: expected 'lower' or 'higher', got {better!r}")
+    return ValidationSpec(metric, better)
+
+
 def _setting(name: str, value: Any) -> SettingSpec:
     where = f"settings.{name}"
     value = _mapping(value, where)
     _only(
         value,
-        {"variants", "regime", "regime_claim", "seeds", "function", "params", *_BUILTIN_KEYS},
+        {
+            "variants",
+            "regime",
+            "regime_claim",
+            "seeds",
+            "function",
+            "params",
+            "validation",
+            *_BUILTIN_KEYS,
+        },
         where,
     )
     function = None
@@ -193,8 +223,12 @@ def _setting(name: str, value: Any) -> SettingSpec:
         if "variants" not in value:
             raise ConfigError(f"{where}.variants: missing")
     else:
-        if "params" in value:
-            raise ConfigError(f"{where}.params: only a setting with a `function` takes params")
+        for key in ("params", "validation"):
+            if key in value:
+                raise ConfigError(
+                    f"{where}.{key}: only a setting with a `function` takes {key} (a built-in "
+                    "setting is advised from its validation loss)"
+                )
         for key in ("data", "model", "train", "variants"):
             if key not in value:
                 raise ConfigError(
@@ -243,9 +277,11 @@ def _setting(name: str, value: Any) -> SettingSpec:
     }
     if function is not None:
         params = _json_mapping(value.get("params", {}), f"{where}.params")
+        validation = _validation(value.get("validation", {}), f"{where}.validation")
         return SettingSpec(
-            data=None, model=None, train=None, function=function, params=params, **common
-        )
+            data=None, model=None, train=None, function=function, params=params,
+            validation=validation, **common,
+        )  # fmt: skip
     return SettingSpec(
         data=value["data"],
         model=_json_mapping(model, f"{where}.model"),

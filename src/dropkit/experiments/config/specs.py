@@ -25,6 +25,7 @@ __all__ = [
     "ExperimentConfig",
     "ScheduleSpec",
     "SettingSpec",
+    "ValidationSpec",
     "VariantSpec",
     "cli_executor_parameters",
     "setting_dict",
@@ -132,6 +133,16 @@ class DynamicsSpec:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """The held-out metric ``dropkit advise`` reads a function setting's regime from: a key the
+    training function returns computed on a *validation* split (never the test split), and
+    which way is ``better`` (``"lower"`` or ``"higher"``)."""
+
+    metric: str = "val_loss"
+    better: str = "lower"
+
+
+@dataclass(frozen=True)
 class SettingSpec:
     """One setting of an experiment config: what is trained, and the variants compared on it.
 
@@ -164,6 +175,11 @@ class SettingSpec:
         function: ``"module:name"`` of a training function, or None for a built-in setting.
         params: A function setting's ``params:``, overlaid by each variant's (empty for a
             built-in setting).
+        validation: What ``dropkit advise`` reads a function setting's regime from: the
+            metric (a key of the function's return, default ``val_loss``; log it with
+            ``trial.log`` too and the advice reads its trend) and which way is ``better``
+            (``lower``, or ``higher`` for an accuracy). A built-in setting is always read from
+            the validation loss on a split held out of its training data.
     """
 
     name: str
@@ -178,6 +194,7 @@ class SettingSpec:
     seeds: int | None = None  # seeds for this setting (None: the config's)
     function: str | None = None  # "module:name" of a training function
     params: Mapping[str, Any] = field(default_factory=dict)
+    validation: ValidationSpec = field(default_factory=lambda: ValidationSpec())
 
     def variant(self, name: str) -> VariantSpec:
         """The variant called ``name``.
@@ -314,6 +331,8 @@ def setting_dict(setting: SettingSpec) -> dict[str, Any]:
         out["function"] = setting.function
         if setting.params:
             out["params"] = dict(setting.params)
+        if setting.validation != ValidationSpec():
+            out["validation"] = dataclasses.asdict(setting.validation)
     else:
         data, model, train = setting.recipe()
         out |= {"data": data, "model": dict(model), "train": dataclasses.asdict(train),

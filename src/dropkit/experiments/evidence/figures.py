@@ -50,6 +50,7 @@ def loss_curves(
     title: str,
     cutoff_step: int | None = None,
     ylabel: str = "training loss (mean ± s.e. over seeds)",
+    xlabel: str = "optimizer step",
 ) -> Path:
     """A logged value per variant, training loss unless ``ylabel`` says otherwise:
     ``curves[variant] = (steps, values[seed, step])``; a log axis where every value drawn is
@@ -64,7 +65,7 @@ def loss_curves(
         ax.axvline(cutoff_step, color="0.3", linestyle="--", linewidth=1)
         ax.annotate("cutoff", (cutoff_step, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", fontsize=8)  # fmt: skip
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     drawn = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for _, v in curves.values()])
     finite = drawn[np.isfinite(drawn)]
