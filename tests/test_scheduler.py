@@ -245,3 +245,28 @@ def test_an_unknown_depth_rule_is_refused_even_without_drop_path_sites() -> None
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.0))
     with pytest.raises(ValueError, match="depth_rule='bogus'"):
         dropkit.DropoutScheduler(model, 10, dropout=0.1, depth_rule="bogus")
+
+
+def _their_train(model: nn.Module, steps: int) -> None:
+    """Someone else's loop: it builds its own optimizer and knows nothing of dropkit."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = model(torch.randn(4, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_follow_optimizers_steps_the_schedule_after_each_optimizer_step_in_the_block() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.0), nn.Linear(8, 2))
+    schedule = schedules.early(0.4, cutoff=5, shape="linear")
+    scheduler = DropoutScheduler(model, 10, dropout=schedule)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(model[1].p))
+    with scheduler.follow_optimizers() as followed:
+        assert followed is scheduler
+        _their_train(model, 7)
+    assert scheduler.last_step == 7
+    assert seen == pytest.approx([schedule(step, 10) for step in range(7)])
+    _their_train(model, 2)  # outside the block: the hook is gone
+    assert scheduler.last_step == 7

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -272,3 +274,50 @@ def test_describe_counts_one_site_in_the_singular() -> None:
     assert dropkit.describe(model).splitlines()[0] == (
         "Sequential: 1 site (1 dropout, 0 drop_path), 0 not controllable"
     )
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 3))  # fmt: skip
+
+
+def test_add_dropout_sites_adds_schedulable_sites_that_change_nothing_at_rate_0() -> None:
+    model, reference = _mlp(), _mlp()
+    keys = list(model.state_dict())
+    added = dropkit.add_dropout_sites(model)
+    assert added == ["0.dropkit_dropout", "2.dropkit_dropout"]  # not the output layer
+    assert [s.name for s in dropkit.find_sites(model)] == added
+    assert list(model.state_dict()) == keys  # checkpoints load as before
+    x = torch.randn(32, 6)
+    for mode in (True, False):
+        model.train(mode), reference.train(mode)
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    # a schedule reaches them: in training the hidden activations are dropped (by hand here)
+    scheduler = dropkit.DropoutScheduler(model, 10, dropout=0.5)
+    assert scheduler.get_last_p() == {"dropout": 0.5}
+    model.train()
+    torch.manual_seed(1)
+    hidden = model[1](model[0](x))
+    assert (hidden == 0).float().mean() > 0.4  # ReLU zeros too, but dropout doubles the rest
+    model.eval()
+    torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=0)
+    assert copy.deepcopy(model)(x).shape == (32, 3)  # hooks survive a copy (populations)
+
+
+def test_add_dropout_sites_at_named_modules_and_its_errors() -> None:
+    model = _mlp()
+    assert dropkit.add_dropout_sites(model, names=["2"]) == ["2.dropkit_dropout"]
+    with pytest.raises(ValueError, match="already have an added dropout site"):
+        dropkit.add_dropout_sites(model, names=["2"])
+    with pytest.raises(ValueError, match="are not modules"):
+        dropkit.add_dropout_sites(model, names=["nope"])
+    with pytest.raises(ValueError, match="besides its output layer"):
+        dropkit.add_dropout_sites(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+def test_the_no_sites_message_names_the_fix() -> None:
+    message = dropkit.describe(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+    assert "dropkit.add_dropout_sites(model)" in message
+    with pytest.raises(ValueError, match="add_dropout_sites"):
+        dropkit.DropoutScheduler(nn.Sequential(nn.Linear(4, 2)), 10, dropout=0.1)

@@ -31,6 +31,7 @@ from dropkit.rdrop_linear import rdrop_linear_loss, rdrop_linear_terms
 from dropkit.schedules import drop_schedule
 from dropkit.sites import (
     Site,
+    add_dropout_sites,
     describe,
     find_sites,
     register_site,
@@ -66,6 +67,7 @@ __all__ = [
     "RDropTerms",
     "Site",
     "__version__",
+    "add_dropout_sites",
     "consistency_mse",
     "describe",
     "drop_path",

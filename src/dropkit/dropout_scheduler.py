@@ -12,12 +12,14 @@ per-step schedule would exhaust its recompile limit and silently fall back to ea
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dropkit._checks import check_int
 from dropkit.layers import check_rate
@@ -249,6 +251,11 @@ class DropoutScheduler:
                 f"a {kind} schedule was given but the model has no controllable {kind} site.\n"
                 f"{describe(model)}"
             )
+            if kind == "dropout":
+                message += (
+                    "\nTo add rate-0 dropout sites the schedule can switch on: "
+                    "dropkit.add_dropout_sites(model) before building the scheduler."
+                )
             if on_missing == "raise":
                 raise ValueError(message + "\nPass on_missing='warn' to continue anyway.")
             warnings.warn(message, stacklevel=4)
@@ -269,6 +276,37 @@ class DropoutScheduler:
         """
         self.last_step += 1
         self._apply(force=False)
+
+    @contextlib.contextmanager
+    def follow_optimizers(self) -> Iterator[DropoutScheduler]:
+        """Step this scheduler after every optimizer step taken inside the ``with`` block.
+
+        For a training loop you do not write (a library's ``train(model, ...)`` that builds its
+        own optimizer): a global optimizer step post-hook
+        (``torch.optim.optimizer.register_optimizer_step_post_hook``) calls
+        [`step`][dropkit.DropoutScheduler.step] after each ``optimizer.step()`` of any optimizer
+        in the process, and is removed when the block ends. A loop that steps several optimizers
+        per training step steps the schedule once per optimizer: use ``step`` by hand there.
+
+        Yields:
+            This scheduler.
+
+        Examples:
+            ```python
+            scheduler = dropkit.DropoutScheduler(model, total_steps, dropout=early)
+            with scheduler.follow_optimizers():
+                their_library.train(model, data, epochs=10)  # builds its own optimizer
+            ```
+        """
+
+        def after_step(optimizer: object, args: object, kwargs: object) -> None:
+            self.step()
+
+        handle = register_optimizer_step_post_hook(after_step)
+        try:
+            yield self
+        finally:
+            handle.remove()
 
     def _apply(self, force: bool) -> None:
         if self._removed:

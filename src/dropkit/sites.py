@@ -9,11 +9,11 @@ handled without importing them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from dropkit.layers import Dropout, DropPath, check_rate
 
@@ -21,6 +21,7 @@ __all__ = [
     "SITE_KINDS",
     "Site",
     "SiteKind",
+    "add_dropout_sites",
     "describe",
     "find_sites",
     "register_site",
@@ -361,6 +362,81 @@ def replace_placeholders(model: nn.Module) -> list[str]:
     return replaced
 
 
+ADDED_SITE = "dropkit_dropout"
+"""The name of the child module [`add_dropout_sites`][dropkit.add_dropout_sites] adds."""
+
+
+def _drop_output(module: nn.Module, args: object, output: Tensor) -> Tensor:
+    return getattr(module, ADDED_SITE)(output)
+
+
+def add_dropout_sites(
+    model: nn.Module,
+    names: Sequence[str] | None = None,
+    *,
+    after: type[nn.Module] | tuple[type[nn.Module], ...] = nn.Linear,
+) -> list[str]:
+    """Give a model without dropout rate-0 dropout sites a schedule can switch on.
+
+    Each chosen module gets a child [`Dropout(0.0)`][dropkit.Dropout] named ``dropkit_dropout``
+    and a forward hook that passes its output through it: at rate 0 the model computes what
+    it did, its ``state_dict`` keys do not change (a dropout has no weights), and
+    [`find_sites`][dropkit.find_sites] (so a [`DropoutScheduler`][dropkit.DropoutScheduler])
+    finds the new sites. The model is changed in place; call this before building the
+    scheduler or the optimizer-wrapping tools that copy the model.
+
+    Args:
+        model: The model (wrappers are looked through, as by [`find_sites`][dropkit.find_sites]).
+        names: Qualified names of the modules whose output to drop (as in
+            ``model.named_modules()``); None (default): every module of type ``after`` but the
+            last one in module order (the hidden layers; the last is taken to be the output
+            layer, whose logits are not dropped).
+        after: The module type(s) chosen when ``names`` is None (default ``nn.Linear``).
+
+    Returns:
+        The qualified names of the added sites (``"<module>.dropkit_dropout"``), in module order.
+
+    Raises:
+        ValueError: If a name is not a module of the model, a module already has an added site,
+            or nothing is chosen (no module of type ``after`` besides the output layer).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import dropkit
+        >>> mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
+        ...                     nn.Linear(8, 2))
+        >>> dropkit.add_dropout_sites(mlp)
+        ['0.dropkit_dropout', '2.dropkit_dropout']
+    """
+    root = unwrap(model)
+    modules = dict(root.named_modules())
+    if names is None:
+        chosen = [name for name, module in modules.items() if isinstance(module, after)][:-1]
+        if not chosen:
+            raise ValueError(
+                f"{type(root).__name__} has no {_type_names(after)} module besides its output "
+                "layer to add dropout after; name the modules: "
+                "add_dropout_sites(model, names=[...])"
+            )
+    else:
+        unknown = [name for name in names if name not in modules]
+        if unknown:
+            raise ValueError(f"{unknown} are not modules of {type(root).__name__}")
+        chosen = list(names)
+    taken = [name for name in chosen if hasattr(modules[name], ADDED_SITE)]
+    if taken:
+        raise ValueError(f"{taken} already have an added dropout site")
+    for name in chosen:
+        modules[name].add_module(ADDED_SITE, Dropout(0.0))
+        modules[name].register_forward_hook(_drop_output)
+    return [f"{name}.{ADDED_SITE}" if name else ADDED_SITE for name in chosen]
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    return " / ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+
+
 def describe(model: nn.Module) -> str:
     """A readable table of the model's sites: name, kind, rate, controllable, note.
 
@@ -391,7 +467,9 @@ def describe(model: nn.Module) -> str:
     sites = find_sites(model)
     if not sites:
         return (
-            f"{type(unwrap(model)).__name__}: no dropout sites found. If the model uses a custom "
+            f"{type(unwrap(model)).__name__}: no dropout sites found. To add rate-0 sites a "
+            "schedule can switch on, call dropkit.add_dropout_sites(model) (after the hidden "
+            "linear layers) or add_dropout_sites(model, names=[...]); if the model uses a custom "
             "dropout class, call dropkit.register_site(cls, attr=..., kind=...)."
         )
     header = ("site", "kind", "p", "controllable", "note")
