@@ -286,8 +286,9 @@ def judge(
             reasons.append(
                 f"No trend could be read (fewer than {TREND_POINTS} checkpoints of {name} in the "
                 "probe's second half"
-                + (": log it during training with `trial.log(step, ...)`)." if curve is None
-                   else ").")
+                + (": the function logged it at fewer than 2 steps of the probe; log it during "
+                   "training with `trial.log(step, ...)`, often enough for the probe's length)."
+                   if curve is None else ").")
             )  # fmt: skip
     gap_sign = _gap_reading(evidence, none, budget, threshold, reasons, measured_on)
     if reading is not None and reading.sign and gap_sign and gap_sign != reading.sign:
