@@ -1,14 +1,17 @@
 """Every Python example in docs/ runs as written, or is marked as one that cannot run here.
 
 Each page's ```python blocks run in order in one namespace, in a temporary working directory, so
-a page reads like a session. A block that cannot run on a CPU-only machine without timm (or that
-needs ``torchrun``, or a finished demo) carries ``<!-- not run: REASON -->`` on the line right
-before its fence; it is only parsed, and its dropkit imports are resolved. A block that is
-neither runnable nor marked fails the test.
+a page reads like a session. A block that includes a file of the checkout (``--8<-- "PATH"``, as
+the site does) runs that file, and a page that includes files of ``examples/NAME/`` runs in a
+copy of that folder, as a reader following it from there would. A block that cannot run on a
+CPU-only machine without timm (or that needs ``torchrun``, or a finished demo) carries
+``<!-- not run: REASON -->`` on the line right before its fence; it is only parsed, and its
+dropkit imports are resolved. A block that is neither runnable nor marked fails the test.
 """
 
 import ast
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,19 @@ PAGES = sorted(DOCS.rglob("*.md"))
 FENCE = re.compile(r"^([ \t]*)```[ \t]*(?:python|py|python3)\b[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 NOT_RUN = re.compile(r"^[ \t]*<!--\s*not run:\s*(\S.*?)\s*-->[ \t]*$")
 ANY_MARKER = re.compile(r"<!--\s*not[ _-]?run", re.I)
+SNIPPET = re.compile(r'^[ \t]*--8<--[ \t]+"([^"]+)"[ \t]*$', re.M)
+
+
+def _expand(code: str) -> str:
+    """Replace each ``--8<-- "PATH"`` line with the file's text, as pymdownx.snippets does."""
+    return SNIPPET.sub(lambda m: (ROOT / m.group(1)).read_text(encoding="utf-8"), code)
+
+
+def _example_folders(page: Path) -> list[Path]:
+    """The ``examples/NAME/`` folders whose files ``page`` includes."""
+    text = page.read_text(encoding="utf-8")
+    return sorted({(ROOT / path).parent for path in SNIPPET.findall(text)
+                   if path.startswith("examples/")})  # fmt: skip
 
 
 def _blocks(page: Path) -> list[tuple[int, str, str | None]]:
@@ -28,7 +44,7 @@ def _blocks(page: Path) -> list[tuple[int, str, str | None]]:
     blocks = []
     for match in FENCE.finditer(text):
         indent, body = match.group(1), match.group(2)
-        code = "\n".join(line.removeprefix(indent) for line in body.splitlines())
+        code = _expand("\n".join(line.removeprefix(indent) for line in body.splitlines()))
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = NOT_RUN.match(before)
         line = text.count("\n", 0, match.start()) + 2  # the block's first line of code
@@ -45,6 +61,8 @@ def _compile(code: str, page: Path, line: int):
 @pytest.mark.filterwarnings("error::FutureWarning:__docs__")  # nor deprecated calls
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for folder in _example_folders(page):  # a reader runs the page from the example's folder
+        shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)  # examples may write runs/, logs/, out/: never into the repo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
