@@ -196,3 +196,41 @@ def test_the_faqs_error_messages_are_the_ones_dropkit_gives() -> None:
               for piece in line.split(" / ")]  # fmt: skip
     assert sorted(quoted) == sorted(FAQ_MESSAGES)
     assert [text for text in FAQ_MESSAGES.values() if text not in source] == []
+
+
+def _outside_names(code: str) -> set[str]:
+    """Names a block reads that it neither defines nor imports (nor are builtins)."""
+    import builtins
+
+    tree = ast.parse(code)
+    defined = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            defined.add(node.name)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return read - defined
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_a_block_that_needs_names_from_elsewhere_says_which(page: Path) -> None:
+    """A block read on its own must not look standalone when it is not: the names it takes
+    from earlier blocks (or from the reader's own code) are named in its leading comments."""
+    unnamed = []
+    for line, code, _ in _blocks(page):
+        lines = code.splitlines()
+        leading = "\n".join(text for text in lines[: next(
+            (i for i, text in enumerate(lines) if not text.lstrip().startswith("#")), len(lines)
+        )])  # fmt: skip
+        missing = sorted(n for n in _outside_names(code) if not re.search(rf"\b{n}\b", leading))
+        if missing:
+            unnamed.append(f"line {line}: {missing}")
+    said = f"{page.name}: blocks using names they do not say come from elsewhere:\n"
+    assert not unnamed, said + "\n".join(unnamed)
