@@ -399,6 +399,7 @@ def advise_function(
 
     if setting.function is None:
         raise ValueError(f"settings.{setting.name} is a built-in setting; use advise()")
+    root = None if root is None else str(Path(root).resolve())  # "." means here, now
     seed_list = _probe_seeds(seeds, threshold)
     warmup = float(setting.params.get("warmup_frac", PAPER_CUTOFF))
     budget = default_budget(warmup) if budget is None else budget
