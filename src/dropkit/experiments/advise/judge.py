@@ -183,38 +183,37 @@ def read_effect(
     return EffectReading(summary, _summary(slopes), _summary(projected), budget, sd)
 
 
+DECIDE = "or run the experiment `--emit-config` writes (full-length runs decide it)"
+
+
 def _next_step(reading: EffectReading, seeds: int) -> tuple[str, dict[str, Any]]:
     """What would decide a regime the probe could not tell: a sentence, and the ``budget`` (and
     ``seeds``, when more seeds would do) it suggests."""
-    crossing = reading.crossing()
+    longer = round(min(1.0, 2 * reading.budget), 2)
+    probe_longer = f"probe longer (`--budget {longer:g}`)"
     if reading.sign:  # the effect read a regime, the rest of the evidence took it back
-        longer = round(min(1.0, 2 * reading.budget), 2)
         return (
             f"Dropout's effect reads {reading.regime}, but the other evidence contradicts it: "
-            f"probe longer (`--budget {longer:g}`), or run the experiment `--emit-config` "
-            "writes (full-length runs decide it).",
+            f"{probe_longer}, {DECIDE}.",
             {"budget": longer, "seeds": seeds},
         )
     if _sign(reading.now) > 0 and not _sign(reading.projected) and not reading.overturned:
-        longer = round(min(1.0, 2 * reading.budget), 2)
         return (
             "Dropout hurts now, as it does early in training in either regime, but its trend "
             "does not show the harm lasting to the end of the run"
             + (" (log the validation metric with `trial.log` so its trend can be read)"
                if reading.projected is None else "")
-            + f": probe longer (`--budget {longer:g}`), or run the experiment `--emit-config` "
-            "writes (full-length runs decide it).",
+            + f": {probe_longer}, {DECIDE}.",
             {"budget": longer, "seeds": seeds},
         )  # fmt: skip
+    crossing = reading.crossing()
     if reading.overturned and crossing is not None:
         to = round(min(1.0, crossing + 0.05), 2)
         return (
             f"Dropout's effect is clear now but its trend reaches zero at about {crossing:.0%} "
-            f"of the run: probe past it (`--budget {to:g}`), or run the experiment "
-            "`--emit-config` writes (full-length runs decide it).",
+            f"of the run: probe past it (`--budget {to:g}`), {DECIDE}.",
             {"budget": to, "seeds": seeds},
         )
-    longer = round(min(1.0, 2 * reading.budget), 2)
     mean = abs(reading.now["mean"])
     if mean > 0 and reading.sd_now > 0:
         needed = seeds_for_power(reading.sd_now, mean)
@@ -222,13 +221,12 @@ def _next_step(reading: EffectReading, seeds: int) -> tuple[str, dict[str, Any]]
             return (
                 f"Dropout's effect ({reading.now['mean']:+.4f}) does not yet separate from zero "
                 f"over {seeds} seeds: about {needed} seeds would show an effect this size "
-                f"(`--seeds {needed}`), or probe longer (`--budget {longer:g}`).",
+                f"(`--seeds {needed}`), or {probe_longer}.",
                 {"budget": longer, "seeds": max(needed, seeds)},
             )
     return (
         "Dropout's effect is too small at this budget to separate from zero with a practical "
-        f"number of seeds: probe longer (`--budget {longer:g}`), or run the experiment "
-        "`--emit-config` writes (full-length runs decide it).",
+        f"number of seeds: {probe_longer}, {DECIDE}.",
         {"budget": longer, "seeds": seeds},
     )
 

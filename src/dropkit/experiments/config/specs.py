@@ -194,7 +194,7 @@ class SettingSpec:
     seeds: int | None = None  # seeds for this setting (None: the config's)
     function: str | None = None  # "module:name" of a training function
     params: Mapping[str, Any] = field(default_factory=dict)
-    validation: ValidationSpec = field(default_factory=lambda: ValidationSpec())
+    validation: ValidationSpec = field(default_factory=ValidationSpec)
 
     def variant(self, name: str) -> VariantSpec:
         """The variant called ``name``.
