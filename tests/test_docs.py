@@ -186,6 +186,11 @@ FAQ_MESSAGES = {
     "is being written by another dropkit command": "is being written by another dropkit command",
     "X is not installed; dropkit needs it ...": "is not installed; dropkit needs it",
     "Cannot tell yet.": "Cannot tell yet. ",
+    "rank 1 of 2 failed: ...": "failed: {why['error']}",
+    "rank 0 ended without a result": "rank 0 ended without a result",
+    "tasks per job run a training function's trial as that many data-parallel ranks": (
+        "tasks per job run a training function's trial as that many data-parallel ranks"
+    ),
 }
 
 

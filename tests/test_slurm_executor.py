@@ -24,6 +24,8 @@ from dropkit.experiments.runner import run_experiment
 from dropkit.experiments.status import job_status
 from tests.slurm_cluster import cancel_jobs, recorded_job_ids, require_cluster, submitted_as
 from tests.user_project import (
+    data_parallel_config,
+    data_parallel_folder,
     held_config_and_reference,
     project_folder,
     run_result,
@@ -43,6 +45,11 @@ def cluster(tmp_path: Path) -> Iterator[None]:
     require_cluster()
     yield
     cancel_jobs(tmp_path)
+
+
+@pytest.fixture
+def ddp_project(tmp_path: Path) -> Iterator[Path]:
+    yield from data_parallel_folder(tmp_path)
 
 
 @pytest.fixture
@@ -84,6 +91,48 @@ def test_a_training_function_gives_the_same_numbers_on_slurm_as_here(cluster, pr
     assert len(ids) == 6 and len({i.split("_")[0] for i in ids.values()}) == 1  # one job array
     # named after the config; no timeout_min given, so submitit's default of 5 minutes
     assert submitted_as(ids.values()) == ["dropkit-userfn|00:05:00"] * 6
+
+
+def _outcomes(out: Path) -> dict[str, dict]:
+    return {
+        str(path.parent.relative_to(out)): json.loads(path.read_text())
+        for path in sorted(out.glob("runs/*/*/seed-*/outcome.json"))
+    }
+
+
+def test_a_two_task_job_trains_its_trial_as_two_ranks_with_the_numbers_of_one_process(
+    cluster, ddp_project, tmp_path
+):
+    local = load_config(data_parallel_config(ddp_project))
+    run_experiment(local, tmp_path / "local", threads=1, progress=False)
+    executor = {"kind": "slurm", "timeout_min": 5, "tasks_per_node": 2, "cpus_per_task": 1}
+    two = load_config(data_parallel_config(ddp_project, executor=executor))
+    report = run_experiment(two, tmp_path / "slurm", progress=False)
+    assert report["failed_jobs"] == []
+    here, there = _outcomes(tmp_path / "local"), _outcomes(tmp_path / "slurm")
+    assert sorted(here) == sorted(there) and len(here) == 4
+    for key in here:
+        assert there[key]["metrics"]["train_loss"] == pytest.approx(
+            here[key]["metrics"]["train_loss"], abs=1e-6
+        )
+        assert there[key]["metrics"]["rank"] == 0  # task 0's result is the trial's
+        assert there[key]["where"] == {"device": "cpu", "threads": 1, "world_size": 2}
+    # one task given two CPUs: its trial trains with two threads
+    executor = {"kind": "slurm", "timeout_min": 5, "cpus_per_task": 2}
+    wide = load_config(data_parallel_config(ddp_project, executor=executor, early=False))
+    run_experiment(wide, tmp_path / "wide", progress=False)
+    threads = {o["where"]["threads"] for o in _outcomes(tmp_path / "wide").values()}
+    assert threads == {2}
+
+
+def test_a_rank_that_fails_on_slurm_fails_the_trial_with_its_error(cluster, ddp_project, tmp_path):
+    executor = {"kind": "slurm", "timeout_min": 5, "tasks_per_node": 2}
+    config = load_config(data_parallel_config(ddp_project, executor=executor, early=False,
+                                              fail="rank1"))  # fmt: skip
+    report = run_experiment(config, tmp_path / "out", progress=False)
+    assert len(report["failed_jobs"]) == 2
+    outcome = _outcomes(tmp_path / "out")["runs/mine/none/seed-0"]
+    assert outcome["error"] == "rank 1 of 2 failed: ValueError: rank one broke at step 5"
 
 
 def test_jobs_are_named_safely_for_sbatch_unless_the_parameters_name_them(tmp_path):

@@ -93,6 +93,73 @@ def two_arguments(trial, other):
 """
 
 
+# A user's data-parallel training function: DDP when the trial has several ranks, each rank
+# training on its share of the same global batch of 64; on request (params) a rank fails.
+DATA_PARALLEL_MODULE = """
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dropkit
+
+
+def train(trial):
+    steps, fail = 30, trial.params.get("fail")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :3].sum(1) > 0).long()
+    torch.manual_seed(trial.seed)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 2))
+    model = model.to(trial.device)
+    sched = dropkit.DropoutScheduler(model, steps, dropout=trial.dropout)
+    if trial.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    share = 64 // trial.world_size
+    mine = slice(trial.rank * share, (trial.rank + 1) * share)
+    for step in range(steps):
+        if fail == "rank1" and trial.rank == 1 and step == 5:
+            raise ValueError("rank one broke at step 5")
+        if fail == "rank0-dies" and trial.rank == 0 and step == 5:
+            os._exit(3)
+        loss = F.cross_entropy(model(x[mine]), y[mine])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        trial.log(step + 1, rank=trial.rank)
+    with torch.no_grad():
+        full = F.cross_entropy(model(x), y).item()
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-1")
+    return {"train_loss": full, "ranks": trial.world_size, "rank": trial.rank,
+            "threads": torch.get_num_threads(), "gpu": float(gpu)}
+"""
+
+
+def data_parallel_config(project: Path, seeds: int = 2, executor: dict | None = None,
+                         early: bool = True, **params) -> Path:  # fmt: skip
+    """A config of ``ddp_train:train`` (`DATA_PARALLEL_MODULE`) in ``project``: variant none and,
+    with ``early``, an early schedule at rate 0 (both the same numbers on any number of ranks),
+    no claims."""
+    variants: dict = {"none": {}}
+    if early:
+        variants["early"] = {"dropout": {"schedule": "early", "p": 0.0, "cutoff": 0.5}}
+    raw = {
+        "name": "ddp",
+        "seeds": seeds,
+        "settings": {
+            "mine": {"function": "ddp_train:train", "params": params, "variants": variants}
+        },
+    }
+    if executor is not None:
+        raw["executor"] = executor
+    path = project / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def user_config(flags: Path, seeds: int = 3, **params) -> dict:
     return {
         "name": "userfn",
@@ -120,6 +187,17 @@ def user_config(flags: Path, seeds: int = 3, **params) -> dict:
              "metric": "train_loss", "a": "early", "b": "none", "direction": "<"},
         ],
     }  # fmt: skip
+
+
+def data_parallel_folder(tmp_path: Path) -> Iterator[Path]:
+    """A user's project holding `DATA_PARALLEL_MODULE` as ``ddp_train.py`` (a fixture's body)."""
+    folder = tmp_path / "ddp"
+    folder.mkdir()
+    (folder / "ddp_train.py").write_text(DATA_PARALLEL_MODULE)
+    yield folder
+    sys.modules.pop("ddp_train", None)
+    while str(folder) in sys.path:
+        sys.path.remove(str(folder))
 
 
 def project_folder(tmp_path: Path) -> Iterator[Path]:

@@ -15,8 +15,10 @@ from dropkit._optional import MissingDependency
 from dropkit.sites import describe
 
 DEMO_BUDGETS = {"quick": "demo-quick", "default": "demo", "full": "demo-full"}
-DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
-WORKERS_HELP = f"runs trained at once, in separate processes (default {DEFAULT_WORKERS})"
+WORKERS_HELP = (
+    "runs trained at once, in separate processes (default: one per GPU when there are any, "
+    "each seeing its own, else up to 2)"
+)
 SEEDS_HELP = (
     "seeds per variant in every setting (default: the config's); on a finished run folder, more "
     "seeds than it holds trains only the new ones"
@@ -130,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="run folder (default: runs/demo, runs/demo-quick, runs/demo-full)"
     )
     demo.add_argument("--seeds", type=int, help=SEEDS_HELP)
-    demo.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    demo.add_argument("--workers", type=int, help=WORKERS_HELP)
     _executor_arguments(demo)
     budget = demo.add_mutually_exclusive_group()
     budget.add_argument("--quick", action="store_true", help="about a minute, smaller budget")
@@ -140,7 +142,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, help="run folder (default: runs/<config name>)")
     run.add_argument("--seeds", type=int, help=SEEDS_HELP)
-    run.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=WORKERS_HELP)
+    run.add_argument("--workers", type=int, help=WORKERS_HELP)
+    run.add_argument(
+        "--ranks", type=int,
+        help="local: run each training-function trial as N data-parallel ranks (processes, "
+        "torch's process group set up; on SLURM the executor's tasks_per_node x nodes)",
+    )  # fmt: skip
+    run.add_argument(
+        "--threads", type=int,
+        help="local: torch threads per process (default: the cores divided among them; on "
+        "SLURM the job's cpus_per_task)",
+    )  # fmt: skip
     run.add_argument(
         "--until-decided",
         action="store_true",
@@ -250,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             config = config.with_executor(args.executor)
         config = config.with_executor_parameters(dict(args.executor_param))
         out = args.out or Path("runs") / config.name
+        from dropkit.experiments.engine.executors.local import default_workers
+
         report = run_experiment(
-            config, out, workers=args.workers, detach=args.detach, eager=args.eager,
+            config, out, workers=default_workers() if args.workers is None else args.workers,
+            ranks=getattr(args, "ranks", None), threads=getattr(args, "threads", None),
+            detach=args.detach, eager=args.eager,
             allow_changed_code=getattr(args, "allow_changed_code", False),
             until_decided=_max_seeds(args, config.seeds),
         )  # fmt: skip

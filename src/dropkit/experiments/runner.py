@@ -146,6 +146,8 @@ def run_experiment(
     *,
     cache_dir: str | Path | None = None,
     workers: int = 1,
+    ranks: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
     detach: bool = False,
     eager: bool = False,
@@ -157,12 +159,17 @@ def run_experiment(
     ``wall_s_this_invocation`` added (None with ``detach``: the jobs were submitted, nothing
     waited).
 
-    Local: ``workers > 1`` runs that many jobs at once in separate processes. Every job runs
-    with one intra-op thread wherever it runs, so its numbers do not depend on the executor or
-    the worker that ran it. ``eager`` trains every population without ``torch.compile``, even
-    where a setting's ``train.compile`` asks for it (the reference path). A folder whose
-    training-function files changed since it was run is refused (`dropkit.experiments.run_folder`)
-    unless ``allow_changed_code``, which records the change.
+    Local: ``workers > 1`` runs that many jobs at once in separate processes, each seeing one
+    GPU of its own when there are any; ``ranks`` runs each training-function trial as that many
+    data-parallel ranks (on SLURM: the executor's ``tasks_per_node`` x ``nodes``); ``threads``
+    sets the intra-op threads per process (default: the cores divided among them; on SLURM:
+    ``cpus_per_task``). A built-in population trains with one thread wherever it runs, so its
+    numbers do not depend on the executor or the worker that ran it; a training function's may
+    in their last bits, and its outcome records its device, threads and ranks. ``eager`` trains
+    every population without ``torch.compile``, even where a setting's ``train.compile`` asks
+    for it (the reference path). A folder whose training-function files changed since it was run
+    is refused (`dropkit.experiments.run_folder`) unless ``allow_changed_code``, which records
+    the change.
 
     ``until_decided`` (a number of seeds, the most to train) trains seeds in rounds of the
     config's seed count, judges every claim with the confidence sequence after each round, and
@@ -171,6 +178,9 @@ def run_experiment(
     again, it goes on from the seeds the folder holds.
     """
     workers = check_int(workers, "workers", 1)
+    ranks = _ranks(config, ranks)
+    if threads is not None and config.executor.kind == "slurm":
+        raise ConfigError("threads: on SLURM a job's threads are its cpus_per_task; drop it")
     # every path resolved once, here: a training function that changes the working directory
     # cannot move what the driver writes
     out = Path(out_dir).resolve()
@@ -181,18 +191,24 @@ def run_experiment(
     if until_decided is not None:
         _check_rounds(config, until_decided, detach)
     out.mkdir(parents=True, exist_ok=True)
+
+    def run_round(round_config: ExperimentConfig, run_id: str, detach: bool) -> Any:
+        return _run_locked(
+            round_config, out, run_id, cache_dir, workers=workers, ranks=ranks,
+            threads=threads, progress=progress, detach=detach, eager=eager,
+        )  # fmt: skip
+
     with one_writer(out):
         if until_decided is None:
             run_id = record_run(out, config, allow_changed_code=allow_changed_code)
-            return _run_locked(config, out, run_id, cache_dir, workers, progress, detach, eager)
+            return run_round(config, run_id, detach)
         rule = {"max_seeds": until_decided, "step": config.seeds}
         seeds = max(config.seeds, held_seeds(out))  # a rerun goes on from what is there
         while True:
             round_config = config.with_seeds(seeds)
             run_id = record_run(out, round_config, allow_changed_code=allow_changed_code,
                                 until_decided=rule)  # fmt: skip
-            report = _run_locked(round_config, out, run_id, cache_dir, workers, progress,
-                                 False, eager)  # fmt: skip
+            report = run_round(round_config, run_id, False)
             assert report is not None  # not detached
             undecided = _undecided(config, report)
             if report["failed_jobs"]:  # more rounds would fail alike: fix them first
@@ -216,6 +232,26 @@ def run_experiment(
             seeds = min(seeds + config.seeds, until_decided)
             print(f"until decided: {', '.join(undecided)} undecided; {seeds} seeds next",
                   file=sys.stderr)  # fmt: skip
+
+
+def _ranks(config: ExperimentConfig, ranks: int | None) -> int:
+    """The ranks a training-function trial runs as: the SLURM executor's tasks, or ``ranks``
+    (default 1) locally."""
+    if config.executor.kind == "slurm":
+        if ranks is not None and ranks != config.executor.ranks:
+            raise ConfigError(
+                f"ranks={ranks}: on SLURM a trial's ranks are the executor's tasks_per_node x "
+                f"nodes ({config.executor.ranks} here); set those instead"
+            )
+        return config.executor.ranks
+    ranks = 1 if ranks is None else check_int(ranks, "ranks", 1)
+    builtin = [s.name for s in config.settings if s.function is None]
+    if ranks > 1 and builtin:
+        raise ConfigError(
+            f"ranks={ranks} runs training-function trials as data-parallel ranks; settings "
+            f"{builtin} are built-in (one process each): run them without it"
+        )
+    return ranks
 
 
 def _check_rounds(config: ExperimentConfig, max_seeds: int, detach: bool) -> None:
@@ -259,12 +295,15 @@ def _run_locked(
     out: Path,
     run_id: str,
     cache_dir: Path | None,
+    *,
     workers: int,
+    ranks: int,
+    threads: int | None,
     progress: bool,
     detach: bool,
     eager: bool,
 ) -> dict[str, Any] | None:
-    plan = make_plan(config, out, PopulationJobs(cache_dir, eager))
+    plan = make_plan(config, out, PopulationJobs(cache_dir, eager), ranks)
     todo = plan.todo()  # preflight generated and cached the data
     started = time.perf_counter()
     bars = _Bars(len(plan.jobs), len(plan.jobs) - len(todo), progress)
@@ -278,6 +317,7 @@ def _run_locked(
         kind,
         state_dir,
         workers=workers,
+        threads=threads,
         parameters=dict(config.executor.parameters),
         detach=detach,
         name=f"dropkit-{config.name}",

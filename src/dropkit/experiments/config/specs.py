@@ -243,6 +243,27 @@ class ExecutorSpec:
     folder: str | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def ranks(self) -> int:
+        """The data-parallel ranks each training-function trial runs as on SLURM: its tasks
+        per node times its nodes, as submitit's parameters give them (1 for ``local``, whose
+        ranks are ``--ranks``)."""
+        if self.kind != "slurm":
+            return 1
+        ranks = 1
+        for names in (("tasks_per_node", "slurm_ntasks_per_node"), ("nodes", "slurm_nodes")):
+            value = next((self.parameters[n] for n in names if n in self.parameters), 1)
+            try:
+                count = int(value)
+            except (TypeError, ValueError):
+                count = 0
+            if count < 1 or str(count) != str(value).strip():
+                raise ConfigError(
+                    f"executor.{names[0]}: expected a whole number >= 1, got {value!r}"
+                )
+            ranks *= count
+        return ranks
+
 
 EXECUTORS = ("local", "slurm")
 

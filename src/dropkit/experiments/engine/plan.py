@@ -21,7 +21,7 @@ from dropkit import schedules
 from dropkit.experiments.base.layout import outcome_path, read_outcome, trial_dir
 from dropkit.experiments.config.specs import ExperimentConfig, SettingSpec, VariantSpec
 from dropkit.experiments.engine.executors import Job
-from dropkit.experiments.engine.trial import Trial, TrialJob, missing_metrics
+from dropkit.experiments.engine.trial import Trial, TrialJob, failed_seed
 
 __all__ = ["BuiltinJobs", "FolderJob", "Plan", "make_plan"]
 
@@ -79,7 +79,7 @@ class Plan:
         if isinstance(job, TrialJob):
             trial = job.trial
             outcome = read_outcome(outcome_path(self.out, trial.setting, trial.variant, trial.seed))
-            return outcome is not None and not missing_metrics(outcome["metrics"], job.required)
+            return outcome is not None and not failed_seed(outcome["metrics"], job.required)
         return cast(FolderJob, job).finished(self.out)
 
     def todo(self) -> list[Job]:
@@ -95,9 +95,11 @@ def _lighter(setting: SettingSpec, spec: VariantSpec) -> tuple[bool, bool]:
     return not dynamics, not spec.doubled
 
 
-def make_plan(config: ExperimentConfig, out: Path, builtin_jobs: BuiltinJobs) -> Plan:
+def make_plan(
+    config: ExperimentConfig, out: Path, builtin_jobs: BuiltinJobs, ranks: int = 1
+) -> Plan:
     """One job per built-in (setting, variant), made by ``builtin_jobs``; one trial job per
-    (variant, seed) of a function setting."""
+    (variant, seed) of a function setting, run as ``ranks`` data-parallel ranks."""
     jobs: list[Job] = []
     for setting in config.settings:
         seeds = config.seeds_of(setting)
@@ -107,7 +109,9 @@ def make_plan(config: ExperimentConfig, out: Path, builtin_jobs: BuiltinJobs) ->
                 continue
             required = _claimed_metrics(config, setting)
             jobs += [
-                TrialJob(setting.function, config.root, _trial(out, setting, spec, s), required)
+                TrialJob(
+                    setting.function, config.root, _trial(out, setting, spec, s), required, ranks
+                )
                 for s in seeds
             ]
     return Plan(config, out, tuple(jobs))

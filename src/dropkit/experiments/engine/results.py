@@ -27,7 +27,7 @@ from dropkit.experiments.base.record import Curve, RunRecord, Series
 from dropkit.experiments.config.specs import VariantSpec
 from dropkit.experiments.engine.executors import Job, JobFailure
 from dropkit.experiments.engine.plan import FolderJob, Plan
-from dropkit.experiments.engine.trial import TrialJob, TrialOutcome, missing_metrics, read_log
+from dropkit.experiments.engine.trial import TrialJob, TrialOutcome, failed_seed, read_log
 
 __all__ = ["Results"]
 
@@ -71,7 +71,7 @@ class Results:
             dataclasses.asdict(output),
         )
         self._assemble(trial.setting, trial.variant, job.required)
-        if missing_metrics(output.metrics, job.required):
+        if failed_seed(output.metrics, job.required):
             return f"failed: {(output.error or '').splitlines()[0]}"
         return "done" if output.error is None else output.error
 
@@ -110,9 +110,7 @@ class Results:
             dynamics=None,
             wall_s=sum(float(o.get("seconds") or 0.0) for o in outcomes if o),
             diverged_at=[None] * len(seeds),
-            errors=[
-                o["error"] if missing_metrics(o["metrics"], required) else None for o in outcomes
-            ],
+            errors=[o["error"] if failed_seed(o["metrics"], required) else None for o in outcomes],
             logged=logged,
         )
         rows = [

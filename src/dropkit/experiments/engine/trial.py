@@ -8,12 +8,17 @@ the function may log curves ([`Trial.log`][dropkit.experiments.Trial.log]) and s
 checkpoint that survives a requeue or a killed run
 ([`Trial.checkpoint`][dropkit.experiments.Trial.checkpoint],
 [`Trial.restore`][dropkit.experiments.Trial.restore]). The function returns its final metrics,
-a mapping of names to numbers; claims may name any of them.
+a mapping of names to numbers; claims may name any of them. The trial also says where the call
+runs: its ``device``, and for a trial of several data-parallel ranks its ``rank``,
+``world_size``, ``local_rank`` and ``is_main``.
 
 `TrialJob` is what an executor runs: it imports the function where it runs (a SLURM node
-imports it from the config's folder), fixes the thread count, calls it, and returns a
-`TrialOutcome` — the metrics, or the error with its traceback. It writes nothing outside
-``trial.dir`` and knows nothing of claims or of the run folder around it.
+imports it from the config's folder), picks the device, joins the ranks of a data-parallel
+trial into one process group, calls the function and returns a `TrialOutcome` — the metrics, or
+the error with its traceback. It learns its rank from torch's own environment variables
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), which the
+executor sets, and keeps the thread count the executor gave its process. It writes nothing
+outside ``trial.dir`` and knows nothing of claims or of the run folder around it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from typing import Any, TypeVar, cast
 import torch
 
 from dropkit.experiments.base.io import write_atomic
-from dropkit.experiments.base.threads import fixed_threads
 from dropkit.schedules import Early, Late, Schedule
 
 __all__ = ["Trial", "TrialJob", "TrialOutcome", "function_source", "load_function"]
@@ -47,6 +51,8 @@ __all__ = ["Trial", "TrialJob", "TrialOutcome", "function_source", "load_functio
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 TRACEBACK_FILE = "traceback.txt"
+CPU = torch.device("cpu")
+PEER_FAILURE_FILE = "failed-rank{rank}.json"  # a rank other than 0 that failed: why, for rank 0
 
 
 @dataclass
@@ -82,6 +88,16 @@ class Trial:
             schedules still laid over the full ``total_steps``.
         dir: A folder of this trial's own, kept across requeues and reruns; it exists when the
             function is called.
+        device: Where to train: a GPU of this trial's own when the machine (or the SLURM job)
+            has any — locally each worker process sees one GPU, so ``cuda:0``; on SLURM
+            ``cuda:{local_rank % device_count}`` of the job's GPUs — else ``cpu``.
+        rank: This process's rank in a data-parallel trial (0 in a trial of one process).
+        world_size: How many ranks train the trial (1 unless the executor runs it as several:
+            ``--ranks N`` locally, ``tasks_per_node`` x ``nodes`` on SLURM). When above 1,
+            dropkit has initialised torch's default process group (NCCL on a GPU, gloo on the
+            CPU) before the call and destroys it after; every rank gets the same seed, so
+            shard the data by ``rank`` (e.g. ``DistributedSampler``).
+        local_rank: The rank among the trial's processes on this machine.
 
     Examples:
         A training function (``mytrain.py``, named in a config as ``function: mytrain:train``)
@@ -140,6 +156,16 @@ class Trial:
     params: dict[str, Any]
     budget: float
     dir: Path
+    device: torch.device = CPU
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, whose return value, logs and checkpoints are the trial's
+        (the other ranks' are ignored: `log` and `checkpoint` do nothing there)."""
+        return self.rank == 0
 
     def budget_steps(self, total_steps: int) -> int:
         """How many of the run's ``total_steps`` optimizer steps to train.
@@ -167,6 +193,9 @@ class Trial:
         restore) replaces the earlier one. Log the last step too: the run's length in the
         report (and the cutoff line of its loss figure) is the largest step logged.
 
+        Only rank 0 writes (on other ranks of a data-parallel trial this does nothing), so
+        log values that are the same on every rank or reduced across them.
+
         Args:
             step: The optimizer step the values belong to (converted with ``int``).
             **values: The values by name, e.g. ``train_loss=0.31`` (each converted with
@@ -177,6 +206,8 @@ class Trial:
                 that is not a number).
         """
         row = {"step": int(step), **{name: float(value) for name, value in values.items()}}
+        if not self.is_main:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / LOG_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -186,12 +217,16 @@ class Trial:
         """Save ``state`` atomically as this trial's checkpoint, replacing the previous one.
 
         Written to a temporary file, synced and renamed over ``dir/checkpoint.pt``, so a kill
-        at any moment leaves either the old checkpoint or the new one, never half of one.
+        at any moment leaves either the old checkpoint or the new one, never half of one. Only
+        rank 0 saves (on other ranks of a data-parallel trial this does nothing): checkpoint
+        state that rank 0 holds in full, such as a DDP model's; every rank restores it.
 
         Args:
             state: Anything ``torch.save`` takes, e.g. ``{"model": model.state_dict(),
                 "opt": opt.state_dict(), "step": step}``.
         """
+        if not self.is_main:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / CHECKPOINT_FILE
         tmp = path.with_name(f".{CHECKPOINT_FILE}.{os.getpid()}.tmp")
@@ -203,11 +238,17 @@ class Trial:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def restore(self) -> Any | None:
+    def restore(self, map_location: Any = None) -> Any | None:
         """What [`checkpoint`][dropkit.experiments.Trial.checkpoint] last saved.
 
         Loaded with ``torch.load(..., weights_only=False)``: the checkpoint is the trial's own,
-        so any picklable state comes back as it was saved (on the devices it was saved from).
+        so any picklable state comes back as it was saved. By default, tensors saved from a
+        GPU come back on this trial's ``device`` (a requeued trial may run on another GPU, or
+        on none) and tensors saved from the CPU stay there (``torch.set_rng_state`` takes a
+        CPU tensor).
+
+        Args:
+            map_location: As ``torch.load``'s, to place the tensors otherwise.
 
         Returns:
             The saved state, or None on a first start (no checkpoint yet).
@@ -215,7 +256,21 @@ class Trial:
         path = self.dir / CHECKPOINT_FILE
         if not path.exists():
             return None
-        return torch.load(path, weights_only=False)
+        if map_location is None:
+            map_location = _onto(self.device)
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _onto(device: torch.device) -> Callable[[Any, str], Any]:
+    """A ``torch.load`` map_location that keeps CPU storages on the CPU and puts every other
+    storage (saved on a GPU or another accelerator) on ``device``."""
+
+    def place(storage: Any, location: str) -> Any:
+        if location == "cpu" or device.type == "cpu":
+            return storage  # torch.load hands each storage over on the CPU
+        return storage.to(device=device)
+
+    return place
 
 
 def read_log(trial_dir: Path) -> list[dict[str, Any]]:
@@ -332,12 +387,15 @@ class TrialOutcome:
         traceback: The formatted traceback when the function raised (also written to
             ``trial.dir/traceback.txt``), else None.
         seconds: Wall-clock seconds the call took.
+        where: Where it ran: ``device``, ``threads`` (torch's intra-op threads) and
+            ``world_size`` (ranks); the last bits of a function's numbers may depend on them.
     """
 
     metrics: dict[str, float] | None
     error: str | None = None
     traceback: str | None = None
     seconds: float = 0.0
+    where: dict[str, Any] | None = None
 
 
 def check_metrics(returned: Any, where: str) -> dict[str, float]:
@@ -363,13 +421,27 @@ def missing_metrics(metrics: Mapping[str, float] | None, required: Sequence[str]
     return [name for name in required if metrics is None or name not in metrics]
 
 
+def failed_seed(metrics: Mapping[str, float] | None, required: Sequence[str]) -> bool:
+    """Whether an outcome fails its seed: it has no metrics (the function raised, or its job
+    ended without a result), or lacks a ``required`` one. A diverged seed is a result."""
+    return metrics is None or bool(missing_metrics(metrics, required))
+
+
 @dataclass(frozen=True)
 class TrialJob:
     """Call a training function for one (setting, variant, seed): what an executor runs.
 
-    Calling the job (``job(progress=None)``) imports the function where it runs, fixes the
-    number of intra-op threads, calls it with the trial and checks what it returns; any error is
-    caught and returned in the `TrialOutcome`.
+    Calling the job (``job(progress=None)``) imports the function where it runs, sets the
+    trial's device and ranks, calls the function with the trial and checks what it returns; any
+    error is caught and returned in the `TrialOutcome`. It runs with the intra-op threads its
+    process was given (the executor decides: SLURM's ``cpus_per_task``, locally the cores
+    divided among the processes or ``--threads``).
+
+    A data-parallel trial runs this job once per rank, each process with torch's environment
+    variables set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
+    The job joins the default process group before the call and, after it, waits at a barrier
+    for the others: rank 0's outcome is the trial's, and a rank that failed (or never reached
+    the barrier) fails it, with that rank's error.
 
     Attributes:
         function: ``"module:name"`` of the training function.
@@ -377,15 +449,14 @@ class TrialJob:
         trial: The trial it is called with.
         required: The metrics the config's claims read; a function that does not return all of
             them fails.
-        threads: ``torch.set_num_threads`` for the call (default 1), so a job computes the same
-            numbers on any machine.
+        ranks: How many data-parallel ranks the executor runs it as (1: one process).
     """
 
     function: str
     root: str | None
     trial: Trial
     required: tuple[str, ...]  # the metrics the config's claims read
-    threads: int = 1
+    ranks: int = 1
 
     @property
     def label(self) -> str:
@@ -400,10 +471,13 @@ class TrialJob:
         trial = _watched(self.trial)
         signalled: list[int] = []
         try:
+            trial = _placed(trial, self.ranks)
             trial.dir.mkdir(parents=True, exist_ok=True)
-            with fixed_threads(self.threads), restored_process_state(), _noting(signalled):
+            with restored_process_state(), _noting(signalled), _process_group(trial):
                 function = load_function(self.function, self.root)
                 returned = function(trial)
+            if not trial.is_main:  # rank 0's return value is the trial's
+                return TrialOutcome(None, where=_where(trial))
             metrics = check_metrics(returned, where)
             missing = missing_metrics(metrics, self.required)
             if not missing and all(map(math.isfinite, metrics.values())):  # a diverged run stops
@@ -411,20 +485,92 @@ class TrialJob:
         except (Exception, SystemExit) as err:
             if isinstance(err, SystemExit) and signalled:
                 raise  # a signal's handler ends the process (submitit requeues on SIGUSR2)
-            text = traceback.format_exc()
-            write_atomic(trial.dir / TRACEBACK_FILE, text)
+            text, error = traceback.format_exc(), _error_line(err)
+            if trial.is_main:
+                text, error = _with_peer_failures(trial, text, error)
+                write_atomic(trial.dir / TRACEBACK_FILE, text)
             seconds = time.perf_counter() - started
-            return TrialOutcome(None, _error_line(err), text, seconds)
+            return TrialOutcome(None, error, text, seconds, _where(trial))
         seconds = time.perf_counter() - started
         if missing:  # what it did return is kept; the seed is failed and trained again
             reason = (
                 f"{where} returned {sorted(metrics)} but the config's claims need {missing}; "
                 "return them too"
             )
-            return TrialOutcome(metrics, reason, None, seconds)
+            return TrialOutcome(metrics, reason, None, seconds, _where(trial))
         bad = [name for name, value in metrics.items() if not math.isfinite(value)]
-        error = f"non-finite {', '.join(bad)} (diverged)" if bad else None
-        return TrialOutcome(metrics, error, None, seconds)
+        diverged = f"non-finite {', '.join(bad)} (diverged)" if bad else None
+        return TrialOutcome(metrics, diverged, None, seconds, _where(trial))
+
+
+def _placed(trial: Trial, ranks: int) -> Trial:
+    """``trial`` with where this process runs: its rank from torch's environment variables
+    (one rank without them) and its device."""
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if world_size != ranks:
+        raise RuntimeError(
+            f"{trial.setting}/{trial.variant}/seed {trial.seed} was planned as {ranks} rank(s) "
+            f"but runs as {world_size} (WORLD_SIZE): the executor's tasks and the plan disagree"
+        )
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return replace(trial, device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _where(trial: Trial) -> dict[str, Any]:
+    return {"device": str(trial.device), "threads": torch.get_num_threads(),
+            "world_size": trial.world_size}  # fmt: skip
+
+
+@contextmanager
+def _process_group(trial: Trial) -> Iterator[None]:
+    """For a trial of several ranks: torch's default process group around the call (NCCL on a
+    GPU, gloo on the CPU), then a barrier that every rank reaches only if none failed. A rank
+    other than 0 that fails writes why for rank 0 before it leaves the group (leaving ends the
+    others' collectives with an error, so none waits for it)."""
+    if trial.world_size == 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    failure = trial.dir / PEER_FAILURE_FILE.format(rank=trial.rank)
+    failure.unlink(missing_ok=True)  # an earlier attempt's
+    dist.init_process_group("nccl" if trial.device.type == "cuda" else "gloo")
+    phase = "function"
+    try:
+        yield
+        phase = "barrier"
+        dist.barrier()
+    except BaseException as err:
+        if not trial.is_main:
+            why = {"error": _error_line(err), "traceback": traceback.format_exc(), "in": phase}
+            write_atomic(failure, json.dumps(why))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _with_peer_failures(trial: Trial, text: str, error: str) -> tuple[str, str]:
+    """Rank 0's traceback and error line with those of the ranks that failed: the first rank
+    whose training function raised is named as the cause (rank 0's own error is then most
+    likely a closed connection to it)."""
+    peers = []
+    for rank in range(1, trial.world_size):
+        path = trial.dir / PEER_FAILURE_FILE.format(rank=rank)
+        if path.exists():
+            peers.append((rank, json.loads(path.read_text(encoding="utf-8"))))
+    for rank, why in peers:
+        text += f"\n--- rank {rank} of {trial.world_size} ---\n{why['traceback']}"
+    causes = [(rank, why) for rank, why in peers if why["in"] == "function"]
+    if causes:
+        rank, why = causes[0]
+        error = f"rank {rank} of {trial.world_size} failed: {why['error']}"
+    return text, error
 
 
 @contextmanager
@@ -466,12 +612,13 @@ def _error_line(err: BaseException) -> str:
 def restored_process_state() -> Iterator[None]:
     """Run a training function, then put back the process-wide state it may change and a later
     trial, a built-in population or the driver in the same process would inherit: the working
-    directory, environment variables, torch's default dtype and device, grad mode and
-    deterministic-algorithm setting. Other process-wide changes (a monkeypatched module, a
-    global of the user's own) are out of reach: they stay in the process."""
+    directory, environment variables, torch's default dtype and device, grad mode,
+    deterministic-algorithm setting and intra-op thread count. Other process-wide changes (a
+    monkeypatched module, a global of the user's own) are out of reach: they stay in the
+    process."""
     cwd, environ = os.getcwd(), dict(os.environ)
     dtype, device = torch.get_default_dtype(), torch.get_default_device()
-    grad = torch.is_grad_enabled()
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
@@ -487,6 +634,8 @@ def restored_process_state() -> Iterator[None]:
             # that every tensor factory then passes through
             torch.set_default_device(None if device.type == "cpu" else device)
         torch.set_grad_enabled(grad)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 

@@ -29,12 +29,14 @@ def make_executor(
     state_dir: Path,
     *,
     workers: int = 1,
+    threads: int | None = None,
     parameters: dict[str, Any] | None = None,
     detach: bool = False,
     name: str = "dropkit",
     scope: str | None = None,
 ) -> Executor:
-    """``local``: a pool of ``workers`` processes; ``slurm``: submitit, with its job logs and
+    """``local``: ``workers`` processes (``threads`` intra-op threads each; default the cores
+    divided among them); ``slurm``: submitit, with its job logs and
     the job ids in ``state_dir``, ``parameters`` for ``update_parameters``, ``name`` as the
     jobs' name in the queue unless ``parameters`` give one, and the jobs recorded under
     ``scope`` (a run folder's id: a later driver of the same scope re-attaches to them; None, a
@@ -42,7 +44,7 @@ def make_executor(
     if kind == "local":
         from dropkit.experiments.engine.executors.local import LocalExecutor
 
-        return LocalExecutor(workers)
+        return LocalExecutor(workers, threads)
     if kind == "slurm":
         from dropkit.experiments.engine.executors.slurm import SlurmExecutor
 

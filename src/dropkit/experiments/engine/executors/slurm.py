@@ -12,11 +12,18 @@ sharing a folder never exchange results, a job that failed is submitted again, a
 other seeds is never taken for this one. A job that ends without a result (cancelled, failed
 node, out of memory, time limit without a checkpoint) is reported as a `JobFailure` with
 SLURM's state and the end of its log.
+
+On the node, a job's process takes the CPUs its task was given as intra-op threads
+(``cpus_per_task``; SLURM's default is one). A job of several tasks (``tasks_per_node``,
+``nodes``) runs the same job in every task, as the ranks of one data-parallel trial: each gets
+torch's environment variables for the process group from submitit's job environment, and task 0's
+result is the job's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -24,6 +31,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dropkit._optional import import_optional
 from dropkit.experiments.base.io import read_json, write_json
@@ -56,11 +65,29 @@ class _Submission:
         self.job = job
 
     def __call__(self) -> Any:
+        submitit = _submitit()
+        environment = submitit.JobEnvironment()
+        tasks_here = max(1, environment.num_tasks // environment.num_nodes)
+        torch.set_num_threads(_task_cpus(tasks_here))
+        if environment.num_tasks > 1:  # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True
+            )
         return self.job()
 
     def checkpoint(self) -> Any:
         """Requeue the same job: a trial restores its own checkpoint when it starts again."""
         return _submitit().helpers.DelayedSubmission(self)
+
+
+def _task_cpus(tasks_here: int) -> int:
+    """The CPUs SLURM gave this task: ``cpus_per_task`` when the job set it, else the job's
+    CPUs on this node shared among its tasks here (one, SLURM's default, when it says none)."""
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK")
+    if per_task:
+        return max(1, int(per_task))
+    on_node = os.environ.get("SLURM_CPUS_ON_NODE")
+    return max(1, int(on_node) // tasks_here) if on_node else 1
 
 
 def _state(job: Any) -> str:
@@ -69,6 +96,7 @@ def _state(job: Any) -> str:
 
 
 def _failure(job: Any) -> JobFailure:
+    job = job.task(0)
     log = job.stderr() or job.stdout() or ""
     tail = "\n".join(log.strip().splitlines()[-LOG_TAIL_LINES:])
     reason = f"SLURM job {job.job_id} ended {job.state} without a result"
@@ -122,7 +150,7 @@ def _handles(folder: Path, job_ids: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _ended(job: Any) -> bool:
-    if job.paths.result_pickle.exists():
+    if job.task(0).paths.result_pickle.exists():
         return True
     return _state(job) not in (*ACTIVE, "UNKNOWN")
 
@@ -159,7 +187,7 @@ class SlurmExecutor:
         return {
             label: handle
             for label, handle in _handles(self.folder, wanted).items()
-            if handle.paths.result_pickle.exists() or _alive(handle)
+            if handle.task(0).paths.result_pickle.exists() or _alive(handle)
         }
 
     def _submit(self, jobs: Sequence[Job]) -> dict[str, Any]:
@@ -229,11 +257,12 @@ class SlurmExecutor:
     @staticmethod
     def _output(handle: Any) -> Any:
         finished = _state(handle) in ("COMPLETED", "FAILED")
-        if not finished and not handle.paths.result_pickle.exists():
+        first = handle.task(0)  # of several tasks (the ranks of a trial), task 0's is the result
+        if not finished and not first.paths.result_pickle.exists():
             return _failure(handle)  # cancelled, killed, timed out: no result will come
         utils = _submitit().core.utils
         try:
-            return handle.result()
+            return first.result()
         except utils.FailedJobError as err:  # the job raised: submitit's message has the trace
             tail = "\n".join(str(err).strip().splitlines()[-LOG_TAIL_LINES:])
             return JobFailure(f"SLURM job {handle.job_id} raised\n{tail}")
