@@ -51,7 +51,6 @@ __all__ = ["Trial", "TrialJob", "TrialOutcome", "function_source", "load_functio
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 TRACEBACK_FILE = "traceback.txt"
-CPU = torch.device("cpu")
 PEER_FAILURE_FILE = "failed-rank{rank}.json"  # a rank other than 0 that failed: why, for rank 0
 
 
@@ -156,7 +155,7 @@ class Trial:
     params: dict[str, Any]
     budget: float
     dir: Path
-    device: torch.device = CPU
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (a torch.device is immutable)
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
