@@ -135,6 +135,19 @@ def test_a_rank_that_fails_on_slurm_fails_the_trial_with_its_error(cluster, ddp_
     assert outcome["error"] == "rank 1 of 2 failed: ValueError: rank one broke at step 5"
 
 
+def test_advise_probes_a_function_as_ranks_of_the_slurm_tasks(cluster, ddp_project, tmp_path):
+    from dropkit.experiments.advise import advise_function
+    from dropkit.experiments.config.parse import load_settings
+
+    (setting,) = load_settings(data_parallel_config(ddp_project, early=False))
+    parameters = {"timeout_min": 5, "tasks_per_node": 2}
+    advise_function(setting, str(ddp_project), tmp_path / "advice", seeds=2, executor="slurm",
+                    executor_parameters=parameters)  # fmt: skip
+    for arm in ("none", "dropout"):
+        log = (tmp_path / f"advice/probes/{arm}/seed-0/log.jsonl").read_text().splitlines()
+        assert {json.loads(line)["ranks"] for line in log} == {2.0}
+
+
 def test_jobs_are_named_safely_for_sbatch_unless_the_parameters_name_them(tmp_path):
     assert SlurmExecutor(tmp_path, {}, scope="s", name="dropkit-my run/v2").parameters == {
         "name": "dropkit-my-run-v2"

@@ -129,11 +129,11 @@ def train(trial):
         loss.backward()
         opt.step()
         sched.step()
-        trial.log(step + 1, rank=trial.rank)
+        trial.log(step + 1, rank=trial.rank, ranks=trial.world_size)
     with torch.no_grad():
         full = F.cross_entropy(model(x), y).item()
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-1")
-    return {"train_loss": full, "ranks": trial.world_size, "rank": trial.rank,
+    return {"train_loss": full, "val_loss": full, "ranks": trial.world_size, "rank": trial.rank,
             "threads": torch.get_num_threads(), "gpu": float(gpu)}
 """
 

@@ -36,7 +36,7 @@ from dropkit.experiments.advise.judge import judge, probe_entry
 from dropkit.experiments.base.lock import one_writer
 from dropkit.experiments.builtin.data import Dataset, load_dataset, split_validation
 from dropkit.experiments.builtin.train import TrainResult, Variant, train_variant
-from dropkit.experiments.config.specs import SettingSpec
+from dropkit.experiments.config.specs import ExecutorSpec, SettingSpec
 from dropkit.experiments.config.training import TrainConfig
 from dropkit.sites import find_sites
 
@@ -378,7 +378,9 @@ def advise_function(
         threshold: The secondary gap reading's threshold (default 0.1; see ``advise``).
         executor: Where the trials run: ``"local"`` (default, a process pool) or ``"slurm"``.
         executor_parameters: For ``"slurm"``, submitit's ``update_parameters`` (e.g.
-            ``{"timeout_min": 60, "slurm_partition": "gpu"}``); None: none.
+            ``{"timeout_min": 60, "slurm_partition": "gpu"}``); None: none. With
+            ``tasks_per_node`` x ``nodes`` above 1 each probe is a data-parallel trial of that
+            many ranks, as in ``dropkit run``.
         workers: Processes of the local executor (default 1).
         figure: A path for a figure of the validation metric over the probe, per arm (needs
             matplotlib; drawn when the function logs the metric); None (default): none.
@@ -405,6 +407,8 @@ def advise_function(
     budget = default_budget(warmup) if budget is None else budget
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget={budget} must lie in (0, 1]: the fraction of the run to probe")
+    # on SLURM, tasks_per_node x nodes ranks per probe, as `dropkit run` trains a trial
+    ranks = ExecutorSpec(cast(Any, executor), parameters=executor_parameters or {}).ranks
     require("scipy", "data", "for the advice's confidence intervals")
     if figure is not None:
         require("matplotlib", "plot", "for the probes' validation figure")
@@ -434,6 +438,7 @@ def advise_function(
                     dir=probes / name / f"seed-{seed}",
                 ),
                 (metric,),
+                ranks,
             )
             for name, schedule in arms.items()
             for seed in seed_list
