@@ -100,6 +100,29 @@ def test_the_lightning_example_runs_as_documented(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
+def test_the_lightning_example_trains_one_trial_as_two_ranks(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+
+    def shrink(raw: dict) -> None:
+        raw["settings"]["digits"]["params"]["epochs"] = 2
+        raw["settings"]["digits"]["variants"] = {"none": {}}
+        raw["claims"] = []
+
+    out = tmp_path / "run"
+    with _example("lightning", "classifier", tmp_path, shrink) as folder:
+        config = load_config(folder / "config.yaml")
+        run_experiment(config, out, ranks=2, workers=2, threads=1, progress=False)
+    assert _result(out, "digits", "none")["errors"] == [None, None]
+    # Lightning's DDP joined dropkit's process group and its sampler gave each rank half of
+    # every epoch: half the optimizer steps per epoch of the one-process trial
+    log = read_log(out / "runs/digits/none/seed-1")
+    half = STEPS_PER_EPOCH // 2
+    assert [row["step"] for row in log if "val_loss" in row] == [half, 2 * half]
+    assert (out / "runs/digits/none/seed-1/lightning.ckpt").exists()
+
+
 def test_the_hf_rdrop_example_runs_as_documented(tmp_path: Path) -> None:
     pytest.importorskip("transformers")  # the model is built from a config: no download
 

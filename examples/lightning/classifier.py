@@ -85,7 +85,8 @@ def train(trial: Trial) -> dict[str, float]:
     trainer = pl.Trainer(
         max_epochs=params["epochs"],
         accelerator="cpu",
-        devices=1,
+        devices=trial.world_size,  # a data-parallel trial: one device per rank dropkit started
+        strategy="ddp" if trial.world_size > 1 else "auto",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

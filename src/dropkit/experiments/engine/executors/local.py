@@ -5,9 +5,10 @@ driver dies, even by SIGKILL (a watchdog thread waits on the driver: a pipe on P
 handle on Windows), so none outlives the command. Each sees one GPU of its own when the machine
 has any (``CUDA_VISIBLE_DEVICES``, round robin) and gets the cores divided among the processes as
 intra-op threads, unless ``threads`` says how many. A job that asks for several ranks (a
-data-parallel trial, ``job.ranks``) runs as that many processes at once, with torch's
-environment variables for a process group on this machine (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); rank 0's output is the job's. When the driver
+data-parallel trial, ``job.ranks``) runs as that many processes at once, with the environment
+variables torchrun would set for a process group on this machine (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); rank 0's output is the
+job's. When the driver
 is interrupted or a job raises, the workers are terminated and joined before the error goes on:
 finished jobs were already handed to ``on_done``, the rest run again on a rerun.
 """
@@ -225,6 +226,8 @@ class LocalExecutor:
                      outputs: Any) -> _Group:  # fmt: skip
         ranks = _ranks(job)
         threads = self._threads(self.workers * ranks)
+        # as torchrun sets them (with LOCAL_RANK set, Lightning takes the processes as
+        # launched and joins their group instead of starting its own)
         base = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
                 "WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks)}  # fmt: skip
         processes = []
