@@ -334,3 +334,40 @@ def test_the_budget_stops_the_fit_with_the_schedule_laid_over_the_whole_run(tmp_
     assert module.seen == [_expected(step) for step in range(stop) for _ in range(ACCUMULATE)]
     with pytest.raises(ValueError, match="budget"):
         DropoutScheduleCallback(dropout=DROPOUT, budget=0.0)
+
+
+def _ranks_rng(rank: int, rendezvous: str, out_dir: str) -> None:
+    """Each rank's own RNG stream into the callback's state, and back after a 'restart'."""
+    import torch.distributed as dist
+
+    from dropkit.integrations.lightning import TrialCallback
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    try:
+        torch.manual_seed(100 + rank)
+        torch.rand(rank + 3)  # each rank somewhere along its own stream
+        own = torch.get_rng_state()
+        callback = TrialCallback(_trial(Path(out_dir) / f"rank{rank}"))
+        state = callback.state_dict()  # collective, as Lightning asks every rank when saving
+        if rank == 0:  # the checkpoint holds rank 0's callback state
+            torch.save(state, Path(out_dir) / "state.pt")
+        dist.barrier()
+        torch.manual_seed(7)  # a restarted process: another stream
+        callback.load_state_dict(torch.load(Path(out_dir) / "state.pt", weights_only=False))
+        torch.save({"own": own, "restored": torch.get_rng_state()}, Path(out_dir) / f"{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_trial_callback_checkpoints_every_ranks_rng_and_each_rank_restores_its_own(
+    tmp_path: Path,
+):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ranks_rng, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path)), nprocs=2)
+    seen = [torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in range(2)]
+    assert not torch.equal(seen[0]["own"], seen[1]["own"])
+    for rank in seen:
+        assert torch.equal(rank["restored"], rank["own"])

@@ -145,9 +145,10 @@ class TrialCallback(DropoutScheduleCallback):
     after ``trial.budget`` of it (an advise probe), sends each
     epoch's mean training loss (``train_loss``) and the ``val_loss`` the module logs in its
     validation loop to ``trial.log`` at the global step, and at each epoch's end saves a
-    checkpoint in the trial's folder (atomically) that holds the global torch RNG state as well,
-    so a fit resumed from it (``fit(..., ckpt_path=callback.ckpt_path)``) draws the same data
-    order and dropout masks as one never stopped. Logs and checkpoints are global rank 0's.
+    checkpoint in the trial's folder (atomically) that holds the global torch RNG state as well
+    (every rank's, in a data-parallel trial), so a fit resumed from it
+    (``fit(..., ckpt_path=callback.ckpt_path)``) draws the same data order and dropout masks as
+    one never stopped. Logs and checkpoints are global rank 0's.
 
     Args:
         trial: The trial the function was called with.
@@ -210,15 +211,34 @@ class TrialCallback(DropoutScheduleCallback):
             self.trial.log(trainer.global_step, **{self.val_metric: float(value)})
 
     def state_dict(self) -> dict[str, Any]:
-        """The schedule's position and the global torch RNG state."""
-        return {**super().state_dict(), "torch_rng": torch.get_rng_state()}
+        """The schedule's position and the global torch RNG state of every rank (gathered from
+        the ranks of a data-parallel fit, where Lightning asks each rank for its state)."""
+        return {**super().state_dict(), "torch_rng": _every_rank(torch.get_rng_state())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the RNG state and the schedule's position from a checkpoint."""
+        """Restore this rank's RNG state and the schedule's position from a checkpoint."""
         state = dict(state_dict)
         if "torch_rng" in state:
-            torch.set_rng_state(state.pop("torch_rng"))
+            saved = state.pop("torch_rng")
+            if isinstance(saved, list):  # one per rank (a checkpoint of one rank holds one)
+                saved = saved[_rank() if _rank() < len(saved) else 0]
+            torch.set_rng_state(saved)
         super().load_state_dict(state)
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _every_rank(value: Any) -> list[Any]:
+    """``value`` of every rank of the default process group, in rank order ([value] alone)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 class DynamicsCallback(pl.Callback):
