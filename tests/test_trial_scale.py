@@ -5,6 +5,9 @@ gloo process groups in separate processes), locally; the SLURM side is in
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ from dropkit.experiments.engine.executors import local
 from dropkit.experiments.engine.trial import _onto
 from dropkit.experiments.runner import run_experiment
 from tests.user_project import data_parallel_config, data_parallel_folder
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -206,3 +210,29 @@ def test_the_command_line_takes_ranks_and_threads_and_refuses_them_on_slurm(
     assert "cpus_per_task" in capsys.readouterr().err
     assert main(["run", config, "--out", out, "--ranks", "0"]) == 2
     assert "ranks" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_an_interrupted_or_killed_driver_leaves_no_rank_behind(project, tmp_path, how):
+    # SIGTERM: the driver stops the ranks and says how to resume; SIGKILL: each rank's watchdog
+    # ends it (the autouse fixture fails the test if any process outlives it)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    config = data_parallel_config(project, early=False, hold=str(hold))
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "dropkit.cli", "run", str(config), "--out", out,
+               "--ranks", "2", "--workers", "1", "--threads", "1"]  # fmt: skip
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(list(hold.iterdir())) == 2, timeout=120, what="both ranks started")
+        driver.send_signal(getattr(signal, how))
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == (128 + signal.SIGTERM if how == "SIGTERM" else -signal.SIGKILL)
+    if how == "SIGTERM":
+        assert "interrupted by SIGTERM: 0 of 2 jobs finished" in err
+    assert not list((tmp_path / "out").rglob("outcome.json"))

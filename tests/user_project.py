@@ -97,6 +97,8 @@ def two_arguments(trial, other):
 # training on its share of the same global batch of 64; on request (params) a rank fails.
 DATA_PARALLEL_MODULE = """
 import os
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +121,9 @@ def train(trial):
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     share = 64 // trial.world_size
     mine = slice(trial.rank * share, (trial.rank + 1) * share)
+    if trial.params.get("hold"):  # wait to be interrupted, once every rank is here
+        Path(trial.params["hold"], f"rank{trial.rank}").touch()
+        time.sleep(300)
     for step in range(steps):
         if fail == "rank1" and trial.rank == 1 and step == 5:
             raise ValueError("rank one broke at step 5")
