@@ -148,6 +148,38 @@ def test_advise_probes_a_function_as_ranks_of_the_slurm_tasks(cluster, ddp_proje
         assert {json.loads(line)["ranks"] for line in log} == {2.0}
 
 
+def test_a_preempted_data_parallel_trial_resumes_on_every_rank(cluster, ddp_project, tmp_path):
+    reference = tmp_path / "reference"
+    run_experiment(load_config(data_parallel_config(ddp_project, early=False)), reference,
+                   ranks=2, threads=1, progress=False)  # fmt: skip
+    held = tmp_path / "held"
+    held.mkdir()
+    executor = {"kind": "slurm", "timeout_min": 5, "tasks_per_node": 2}
+    config = data_parallel_config(ddp_project, executor=executor, early=False,
+                                  hold_after_checkpoint=str(held))  # fmt: skip
+    out = tmp_path / "run"
+    driver = _driver(config, out)
+    label, checkpoint = "mine/none/seed 0", out / "runs/mine/none/seed-0/checkpoint.pt"
+    wait_for(lambda: len(list(held.iterdir())) == 2 and checkpoint.exists()
+             and _job_id(out, label), 120, "both ranks wait after the checkpoint")  # fmt: skip
+    job = _job_id(out, label)
+    # preempted as in the one-rank test: SIGTERM (ignored by submitit), then USR2, on which task
+    # 0 checkpoints and requeues the job (task 1 leaves it to task 0)
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    logs = [out / "slurm" / f"{job}_{task}_log.err" for task in (0, 1)]
+    wait_for(lambda: all(log.exists() and "Bypassing signal SIGTERM" in log.read_text()
+                         for log in logs), 30, "SIGTERM delivered")  # fmt: skip
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    _, stderr = driver.communicate(timeout=180)
+    assert driver.returncode == 0, stderr
+    states = subprocess.check_output(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
+                                     text=True).split()  # fmt: skip
+    assert states == ["REQUEUED", "COMPLETED"]
+    # both ranks went on from the checkpoint (a rank that started afresh would have waited
+    # again, past the driver's timeout): the numbers of the uninterrupted 2-rank trial
+    assert _metrics(out) == _metrics(reference)
+
+
 def test_jobs_are_named_safely_for_sbatch_unless_the_parameters_name_them(tmp_path):
     assert SlurmExecutor(tmp_path, {}, scope="s", name="dropkit-my run/v2").parameters == {
         "name": "dropkit-my-run-v2"

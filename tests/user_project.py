@@ -116,15 +116,20 @@ def train(trial):
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.0), nn.Linear(32, 2))
     model = model.to(trial.device)
     sched = dropkit.DropoutScheduler(model, steps, dropout=trial.dropout)
+    start, state = 0, trial.restore()  # every rank restores rank 0's checkpoint
+    if state is not None:
+        model.load_state_dict(state["model"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
     if trial.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)  # no state of its own to restore
     share = 64 // trial.world_size
     mine = slice(trial.rank * share, (trial.rank + 1) * share)
     if trial.params.get("hold"):  # wait to be interrupted, once every rank is here
         Path(trial.params["hold"], f"rank{trial.rank}").touch()
         time.sleep(300)
-    for step in range(steps):
+    for step in range(start, steps):
         if fail == "rank1" and trial.rank == 1 and step == 5:
             raise ValueError("rank one broke at step 5")
         if fail == "rank0-dies" and trial.rank == 0 and step == 5:
@@ -135,6 +140,14 @@ def train(trial):
         opt.step()
         sched.step()
         trial.log(step + 1, rank=trial.rank, ranks=trial.world_size)
+        if step + 1 == 10:
+            inner = model.module if trial.world_size > 1 else model
+            trial.checkpoint({"model": inner.state_dict(), "sched": sched.state_dict(),
+                              "step": step + 1})
+            held = trial.params.get("hold_after_checkpoint")
+            if held and state is None and trial.seed == 0:  # seed 0 waits to be preempted
+                Path(held, f"rank{trial.rank}").touch()
+                time.sleep(300)
     with torch.no_grad():
         full = F.cross_entropy(model(x), y).item()
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "-1")
