@@ -236,3 +236,17 @@ def test_an_interrupted_or_killed_driver_leaves_no_rank_behind(project, tmp_path
     if how == "SIGTERM":
         assert "interrupted by SIGTERM: 0 of 2 jobs finished" in err
     assert not list((tmp_path / "out").rglob("outcome.json"))
+
+
+def test_a_folder_trained_at_one_rank_count_refuses_another(project, tmp_path):
+    # a trial's numbers change with its ranks when its data per rank does (a per-device
+    # batch): seeds trained at 2 ranks would mix into seeds trained at 1 unnoticed
+    config = load_config(data_parallel_config(project, early=False))
+    out = tmp_path / "out"
+    run_experiment(config, out, threads=1, progress=False)
+    assert json.loads((out / "config.json").read_text())["ranks"] == 1
+    with pytest.raises(ValueError, match=r"as 1 rank\(s\), this command as 2.*--ranks 1"):
+        run_experiment(config.with_seeds(3), out, ranks=2, progress=False)
+    assert not (out / "runs/mine/none/seed-2").exists()  # refused before anything trained
+    report = run_experiment(config.with_seeds(3), out, threads=1, progress=False)
+    assert report["failed_jobs"] == []

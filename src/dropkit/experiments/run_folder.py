@@ -4,10 +4,12 @@ another is refused.
 ``config.json`` holds the config (every default filled in), an id made when the folder was
 (``run_id``: a folder deleted and made again is another run), and the code of each training
 function: the file that defines it, its SHA-256, and the git commit and whether the tree had
-uncommitted changes where the file lies in a repository. A later command must bring the same
-config, but for its seed counts (more seeds extend the run; each extension is recorded) and
-fields that change no number, and the same function files: a changed file is refused unless
-the command allows it, and then the change is recorded, and the report says it.
+uncommitted changes where the file lies in a repository, and the ranks each trial of a training
+function trains as (``ranks``). A later command must bring the same config, but for its seed
+counts (more seeds extend the run; each extension is recorded) and fields that change no
+number, the same ranks (a trial's numbers change with them when its data per rank does, as a
+per-device batch), and the same function files: a changed file is refused unless the command
+allows it, and then the change is recorded, and the report says it.
 """
 
 from __future__ import annotations
@@ -102,15 +104,16 @@ def record_run(
     *,
     allow_changed_code: bool = False,
     until_decided: dict[str, int] | None = None,
+    ranks: int = 1,
 ) -> str:
-    """Write ``config.json`` for a new folder, or check that ``out`` holds a run of ``config``
-    and its code; record a seed extension, an allowed code change, or that the run trains
-    ``until_decided`` (its ``max_seeds`` and ``step``: every claim then uses the confidence
-    sequence). Return the run's id."""
+    """Write ``config.json`` for a new folder, or check that ``out`` holds a run of ``config``,
+    its code and its ``ranks`` per training-function trial; record a seed extension, an allowed
+    code change, or that the run trains ``until_decided`` (its ``max_seeds`` and ``step``: every
+    claim then uses the confidence sequence). Return the run's id."""
     path, wanted, code = out / CONFIG_FILE, config.to_dict(), _code(config)
     if not path.exists():
         run_id = uuid.uuid4().hex
-        first = {"config": wanted, "run_id": run_id, "code": code}
+        first = {"config": wanted, "run_id": run_id, "code": code, "ranks": ranks}
         if until_decided is not None:
             first["until_decided"] = until_decided
         write_json(path, first)
@@ -121,6 +124,14 @@ def record_run(
         raise ValueError(
             f"{out} holds a run of a different config; pass another --out, or delete the folder "
             "to start over"
+        )
+    held_ranks = stored.get("ranks", 1)  # a folder from before ranks: one per trial
+    if code and held_ranks != ranks:
+        raise ValueError(
+            f"{out} trained each training-function trial as {held_ranks} rank(s), this command "
+            f"as {ranks}: a trial's numbers change with its ranks when its data per rank does "
+            f"(a per-device batch). Pass --ranks {held_ranks} (on SLURM: tasks_per_node x nodes "
+            f"= {held_ranks}) to go on with this folder, or another --out"
         )
     before, after = _seed_counts(held), _seed_counts(config)
     for name, count in after.items():
@@ -133,6 +144,7 @@ def record_run(
     changes = _code_changes(out, stored.get("code", {}), code, allow_changed_code)
     updated = {**stored, "code": code}
     updated.setdefault("run_id", uuid.uuid4().hex)  # a folder from before run ids
+    updated.setdefault("ranks", ranks)
     if until_decided is not None:
         updated["until_decided"] = until_decided
     if changes:

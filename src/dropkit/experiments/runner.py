@@ -200,14 +200,14 @@ def run_experiment(
 
     with one_writer(out):
         if until_decided is None:
-            run_id = record_run(out, config, allow_changed_code=allow_changed_code)
+            run_id = record_run(out, config, allow_changed_code=allow_changed_code, ranks=ranks)
             return run_round(config, run_id, detach)
         rule = {"max_seeds": until_decided, "step": config.seeds}
         seeds = max(config.seeds, held_seeds(out))  # a rerun goes on from what is there
         while True:
             round_config = config.with_seeds(seeds)
             run_id = record_run(out, round_config, allow_changed_code=allow_changed_code,
-                                until_decided=rule)  # fmt: skip
+                                until_decided=rule, ranks=ranks)  # fmt: skip
             report = run_round(round_config, run_id, False)
             assert report is not None  # not detached
             undecided = _undecided(config, report)
