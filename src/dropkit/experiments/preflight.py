@@ -178,13 +178,6 @@ def preflight(
     _require_common(need_plots, "for the report's figures")
     if config.executor.kind == "slurm":
         require("submitit", "slurm", "to submit jobs to SLURM")
-    builtin = [s.name for s in config.settings if s.function is None]
-    if config.executor.ranks > 1 and builtin:
-        ranks = "tasks per job run a training function's trial as that many data-parallel ranks"
-        raise ConfigError(
-            f"executor: {config.executor.ranks} {ranks}, but settings {builtin} are built-in "
-            "(one process each); run them from a config without tasks_per_node / nodes"
-        )
     loaded: dict[str, Dataset] = {}
     for setting in config.settings:
         if setting.function is not None:

@@ -236,21 +236,27 @@ def run_experiment(
 
 def _ranks(config: ExperimentConfig, ranks: int | None) -> int:
     """The ranks a training-function trial runs as: the SLURM executor's tasks, or ``ranks``
-    (default 1) locally."""
+    (default 1) locally; refused above 1 when built-in settings (one process each) would run
+    with them."""
     if config.executor.kind == "slurm":
         if ranks is not None and ranks != config.executor.ranks:
             raise ConfigError(
                 f"ranks={ranks}: on SLURM a trial's ranks are the executor's tasks_per_node x "
                 f"nodes ({config.executor.ranks} here); set those instead"
             )
-        return config.executor.ranks
-    ranks = 1 if ranks is None else check_int(ranks, "ranks", 1)
+        ranks = config.executor.ranks
+        asked = (
+            f"executor: {ranks} "
+            "tasks per job run a training function's trial as that many data-parallel ranks"
+        )
+        fix = "run them from a config without tasks_per_node / nodes"
+    else:
+        ranks = 1 if ranks is None else check_int(ranks, "ranks", 1)
+        asked = f"ranks={ranks} runs training-function trials as data-parallel ranks"
+        fix = "run them without it"
     builtin = [s.name for s in config.settings if s.function is None]
     if ranks > 1 and builtin:
-        raise ConfigError(
-            f"ranks={ranks} runs training-function trials as data-parallel ranks; settings "
-            f"{builtin} are built-in (one process each): run them without it"
-        )
+        raise ConfigError(f"{asked}, but settings {builtin} are built-in (one process each); {fix}")
     return ranks
 
 

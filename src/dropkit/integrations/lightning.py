@@ -221,7 +221,8 @@ class TrialCallback(DropoutScheduleCallback):
         if "torch_rng" in state:
             saved = state.pop("torch_rng")
             if isinstance(saved, list):  # one per rank (a checkpoint of one rank holds one)
-                saved = saved[_rank() if _rank() < len(saved) else 0]
+                rank = _rank()
+                saved = saved[rank if rank < len(saved) else 0]
             torch.set_rng_state(saved)
         super().load_state_dict(state)
 

@@ -8,9 +8,9 @@ intra-op threads, unless ``threads`` says how many. A job that asks for several 
 data-parallel trial, ``job.ranks``) runs as that many processes at once, with the environment
 variables torchrun would set for a process group on this machine (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); rank 0's output is the
-job's. When the driver
-is interrupted or a job raises, the workers are terminated and joined before the error goes on:
-finished jobs were already handed to ``on_done``, the rest run again on a rerun.
+job's. When the driver is interrupted or a job raises, the workers are terminated and joined
+before the error goes on: finished jobs were already handed to ``on_done``, the rest run again
+on a rerun.
 """
 
 from __future__ import annotations
@@ -120,14 +120,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+_NO_OUTPUT = object()  # a group whose rank 0 has not put its output (yet)
+
+
 @dataclass
 class _Group:
     """The processes of one job's ranks, and rank 0's output once it came."""
 
     job: Job
     processes: list[Any]
-    output: Any = None
-    has_output: bool = False
+    output: Any = _NO_OUTPUT
 
 
 class LocalExecutor:
@@ -203,17 +205,17 @@ class LocalExecutor:
                 time.sleep(POLL_S)
                 while not queue.empty():
                     progress(*queue.get())
+                # which groups ended, before reading outputs: a rank 0 puts its output before
+                # it exits, so an ended group's output is in the pipe by now
+                ended = [slot for slot, group in running.items()
+                         if not any(process.is_alive() for process in group.processes)]  # fmt: skip
                 while not outputs.empty():
                     slot, output = outputs.get()
-                    running[slot].output, running[slot].has_output = output, True
-                for slot, group in list(running.items()):
-                    if any(process.is_alive() for process in group.processes):
-                        continue
-                    while not group.has_output and not outputs.empty():  # put just before exit
-                        put_by, output = outputs.get()
-                        running[put_by].output, running[put_by].has_output = output, True
-                    del running[slot]
-                    on_done(group.job, group.output if group.has_output else _no_output(group))
+                    running[slot].output = output
+                for slot in ended:
+                    group = running.pop(slot)
+                    output = group.output
+                    on_done(group.job, _no_output(group) if output is _NO_OUTPUT else output)
         except BaseException:
             _stop([process for group in running.values() for process in group.processes])
             raise

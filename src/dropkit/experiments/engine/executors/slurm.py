@@ -96,7 +96,6 @@ def _state(job: Any) -> str:
 
 
 def _failure(job: Any) -> JobFailure:
-    job = job.task(0)
     log = job.stderr() or job.stdout() or ""
     tail = "\n".join(log.strip().splitlines()[-LOG_TAIL_LINES:])
     reason = f"SLURM job {job.job_id} ended {job.state} without a result"
@@ -150,7 +149,7 @@ def _handles(folder: Path, job_ids: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _ended(job: Any) -> bool:
-    if job.task(0).paths.result_pickle.exists():
+    if job.paths.result_pickle.exists():
         return True
     return _state(job) not in (*ACTIVE, "UNKNOWN")
 
@@ -187,7 +186,7 @@ class SlurmExecutor:
         return {
             label: handle
             for label, handle in _handles(self.folder, wanted).items()
-            if handle.task(0).paths.result_pickle.exists() or _alive(handle)
+            if handle.paths.result_pickle.exists() or _alive(handle)
         }
 
     def _submit(self, jobs: Sequence[Job]) -> dict[str, Any]:
@@ -203,7 +202,9 @@ class SlurmExecutor:
             ) from err
         with executor.batch():
             submitted = [executor.submit(_Submission(job)) for job in jobs]
-        return {job.label: handle for job, handle in zip(jobs, submitted)}
+        # task 0 stands for the job: of several tasks (a trial's ranks) its result is the job's,
+        # and a handle re-attached from a job id is task 0's too
+        return {job.label: handle.task(0) for job, handle in zip(jobs, submitted)}
 
     def _record(self, keys: Mapping[str, str], handles: Mapping[str, Any]) -> None:
         records = _records(self.folder, self.scope)
@@ -257,12 +258,11 @@ class SlurmExecutor:
     @staticmethod
     def _output(handle: Any) -> Any:
         finished = _state(handle) in ("COMPLETED", "FAILED")
-        first = handle.task(0)  # of several tasks (the ranks of a trial), task 0's is the result
-        if not finished and not first.paths.result_pickle.exists():
+        if not finished and not handle.paths.result_pickle.exists():
             return _failure(handle)  # cancelled, killed, timed out: no result will come
         utils = _submitit().core.utils
         try:
-            return first.result()
+            return handle.result()
         except utils.FailedJobError as err:  # the job raised: submitit's message has the trace
             tail = "\n".join(str(err).strip().splitlines()[-LOG_TAIL_LINES:])
             return JobFailure(f"SLURM job {handle.job_id} raised\n{tail}")
